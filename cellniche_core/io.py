@@ -1,0 +1,789 @@
+"""Read, validate and concatenate spatial cohorts; write and load run folders.
+
+A cohort is one AnnData holding every cell: coordinates in ``obsm[spatial_key]``,
+a slide id in ``obs[sample_key]`` and a patient id in ``obs[patient_key]``. Every
+problem with the input raises :class:`CohortError` whose message starts with the
+file it comes from.
+
+A run folder holds ``cohort.h5ad`` (the annotated AnnData, manifest in
+``uns["cellniche"]``), ``model.pt`` (a ``state_dict``), ``model.json`` (the model
+config) and ``manifest.json``. It is written atomically: it appears complete or
+not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+import zarr
+
+from .keys import RUN_ADATA, RUN_MANIFEST, RUN_MODEL_CONFIG, RUN_WEIGHTS, Keys
+
+__all__ = [
+    "INPUT_UNS_KEY",
+    "CohortError",
+    "Run",
+    "list_runs",
+    "load_run",
+    "read_cohort",
+    "to_plain",
+    "validate_cohort",
+    "write_run",
+]
+
+#: ``uns`` key where :func:`read_cohort` records the files, keys and derived columns.
+INPUT_UNS_KEY = "cellniche_input"
+
+FEATURES = ("pheno", "expr", "pheno_expr")
+_PHENO = ("pheno", "pheno_expr")
+_EXPR = ("expr", "pheno_expr")
+_SHOW = 5  # how many offending cell / slide names a message lists
+
+
+class CohortError(ValueError):
+    """An input cohort cannot be used; the message names the file and the problem."""
+
+
+def _error(source: object, problem: str) -> CohortError:
+    return CohortError(f"{source}: {problem}")
+
+
+def _cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
+
+
+def _first(names: Sequence[object] | pd.Index) -> list[str]:
+    return [str(n) for n in list(names[:_SHOW])]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_cohort(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    spatial_key: str = Keys.SPATIAL,
+    sample_key: str = Keys.SAMPLE,
+    patient_key: str = Keys.PATIENT,
+    cell_type_key: str = Keys.CELL_TYPE,
+    group_keys: Sequence[str] = (),
+    features: str = "pheno",
+    min_cells_per_sample: int = 20,
+) -> ad.AnnData:
+    """Read, validate and concatenate one or more cohort files.
+
+    Parameters
+    ----------
+    paths
+        One path or several: ``.h5ad`` files and ``.zarr`` stores (directories).
+        They are read fully into memory and opened read-only.
+    spatial_key
+        ``obsm`` key of the coordinates, shape (n, 2); (n, 3) is accepted and
+        only its first two columns are kept.
+    sample_key
+        ``obs`` column of the slide id. Where a file lacks it, every cell of that
+        file belongs to one slide named after the file stem. A non-default name
+        that is missing is an error (the user named a column that is not there).
+    patient_key
+        ``obs`` column of the patient id; where missing, patient = sample. Same
+        rule as ``sample_key`` for a non-default name.
+    cell_type_key
+        ``obs`` column of the phenotype; required when ``features`` uses "pheno".
+    group_keys
+        Further ``obs`` columns that must be present in every file.
+    features
+        "pheno", "expr" or "pheno_expr": decides whether the cell type column
+        and/or a numeric ``X`` are required.
+    min_cells_per_sample
+        Smallest slide accepted.
+
+    Returns
+    -------
+    AnnData
+        Every input cell, in file order. ``var`` is the intersection of the
+        files' var names; ``obs`` columns are the union (NaN where absent);
+        duplicate obs names get suffixes "-1", "-2", .... ``obs[sample_key]``
+        and ``obs[patient_key]`` are categorical strings.
+        ``uns["cellniche_input"]`` records the files, keys, derived columns and notes.
+
+    Raises
+    ------
+    CohortError
+        For any problem with the input, naming the file.
+    """
+    _check_features(features)
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise CohortError("no input files were given")
+
+    keys = dict(
+        spatial_key=spatial_key,
+        sample_key=sample_key,
+        patient_key=patient_key,
+        cell_type_key=cell_type_key,
+        group_keys=tuple(group_keys),
+        features=features,
+        min_cells_per_sample=min_cells_per_sample,
+    )
+    adatas, notes = [], []
+    derived: dict[str, list[str]] = {}
+    for path in paths:
+        adata = _read_file(path)
+        for column in _derive_slide_columns(
+            adata, source=path, stem=path.stem, sample_key=sample_key, patient_key=patient_key
+        ):
+            derived.setdefault(column, []).append(path.name)
+        validate_cohort(adata, source=path, **keys)
+        notes += _keep_xy(adata, spatial_key, source=path)
+        adatas.append(adata)
+
+    _check_distinct_slides(adatas, paths, sample_key)
+    adata, concat_notes = _concatenate(adatas, paths, features=features)
+    notes += concat_notes
+
+    n_renamed = int(adata.obs_names.duplicated().sum())
+    if n_renamed:
+        adata.obs_names_make_unique()
+        notes.append(f"{n_renamed} duplicate obs names were made unique with a '-N' suffix")
+
+    adata.uns[INPUT_UNS_KEY] = {
+        "files": [str(p) for p in paths],
+        "n_cells": [a.n_obs for a in adatas],
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in keys.items()},
+        "derived": derived,
+        "n_renamed_obs": n_renamed,
+        "notes": notes,
+    }
+    return adata
+
+
+def _read_file(path: Path) -> ad.AnnData:
+    if not path.exists():
+        raise _error(path, "does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in (".h5ad", ".zarr"):
+        raise _error(
+            path,
+            f"unsupported file type {path.suffix or '(no extension)'!r}; "
+            "expected an .h5ad file or a .zarr store",
+        )
+    if suffix == ".h5ad":
+        if not path.is_file():
+            raise _error(path, "is not a readable .h5ad file (it is a directory)")
+        if path.stat().st_size == 0:
+            raise _error(path, "is empty (0 bytes)")
+        return _read_h5ad(path)
+    if not path.is_dir():
+        raise _error(path, "is not a readable .zarr store (expected a directory)")
+    if not any(path.iterdir()):
+        raise _error(path, "is empty (a .zarr store with no files)")
+    return _read_zarr(path)
+
+
+def _read_h5ad(path: Path) -> ad.AnnData:
+    try:
+        with h5py.File(path, "r") as f:
+            top = sorted(f.keys())
+    except OSError as exc:
+        raise _error(path, f"is not a readable .h5ad file ({_short_reason(exc)})") from exc
+    if not {"obs", "var"} <= set(top):
+        raise _error(
+            path,
+            "is not a readable .h5ad file (an HDF5 file but not an AnnData: "
+            f"no 'obs'/'var' groups; found {top})",
+        )
+    try:
+        with _duplicate_names_are_fixed_later():
+            return ad.read_h5ad(path)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _error(path, f"is not a readable .h5ad file ({_short_reason(exc)})") from exc
+
+
+def _read_zarr(path: Path) -> ad.AnnData:
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        top = sorted(group.keys())
+    except Exception as exc:
+        raise _error(path, f"is not a readable .zarr store ({_short_reason(exc)})") from exc
+    if not {"obs", "var"} <= set(top):
+        raise _error(
+            path,
+            "is not a readable .zarr store (a zarr group but not an AnnData: "
+            f"no 'obs'/'var' groups; found {top})",
+        )
+    try:
+        with _duplicate_names_are_fixed_later():
+            return ad.read_zarr(group)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _error(path, f"is not a readable .zarr store ({_short_reason(exc)})") from exc
+
+
+@contextmanager
+def _duplicate_names_are_fixed_later() -> Iterator[None]:
+    # read_cohort makes obs names unique itself, so anndata's advice would only confuse
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*names are not unique.*")
+        yield
+
+
+def _short_reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    # h5py / zarr messages are long and technical; translate the common ones
+    if "signature not found" in text:
+        return "not an HDF5 file"
+    if "truncated file" in text:
+        return "the file is truncated"
+    if "No group found" in text:
+        return "not a zarr store"
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _derive_slide_columns(
+    adata: ad.AnnData, *, source: Path, stem: str, sample_key: str, patient_key: str
+) -> list[str]:
+    """Create missing sample / patient columns in place; return the ones created."""
+    named = {sample_key: "sample_key"} if sample_key != Keys.SAMPLE else {}
+    if patient_key != Keys.PATIENT:
+        named[patient_key] = "patient_key"
+    _require_columns(adata, source, named)
+
+    derived = []
+    if sample_key not in adata.obs:
+        adata.obs[sample_key] = pd.Categorical([stem] * adata.n_obs)
+        derived.append(sample_key)
+    adata.obs[sample_key] = _as_str_category(adata.obs[sample_key])
+    if patient_key not in adata.obs:
+        adata.obs[patient_key] = adata.obs[sample_key].copy()
+        derived.append(patient_key)
+    adata.obs[patient_key] = _as_str_category(adata.obs[patient_key])
+    return derived
+
+
+def _as_str_category(column: pd.Series) -> pd.Categorical:
+    # NaN stays NaN so that validation can still report cells without an id
+    if isinstance(column.dtype, pd.CategoricalDtype) and all(
+        isinstance(c, str) for c in column.cat.categories
+    ):
+        return column.cat.remove_unused_categories().array
+    return pd.Categorical(column.astype(object).map(str, na_action="ignore"))
+
+
+def _keep_xy(adata: ad.AnnData, spatial_key: str, *, source: Path) -> list[str]:
+    """Reduce validated coordinates to a (n, 2) array; return notes."""
+    coords = adata.obsm[spatial_key]
+    if isinstance(coords, np.ndarray) and coords.shape[1] == 2:
+        return []
+    coords = np.asarray(coords)
+    adata.obsm[spatial_key] = np.ascontiguousarray(coords[:, :2])
+    if coords.shape[1] == 3:
+        return [f"{source.name}: obsm[{spatial_key!r}] has 3 columns; the first 2 (x, y) are used"]
+    return []
+
+
+def _check_distinct_slides(adatas: list[ad.AnnData], paths: list[Path], sample_key: str) -> None:
+    # Two files sharing a slide id would merge into one graph with overlapping coordinates
+    seen: dict[str, Path] = {}
+    for adata, path in zip(adatas, paths):
+        for slide in adata.obs[sample_key].unique():
+            if slide in seen:
+                raise _error(
+                    path,
+                    f"slide {slide!r} (obs[{sample_key!r}]) is also in {seen[slide]}; slide ids "
+                    "must be distinct across files: rename them, or remove the column so that "
+                    "each file is one slide named after the file",
+                )
+            seen[slide] = path
+
+
+def _concatenate(
+    adatas: list[ad.AnnData], paths: list[Path], *, features: str
+) -> tuple[ad.AnnData, list[str]]:
+    if len(adatas) == 1:
+        return adatas[0], []
+
+    # anndata.concat intersects obs columns too; rebuild obs as their union
+    obs = pd.concat([a.obs for a in adatas], join="outer")
+    categorical = {c for a in adatas for c in a.obs if not pd.api.types.is_numeric_dtype(a.obs[c])}
+    with _duplicate_names_are_fixed_later():
+        adata = ad.concat(adatas, join="inner", merge="same", uns_merge="same")
+        obs.index = adata.obs_names
+        for column in obs:
+            if column in categorical or obs[column].dtype == object:
+                obs[column] = obs[column].astype("category")
+        adata.obs = obs
+
+    notes = []
+    n_union = len(set().union(*(a.var_names for a in adatas)))
+    if adata.n_vars == 0 and features in _EXPR:
+        raise _error(
+            ", ".join(str(p) for p in paths),
+            "no gene/protein names are shared by all files (the var intersection is empty), "
+            f"but features={features!r} needs expression",
+        )
+    if adata.n_vars < n_union:
+        notes.append(f"kept the {adata.n_vars} var names shared by all files (of {n_union})")
+    return adata, notes
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def validate_cohort(
+    adata: ad.AnnData,
+    *,
+    source: object = "<in-memory>",
+    spatial_key: str = Keys.SPATIAL,
+    sample_key: str = Keys.SAMPLE,
+    patient_key: str = Keys.PATIENT,
+    cell_type_key: str = Keys.CELL_TYPE,
+    group_keys: Sequence[str] = (),
+    features: str = "pheno",
+    min_cells_per_sample: int = 20,
+) -> None:
+    """Check that an in-memory AnnData can be used as a cohort.
+
+    Parameters
+    ----------
+    adata
+        The cohort; not modified.
+    source
+        Name used at the start of every error message (a path or upload name).
+    spatial_key, sample_key, patient_key, cell_type_key, group_keys, features, min_cells_per_sample
+        As in :func:`read_cohort`. A missing default ``sample_key`` means one
+        slide; a missing non-default ``sample_key`` / ``patient_key`` is an error.
+
+    Raises
+    ------
+    CohortError
+        At the first problem found, naming ``source``.
+    """
+    _check_features(features)
+    if adata.n_obs == 0:
+        raise _error(source, "has zero cells")
+    _check_spatial(adata, spatial_key, source)
+
+    named = {k: "group_keys" for k in group_keys}
+    if features in _PHENO:
+        named[cell_type_key] = "cell_type_key"
+    if sample_key != Keys.SAMPLE:
+        named[sample_key] = "sample_key"
+    if patient_key != Keys.PATIENT:
+        named[patient_key] = "patient_key"
+    _require_columns(adata, source, named)
+
+    if features in _PHENO:
+        _check_labels(adata, cell_type_key, source, what="cell type")
+    if features in _EXPR:
+        _check_expression(adata, source, features)
+    for key, what in ((sample_key, "slide id"), (patient_key, "patient id")):
+        if key in adata.obs:
+            _check_labels(adata, key, source, what=what)
+    _check_slide_sizes(adata, sample_key, min_cells_per_sample, source)
+
+
+def _check_features(features: str) -> None:
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+
+
+def _require_columns(adata: ad.AnnData, source: object, named: Mapping[str, str]) -> None:
+    for key, role in named.items():
+        if key not in adata.obs:
+            found = list(map(str, adata.obs.columns[:20]))
+            raise _error(
+                source, f"obs[{key!r}] is missing (named by {role}; found obs columns: {found})"
+            )
+
+
+def _check_spatial(adata: ad.AnnData, key: str, source: object) -> None:
+    where = f"obsm[{key!r}]"
+    if key not in adata.obsm:
+        raise _error(source, f"{where} is missing (found obsm keys: {list(adata.obsm.keys())})")
+    coords = adata.obsm[key]
+    if sp.issparse(coords):
+        raise _error(source, f"{where} is a sparse matrix; expected a dense (n_cells, 2) array")
+    coords = np.asarray(coords)
+    if coords.dtype.kind not in "iuf":
+        raise _error(source, f"{where} is not numeric (dtype {coords.dtype})")
+    if coords.ndim != 2:
+        raise _error(source, f"{where} must be 2-D (n_cells, 2), got shape {coords.shape}")
+    if coords.shape[1] not in (2, 3):
+        raise _error(
+            source, f"{where} has {coords.shape[1]} column(s); expected 2 (x, y) or 3 (x, y, z)"
+        )
+    if coords.shape[0] != adata.n_obs:
+        raise _error(
+            source, f"{where} has {coords.shape[0]} rows but there are {adata.n_obs} cells"
+        )
+    bad = ~np.isfinite(coords[:, :2]).all(axis=1)
+    if bad.any():
+        raise _error(
+            source,
+            f"{where} has NaN or infinite coordinates in {_cells(int(bad.sum()))} "
+            f"(first: {_first(adata.obs_names[bad])})",
+        )
+
+
+def _check_labels(adata: ad.AnnData, key: str, source: object, *, what: str) -> None:
+    missing = adata.obs[key].isna().to_numpy()
+    if missing.all():
+        raise _error(source, f"obs[{key!r}] is empty: no cell has a {what} (all values are NaN)")
+    if missing.any():
+        # a NaN label would silently fall out of the one-hot / slide grouping downstream
+        raise _error(
+            source,
+            f"obs[{key!r}] has no {what} (NaN) for {int(missing.sum())} of {adata.n_obs} cells "
+            f"(first: {_first(adata.obs_names[missing])}); give them a label",
+        )
+
+
+def _check_expression(adata: ad.AnnData, source: object, features: str) -> None:
+    x = adata.X
+    if x is None:
+        raise _error(source, f"X is missing, but features={features!r} needs expression")
+    if x.shape[1] == 0:
+        raise _error(
+            source,
+            f"X has zero columns (no genes or proteins), but features={features!r} needs them",
+        )
+    if np.dtype(x.dtype).kind not in "biuf":
+        raise _error(source, f"X is not numeric (dtype {x.dtype})")
+    bad = _rows_with_nonfinite(x)
+    if bad.size:
+        raise _error(
+            source,
+            f"X has NaN or infinite values in {_cells(bad.size)} "
+            f"(first: {_first(adata.obs_names[bad])})",
+        )
+
+
+def _rows_with_nonfinite(x: Any, chunk_size: int = 65_536) -> np.ndarray:
+    """Sorted row indices of ``x`` holding NaN or inf; dense or sparse, never densified."""
+    if np.dtype(x.dtype).kind in "biu":
+        return np.empty(0, dtype=np.int64)
+    if sp.issparse(x):
+        if x.format == "csr":
+            bad = np.flatnonzero(~np.isfinite(x.data))
+            rows = np.searchsorted(x.indptr, bad, side="right") - 1
+        else:
+            coo = x.tocoo()
+            rows = coo.row[~np.isfinite(coo.data)]
+        return np.unique(rows)
+    # row chunks bound the temporary boolean mask for atlas-sized dense X
+    found = []
+    for start in range(0, x.shape[0], chunk_size):
+        block = np.asarray(x[start : start + chunk_size])
+        found.append(start + np.flatnonzero(~np.isfinite(block).all(axis=1)))
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
+def _check_slide_sizes(adata: ad.AnnData, sample_key: str, minimum: int, source: object) -> None:
+    if sample_key not in adata.obs:
+        if adata.n_obs < minimum:
+            raise _error(
+                source,
+                f"the slide has {adata.n_obs} cells, fewer than min_cells_per_sample={minimum}",
+            )
+        return
+    counts = adata.obs[sample_key].value_counts()
+    small = counts[(counts > 0) & (counts < minimum)].sort_values()
+    if len(small):
+        listed = ", ".join(f"{name!r} ({n} cells)" for name, n in small.iloc[:_SHOW].items())
+        raise _error(
+            source,
+            f"{len(small)} slide(s) in obs[{sample_key!r}] have fewer than "
+            f"min_cells_per_sample={minimum} cells: {listed}",
+        )
+
+
+# ------------------------------------------------------------------------ run folders
+
+
+@dataclass
+class Run:
+    """A run folder loaded into memory.
+
+    Attributes
+    ----------
+    path
+        The run folder.
+    adata
+        The annotated cohort; ``uns["cellniche"]`` is the manifest.
+    state_dict
+        Model weights on the CPU, or None when loaded without weights.
+    model_config
+        Keyword arguments that rebuild the model.
+    manifest
+        Parameters, seed, versions, device, timings, metrics.
+    """
+
+    path: Path
+    adata: ad.AnnData
+    state_dict: dict[str, Any] | None
+    model_config: dict[str, Any]
+    manifest: dict[str, Any]
+
+
+def to_plain(obj: Any) -> Any:
+    """Return ``obj`` as plain JSON types (dict, list, str, int, float, bool, None).
+
+    Tuples and sets become lists, numpy scalars and arrays become Python numbers
+    and lists, paths and devices become strings, dataclasses become dicts.
+
+    Raises
+    ------
+    TypeError
+        For a value with no JSON form.
+    """
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    if isinstance(obj, (os.PathLike, torch.device, torch.dtype)):
+        return str(obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    if isinstance(obj, pd.Timestamp):
+        return obj.isoformat()
+    raise TypeError(f"a {type(obj).__name__} cannot be stored in a run manifest: {obj!r}")
+
+
+def _to_uns(plain: Any) -> Any:
+    """Make plain JSON data writable by h5ad (lists of dicts or mixed lists become JSON text)."""
+    if isinstance(plain, dict):
+        return {str(k): _to_uns(v) for k, v in plain.items()}
+    if isinstance(plain, list) and not _is_array_like(plain):
+        return json.dumps(plain)
+    return plain
+
+
+def _is_array_like(values: list) -> bool:
+    # h5ad stores a list as an array: it must be rectangular and of one scalar kind
+    kinds = {_scalar_kind(v) for v in _leaves(values)}
+    if None in kinds or len(kinds) > 1:
+        return False
+    try:
+        return np.asarray(values).dtype != object
+    except ValueError:  # ragged
+        return False
+
+
+def _scalar_kind(value: Any) -> type | None:
+    if isinstance(value, (bool, str)):
+        return type(value)
+    if isinstance(value, (int, float)):
+        return float
+    return None
+
+
+def _leaves(values: Any):
+    if isinstance(values, list):
+        for v in values:
+            yield from _leaves(v)
+    else:
+        yield values
+
+
+def write_run(
+    run_dir: str | os.PathLike,
+    *,
+    adata: ad.AnnData,
+    state_dict: Mapping[str, Any],
+    model_config: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    overwrite: bool = False,
+) -> Path:
+    """Write a run folder atomically.
+
+    Everything is written into a hidden sibling directory, then renamed into
+    place; if anything fails (including Ctrl-C) the temporary directory is
+    removed and ``run_dir`` is left as it was.
+
+    Parameters
+    ----------
+    run_dir
+        The folder to create; its parent is created if needed.
+    adata
+        The annotated cohort, written to ``cohort.h5ad`` with
+        ``uns["cellniche"] = manifest``. Its own ``uns`` is left as it was.
+    state_dict
+        Model weights, written to ``model.pt``; must load with ``weights_only=True``.
+    model_config
+        Written to ``model.json``.
+    manifest
+        Written to ``manifest.json`` (see :func:`to_plain` for accepted types).
+    overwrite
+        Replace an existing ``run_dir``; otherwise an existing one is an error.
+
+    Returns
+    -------
+    Path
+        ``run_dir``.
+
+    Raises
+    ------
+    FileExistsError
+        ``run_dir`` exists and ``overwrite`` is False.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not overwrite:
+        raise _exists_error(run_dir)
+    manifest = to_plain(dict(manifest))
+    model_config = to_plain(dict(model_config))
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    # hidden name, so that list_runs and the dashboard never pick a half-written run
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".tmp", dir=run_dir.parent))
+    try:
+        _write_adata(adata, tmp / RUN_ADATA, manifest)
+        _save_weights(state_dict, tmp / RUN_WEIGHTS)
+        (tmp / RUN_MODEL_CONFIG).write_text(json.dumps(model_config, indent=2))
+        (tmp / RUN_MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _move_into_place(tmp, run_dir, overwrite=overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def _save_weights(state_dict: Mapping[str, Any], path: Path) -> None:
+    torch.save(dict(state_dict), path)
+    # fail now rather than when the dashboard loads the run
+    try:
+        torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise ValueError(
+            f"state_dict cannot be reloaded with weights_only=True (store tensors and plain "
+            f"Python values only): {_short_reason(exc)}"
+        ) from exc
+
+
+def _exists_error(run_dir: Path) -> FileExistsError:
+    return FileExistsError(
+        f"{run_dir}: a run folder already exists (pass overwrite=True to replace it)"
+    )
+
+
+def _write_adata(adata: ad.AnnData, path: Path, manifest: dict) -> None:
+    had_uns = Keys.UNS in adata.uns
+    previous = adata.uns.get(Keys.UNS)
+    adata.uns[Keys.UNS] = _to_uns(manifest)
+    try:
+        adata.write_h5ad(path)
+    finally:
+        if had_uns:
+            adata.uns[Keys.UNS] = previous
+        else:
+            del adata.uns[Keys.UNS]
+
+
+def _move_into_place(tmp: Path, run_dir: Path, *, overwrite: bool) -> None:
+    if not run_dir.exists():
+        os.rename(tmp, run_dir)
+        return
+    if not overwrite:
+        raise _exists_error(run_dir)
+    old = run_dir.with_name(f".{run_dir.name}.{uuid.uuid4().hex[:8]}.old")
+    os.rename(run_dir, old)
+    try:
+        os.rename(tmp, run_dir)
+    except BaseException:
+        os.rename(old, run_dir)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+
+
+def load_run(run_dir: str | os.PathLike, *, with_weights: bool = True) -> Run:
+    """Load a run folder written by :func:`write_run`.
+
+    Parameters
+    ----------
+    run_dir
+        The run folder.
+    with_weights
+        Load ``model.pt`` (on the CPU, ``weights_only=True``); False skips it.
+
+    Returns
+    -------
+    Run
+        ``adata.uns["cellniche"]`` is replaced by the manifest read from
+        ``manifest.json`` (the exact JSON, which h5ad cannot always store).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``run_dir`` is missing or is not a run folder.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    needed = [RUN_ADATA, RUN_MODEL_CONFIG, RUN_MANIFEST] + ([RUN_WEIGHTS] if with_weights else [])
+    missing = [name for name in needed if not (run_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{run_dir}: not a CellNiche run folder (missing {', '.join(missing)})"
+        )
+
+    manifest = _read_json(run_dir / RUN_MANIFEST)
+    model_config = _read_json(run_dir / RUN_MODEL_CONFIG)
+    adata = ad.read_h5ad(run_dir / RUN_ADATA)
+    adata.uns[Keys.UNS] = manifest
+    state_dict = None
+    if with_weights:
+        state_dict = torch.load(run_dir / RUN_WEIGHTS, weights_only=True, map_location="cpu")
+    return Run(run_dir, adata, state_dict, model_config, manifest)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: is not valid JSON ({exc})") from exc
+
+
+def list_runs(runs_dir: str | os.PathLike) -> list[Path]:
+    """Run folders directly under ``runs_dir``, sorted by name.
+
+    A run folder is a non-hidden sub-folder holding a ``manifest.json``;
+    hidden ones (temporary or replaced runs) are skipped. A missing
+    ``runs_dir`` gives an empty list.
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    return sorted(
+        (p for p in runs_dir.iterdir()
+         if p.is_dir() and not p.name.startswith(".") and (p / RUN_MANIFEST).is_file()),
+        key=lambda p: p.name,
+    )
