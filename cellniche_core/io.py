@@ -33,6 +33,7 @@ import scipy.sparse as sp
 import torch
 import zarr
 
+from .features import FEATURE_MODES, resolve_feature_mode
 from .keys import RUN_ADATA, RUN_MANIFEST, RUN_MODEL_CONFIG, RUN_WEIGHTS, Keys
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
 #: ``uns`` key where :func:`read_cohort` records the files, keys and derived columns.
 INPUT_UNS_KEY = "cellniche_input"
 
-FEATURES = ("pheno", "expr", "pheno_expr")
+FEATURES = FEATURE_MODES
 _PHENO = ("pheno", "pheno_expr")
 _EXPR = ("expr", "pheno_expr")
 _SHOW = 5  # how many offending cell / slide names a message lists
@@ -156,6 +157,7 @@ def read_cohort(
         adatas.append(adata)
 
     _check_distinct_slides(adatas, paths, sample_key)
+    features = resolve_feature_mode(features, adatas[0].obs.columns, cell_type_key)
     adata, concat_notes = _concatenate(adatas, paths, features=features)
     notes += concat_notes
 
@@ -381,6 +383,7 @@ def validate_cohort(
         At the first problem found, naming ``source``.
     """
     _check_features(features)
+    features = resolve_feature_mode(features, adata.obs.columns, cell_type_key)
     if adata.n_obs == 0:
         raise _error(source, "has zero cells")
     _check_spatial(adata, spatial_key, source)
@@ -405,7 +408,7 @@ def validate_cohort(
 
 
 def _check_features(features: str) -> None:
-    if features not in FEATURES:
+    if features != "auto" and features not in FEATURES:
         raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
 
 

@@ -1,0 +1,134 @@
+"""The AnnData-aware model: ``CellNiche(...).fit(adata)``, ``.embed(adata)``, save / load.
+
+It holds what must persist together — the fitted feature transformation, the graph
+settings, the hyperparameters and the weights — so a trained model embeds slides it never
+saw exactly as it embedded its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .embed import embed_nodes
+from .features import (FeatureSpec, fit_features, make_features, neighbourhood_profiles,
+                       resolve_feature_mode)
+from .graph import GraphSettings, SpatialGraph, build_graph
+from .keys import Keys
+from .train import History, NicheModel, Progress, TrainConfig, resolve_device, train_model
+
+
+@dataclass
+class InputKeys:
+    """Where the inputs live in the AnnData."""
+
+    spatial_key: str = Keys.SPATIAL
+    sample_key: str = Keys.SAMPLE
+    cell_type_key: str = Keys.CELL_TYPE
+
+
+def spatial_graph(adata, settings: GraphSettings, keys: InputKeys) -> SpatialGraph:
+    """Per-slide spatial graph of ``adata`` (slides from ``obs[keys.sample_key]`` if present)."""
+    coords = np.asarray(adata.obsm[keys.spatial_key])[:, :2]
+    samples = adata.obs[keys.sample_key].astype(str).to_numpy() if keys.sample_key in adata.obs else None
+    return build_graph(coords, samples, settings)
+
+
+def _csr_tensors(graph: SpatialGraph, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.from_numpy(graph.indptr).to(device), torch.from_numpy(graph.indices).to(device))
+
+
+@dataclass
+class CellNiche:
+    """Niche embedding model for spatial omics cohorts.
+
+    Parameters
+    ----------
+    features
+        ``"pheno"``, ``"expr"``, ``"pheno_expr"`` or ``"auto"`` (pheno when the cell-type
+        column exists, else expr).
+    graph
+        How spatial graphs are built (k-NN by default, scale derived from the data).
+    config
+        Encoder, sampler and optimiser settings.
+    keys
+        AnnData keys of the inputs.
+    """
+
+    features: str = "auto"
+    graph: GraphSettings = field(default_factory=GraphSettings)
+    config: TrainConfig = field(default_factory=TrainConfig)
+    keys: InputKeys = field(default_factory=InputKeys)
+    spec: FeatureSpec | None = None
+    model: NicheModel | None = None
+    history: History | None = None
+
+    def _mode(self, adata) -> str:
+        return resolve_feature_mode(self.features, adata.obs.columns, self.keys.cell_type_key)
+
+    def fit(self, adata, *, device: str = "auto", progress: Progress | None = None,
+            should_stop=None, rank: int = 0, world_size: int = 1) -> CellNiche:
+        """Train on every slide of ``adata`` (one graph per slide). Returns ``self``."""
+        dev = resolve_device(device)
+        self.spec = fit_features(adata, mode=self._mode(adata), cell_type_key=self.keys.cell_type_key,
+                                 seed=self.config.seed)
+        x_np, _ = make_features(adata, self.spec, cell_type_key=self.keys.cell_type_key)
+        graph = spatial_graph(adata, self.graph, self.keys)
+        profiles = None
+        if self.config.strategy != "freq":
+            profiles = torch.from_numpy(neighbourhood_profiles(x_np, graph.indptr, graph.indices)).to(dev)
+        indptr, indices = _csr_tensors(graph, dev)
+        self.model, self.history = train_model(
+            torch.from_numpy(x_np).to(dev), indptr, indices, self.config, profiles=profiles,
+            progress=progress, should_stop=should_stop, rank=rank, world_size=world_size)
+        self.model.cpu()
+        return self
+
+    def embed(self, adata, *, device: str = "auto", key_added: str = Keys.EMBEDDING,
+              chunk_size: int = 32_768) -> dict:
+        """Embed every cell of ``adata`` (trained or new slides).
+
+        Writes ``adata.obsm[key_added]`` ((n, d) float32, L2-normalised). Returns the
+        feature alignment report (missing / extra genes, unknown cell types).
+        """
+        if self.model is None or self.spec is None:
+            raise RuntimeError("the model is not trained: call fit() or load a run first")
+        dev = resolve_device(device)
+        x_np, report = make_features(adata, self.spec, cell_type_key=self.keys.cell_type_key)
+        graph = spatial_graph(adata, self.graph, self.keys)
+        indptr, indices = _csr_tensors(graph, dev)
+        encoder = self.model.encoder.to(dev)
+        adata.obsm[key_added] = embed_nodes(encoder, torch.from_numpy(x_np).to(dev), indptr, indices,
+                                            chunk_size=chunk_size)
+        self.model.cpu()
+        report["graph"] = {"n_edges": int(graph.n_edges),
+                           "mean_degree": float(graph.n_edges / max(graph.n_nodes, 1))}
+        return report
+
+    # persistence ---------------------------------------------------------------------
+    def model_config(self) -> dict:
+        """Everything needed to rebuild the model besides its weights (JSON-serialisable)."""
+        if self.spec is None:
+            raise RuntimeError("the model is not trained")
+        return {"features": self.spec.to_dict(), "graph": self.graph.to_dict(),
+                "train": self.config.to_dict(), "keys": vars(self.keys).copy()}
+
+    def state_dict(self) -> dict:
+        if self.model is None:
+            raise RuntimeError("the model is not trained")
+        return self.model.state_dict()
+
+    @classmethod
+    def from_state(cls, model_config: dict, state_dict: dict) -> CellNiche:
+        """Rebuild a trained model from :meth:`model_config` and :meth:`state_dict`."""
+        spec = FeatureSpec.from_dict(model_config["features"])
+        config = TrainConfig.from_dict(model_config["train"])
+        obj = cls(features=spec.mode, graph=GraphSettings(**model_config["graph"]), config=config,
+                  keys=InputKeys(**model_config.get("keys", {})), spec=spec)
+        obj.model = NicheModel(spec.in_channels, config)
+        obj.model.load_state_dict(state_dict)
+        obj.model.eval()
+        return obj
+

@@ -1,0 +1,188 @@
+"""Encoder inputs from an AnnData: one-hot cell types, expression, or both.
+
+A :class:`FeatureSpec` is fitted on the training cohort and stored with the model, so a
+query slide is turned into the same columns in the same order: cell types or genes the
+query lacks are reported and left at zero (the training mean for expression), extra ones
+are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+FEATURE_MODES = ("pheno", "expr", "pheno_expr")
+#: expression with more columns than this is reduced by PCA
+MAX_EXPRESSION_DIMS = 50
+_PCA_FIT_CELLS = 100_000
+_CLIP = 10.0
+
+
+def resolve_feature_mode(features: str, obs_columns, cell_type_key: str) -> str:
+    """``"auto"`` → ``"pheno"`` when the cell-type column exists, else ``"expr"``."""
+    if features == "auto":
+        return "pheno" if cell_type_key in obs_columns else "expr"
+    if features not in FEATURE_MODES:
+        raise ValueError(f"features must be 'auto' or one of {FEATURE_MODES}, got {features!r}")
+    return features
+
+
+@dataclass
+class FeatureSpec:
+    """How cells become encoder inputs (fitted once, applied to any slide)."""
+
+    mode: str
+    cell_types: list[str] = field(default_factory=list)
+    genes: list[str] = field(default_factory=list)
+    transform: str = "none"  # "log1p_norm" (counts), "log1p" (intensities) or "none"
+    target_sum: float = 1.0
+    mean: list[float] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    components: list[list[float]] = field(default_factory=list)  # (n_pcs, n_genes)
+
+    @property
+    def uses_types(self) -> bool:
+        return self.mode in ("pheno", "pheno_expr")
+
+    @property
+    def uses_expression(self) -> bool:
+        return self.mode in ("expr", "pheno_expr")
+
+    @property
+    def in_channels(self) -> int:
+        n = len(self.cell_types) if self.uses_types else 0
+        if self.uses_expression:
+            n += len(self.components) if self.components else len(self.genes)
+        return n
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureSpec:
+        return cls(**d)
+
+
+def _dense_rows(X, rows=None) -> np.ndarray:
+    X = X if rows is None else X[rows]
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    return X.astype(np.float64, copy=False)
+
+
+def _choose_transform(X) -> str:
+    """Counts get library-size normalisation + log1p; heavy-tailed intensities get log1p."""
+    rng = np.random.default_rng(0)
+    rows = rng.choice(X.shape[0], size=min(X.shape[0], 5000), replace=False)
+    sample = _dense_rows(X, np.sort(rows))
+    if sample.size == 0 or sample.min() < 0:
+        return "none"
+    if np.allclose(sample, np.round(sample)) and sample.max() > 1:
+        return "log1p_norm"
+    return "log1p" if np.percentile(sample, 99) > 20 else "none"
+
+
+def _transform(X, spec: FeatureSpec) -> np.ndarray:
+    X = _dense_rows(X)
+    if spec.transform == "log1p_norm":
+        total = X.sum(1, keepdims=True)
+        X = np.log1p(X / np.where(total > 0, total, 1.0) * spec.target_sum)
+    elif spec.transform == "log1p":
+        X = np.log1p(np.clip(X, 0, None))
+    return X
+
+
+def fit_features(adata, *, mode: str, cell_type_key: str, seed: int = 0) -> FeatureSpec:
+    """Fit the input transformation on a training cohort.
+
+    Parameters
+    ----------
+    adata
+        Cohort; reads ``obs[cell_type_key]`` (pheno modes) and ``X`` (expr modes).
+    mode
+        ``"pheno"`` (one-hot cell type), ``"expr"`` (expression) or ``"pheno_expr"``.
+    """
+    if mode not in FEATURE_MODES:
+        raise ValueError(f"features must be one of {FEATURE_MODES}, got {mode!r}")
+    spec = FeatureSpec(mode=mode)
+    if spec.uses_types:
+        spec.cell_types = sorted(map(str, pd.Series(adata.obs[cell_type_key]).dropna().unique()))
+    if spec.uses_expression:
+        spec.genes = list(map(str, adata.var_names))
+        spec.transform = _choose_transform(adata.X)
+        if spec.transform == "log1p_norm":
+            totals = np.asarray(adata.X.sum(1)).ravel()
+            spec.target_sum = float(np.median(totals[totals > 0])) if (totals > 0).any() else 1.0
+        rng = np.random.default_rng(seed)
+        n = adata.n_obs
+        rows = np.sort(rng.choice(n, size=min(n, _PCA_FIT_CELLS), replace=False))
+        Xs = _transform(adata.X[rows], spec)
+        mean, sd = Xs.mean(0), Xs.std(0)
+        sd[sd == 0] = 1.0
+        spec.mean, spec.scale = mean.tolist(), sd.tolist()
+        if Xs.shape[1] > MAX_EXPRESSION_DIMS:
+            from sklearn.decomposition import PCA
+
+            Z = np.clip((Xs - mean) / sd, -_CLIP, _CLIP)
+            pca = PCA(n_components=MAX_EXPRESSION_DIMS, random_state=seed).fit(Z)
+            spec.components = pca.components_.tolist()
+    return spec
+
+
+def make_features(adata, spec: FeatureSpec, *, cell_type_key: str) -> tuple[np.ndarray, dict]:
+    """Encoder inputs for every cell of ``adata``, aligned to ``spec``.
+
+    Returns
+    -------
+    x
+        (n, spec.in_channels) float32.
+    report
+        What alignment did: ``missing_genes``, ``extra_genes``, ``unknown_cell_types``
+        (with their cell counts), ``missing_cell_types``.
+    """
+    parts, report = [], {}
+    n = adata.n_obs
+    if spec.uses_types:
+        labels = pd.Series(adata.obs[cell_type_key]).astype("object")
+        lookup = {t: i for i, t in enumerate(spec.cell_types)}
+        codes = labels.map(lambda v: lookup.get(str(v), -1) if pd.notna(v) else -1).to_numpy()
+        onehot = np.zeros((n, len(spec.cell_types)), dtype=np.float32)
+        known = codes >= 0
+        onehot[np.flatnonzero(known), codes[known]] = 1.0
+        unknown = labels[~known].astype(str).value_counts()
+        report["unknown_cell_types"] = {str(k): int(v) for k, v in unknown.items()}
+        present = set(labels.dropna().astype(str))
+        report["missing_cell_types"] = [t for t in spec.cell_types if t not in present]
+        parts.append(onehot)
+    if spec.uses_expression:
+        var = pd.Index(map(str, adata.var_names))
+        pos = var.get_indexer(spec.genes)
+        report["missing_genes"] = [g for g, p in zip(spec.genes, pos) if p < 0]
+        report["extra_genes"] = [g for g in var if g not in set(spec.genes)]
+        mean, scale = np.asarray(spec.mean), np.asarray(spec.scale)
+        X = np.zeros((n, len(spec.genes)))
+        have = pos >= 0
+        if have.any():
+            sub = adata.X[:, pos[have]]
+            X[:, have] = _transform(sub, spec)
+        X[:, ~have] = mean[~have]  # a missing gene sits at the training mean: z = 0
+        Z = np.clip((X - mean) / scale, -_CLIP, _CLIP)
+        if spec.components:
+            Z = Z @ np.asarray(spec.components).T
+        parts.append(Z.astype(np.float32))
+    return np.concatenate(parts, axis=1), report
+
+
+def neighbourhood_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Mean of each cell's and its spatial neighbours' feature rows, (n, f) float32.
+
+    The similarity strategies compare these local profiles rather than single cells, so
+    that "similar" means a similar surrounding, not merely the same cell type.
+    """
+    n = len(indptr) - 1
+    adj = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(n, n))
+    adj = adj + sp.identity(n, dtype=np.float32, format="csr")
+    deg = np.asarray(adj.sum(1)).ravel()
+    return (sp.diags(1.0 / deg) @ adj @ x).astype(np.float32)

@@ -1,0 +1,202 @@
+"""The fit loop: sample a walk batch, encode its 2-hop neighbourhood, apply the loss.
+
+Tensor-only. The device is chosen once by :func:`resolve_device`; everything else follows
+the tensors. Under ``torchrun`` the model is wrapped in PyTorch DDP and every rank draws
+its own seed cells.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .model import LearnableTemperature, NicheEncoder, ProjectionHead, multi_positive_info_nce
+from .sampling import Neighbourhood, sample_neighbourhood, sample_walk_batch
+
+#: progress callback: (step, n_steps, loss)
+Progress = Callable[[int, int, float], None]
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of the encoder, the sampler and the optimiser."""
+
+    hidden_channels: int = 128
+    out_channels: int = 32
+    num_layers: int = 2
+    dropout: float = 0.1
+    projection: bool = True
+    fanouts: tuple[int, ...] = (15, 10)
+    seeds_per_batch: int = 64
+    walks_per_seed: int = 10
+    walk_length: int = 6
+    strategy: str = "freq"
+    hard_weight: float = 0.0
+    init_temperature: float = 0.1
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    n_steps: int | None = None  # None: chosen from the number of cells, see steps_for
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fanouts"] = list(self.fanouts)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        if "fanouts" in d:
+            d["fanouts"] = tuple(d["fanouts"])
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def steps_for(n_cells: int) -> int:
+    """Default number of optimisation steps: grows slowly with the cohort size.
+
+    The encoder learns a function of neighbourhood composition, whose variety saturates
+    long before the number of cells does; 400 steps at 10k cells, ~1000 at 10^7.
+    """
+    return int(round(200 + 100 * math.log10(max(n_cells, 10))))
+
+
+class NicheModel(nn.Module):
+    """Encoder, projection head and temperature: everything a checkpoint holds."""
+
+    def __init__(self, in_channels: int, config: TrainConfig):
+        super().__init__()
+        self.encoder = NicheEncoder(in_channels, config.hidden_channels, config.out_channels,
+                                    num_layers=config.num_layers, dropout=config.dropout)
+        self.head = ProjectionHead(config.out_channels) if config.projection else nn.Identity()
+        self.temperature = LearnableTemperature(config.init_temperature)
+
+    def forward(self, x: torch.Tensor, hood: Neighbourhood) -> torch.Tensor:
+        """Projected embeddings of the targets of a sampled neighbourhood; ``x`` is ``x[hood.n_id]``."""
+        z = self.encoder(x, hood.edge_index, hood.nodes_per_hop, hood.edges_per_hop)
+        return self.head(z)
+
+
+def warmup_cosine(n_steps: int, warmup: float = 0.05) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up over 5 % of the steps, then cosine decay to 0."""
+    n_warm = max(1, int(warmup * n_steps))
+
+    def factor(step: int) -> float:
+        if step < n_warm:
+            return (step + 1) / n_warm
+        progress = (step - n_warm) / max(1, n_steps - n_warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return torch.device(device)
+
+
+@dataclass
+class History:
+    """What happened during training."""
+
+    loss: list[float] = field(default_factory=list)
+    temperature: float = float("nan")
+    seconds: float = 0.0
+    steps: int = 0
+    mean_batch_cells: float = 0.0
+    mean_positives_per_cell: float = 0.0
+
+
+def train_model(
+    x: torch.Tensor,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    config: TrainConfig,
+    *,
+    profiles: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[NicheModel, History]:
+    """Train a :class:`NicheModel` on one (block-diagonal) cohort graph.
+
+    Parameters
+    ----------
+    x
+        (n, in_channels) float32 encoder inputs, on the training device.
+    indptr, indices
+        CSR graph on the same device.
+    profiles
+        (n, f) profiles for the ``sim``/``and``/``or`` strategies.
+    progress
+        Called after every step with ``(step, n_steps, loss)``.
+    should_stop
+        Polled every step; returning True ends training early (the model so far is kept).
+    rank, world_size
+        Position under ``torchrun``; every rank draws different seed cells.
+    """
+    device = x.device
+    torch.manual_seed(config.seed)  # parameter initialisation
+    model = NicheModel(x.shape[1], config).to(device)
+    ddp_model: nn.Module = model
+    if world_size > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    n = x.shape[0]
+    n_steps = config.n_steps or steps_for(n)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(n_steps))
+    gen = torch.Generator(device=device)
+    gen.manual_seed(config.seed * 1_000_003 + rank)
+    history = History()
+    t0 = time.perf_counter()
+    batch_cells = positives = 0.0
+    model.train()
+    for step in range(n_steps):
+        seeds = torch.randint(0, n, (config.seeds_per_batch,), generator=gen, device=device)
+        batch = sample_walk_batch(indptr, indices, seeds, walks_per_seed=config.walks_per_seed,
+                                  walk_length=config.walk_length, generator=gen,
+                                  strategy=config.strategy, profiles=profiles)
+        hood = sample_neighbourhood(indptr, indices, batch.nodes, config.fanouts, generator=gen)
+        z = ddp_model(x[hood.n_id], hood)
+        loss = multi_positive_info_nce(z, batch.positives, model.temperature(),
+                                       hard_weight=config.hard_weight)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        value = float(loss.detach())
+        history.loss.append(value)
+        batch_cells += batch.nodes.numel()
+        positives += float(batch.positives.sum()) / max(batch.nodes.numel(), 1)
+        if progress is not None:
+            progress(step + 1, n_steps, value)
+        if should_stop is not None and should_stop():
+            break
+    model.eval()
+    history.steps = len(history.loss)
+    history.seconds = time.perf_counter() - t0
+    history.temperature = float(model.temperature().detach())
+    history.mean_batch_cells = batch_cells / max(history.steps, 1)
+    history.mean_positives_per_cell = positives / max(history.steps, 1)
+    return model, history
+
+
+def set_seed_everywhere(seed: int) -> None:
+    """Seed numpy and torch global generators (for code outside our own generators)."""
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import torch
+
+from cellniche_core.cellniche import CellNiche
+from cellniche_core.embed import embed_nodes
+from cellniche_core.graph import build_knn_graph
+from cellniche_core.keys import Keys
+from cellniche_core.model import NicheEncoder
+from cellniche_core.sampling import sample_neighbourhood
+from cellniche_core.simulate import simulate_cohort
+from cellniche_core.train import TrainConfig, resolve_device, steps_for
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return simulate_cohort(n_patients=2, cells_per_slide=600, slides_per_patient=1, seed=4)
+
+
+def random_graph(n=500, seed=0):
+    rng = np.random.default_rng(seed)
+    g = build_knn_graph(rng.uniform(0, 100, (n, 2)), n_neighbors=6)
+    return torch.from_numpy(g.indptr), torch.from_numpy(g.indices)
+
+
+def test_trimmed_forward_equals_full_forward_on_targets():
+    indptr, indices = random_graph()
+    torch.manual_seed(0)
+    enc = NicheEncoder(7, 16, 8, num_layers=3).eval()
+    x = torch.randn(500, 7)
+    targets = torch.tensor([3, 40, 41, 300])
+    hood = sample_neighbourhood(indptr, indices, targets, (0, 0, 0), generator=None)
+    with torch.no_grad():
+        trimmed = enc(x[hood.n_id], hood.edge_index, hood.nodes_per_hop, hood.edges_per_hop)
+        full_graph = enc(x, torch.stack([indices, torch.repeat_interleave(
+            torch.arange(500), indptr[1:] - indptr[:-1])]))
+    assert trimmed.shape == (4, 8)
+    np.testing.assert_allclose(trimmed.numpy(), full_graph[targets].numpy(), atol=1e-5)
+
+
+def test_chunked_inference_does_not_depend_on_chunk_size():
+    indptr, indices = random_graph()
+    torch.manual_seed(1)
+    enc = NicheEncoder(5, 16, 8)
+    x = torch.randn(500, 5)
+    a = embed_nodes(enc, x, indptr, indices, chunk_size=64)
+    b = embed_nodes(enc, x, indptr, indices, chunk_size=10_000)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert enc.training  # the mode is restored
+
+
+def test_same_seed_same_embedding_on_cpu(tiny):
+    def run(seed):
+        a = tiny.copy()
+        CellNiche(config=TrainConfig(n_steps=15, seed=seed)).fit(a, device="cpu").embed(a, device="cpu")
+        return a.obsm[Keys.EMBEDDING]
+
+    e0, e0b, e1 = run(0), run(0), run(1)
+    np.testing.assert_array_equal(e0, e0b)
+    assert not np.allclose(e0, e1)
+
+
+def test_training_lowers_the_loss_and_reports_progress(tiny):
+    seen = []
+    m = CellNiche(config=TrainConfig(n_steps=60, seed=0)).fit(
+        tiny.copy(), device="cpu", progress=lambda s, n, loss: seen.append((s, n)))
+    loss = m.history.loss
+    assert np.mean(loss[-10:]) < np.mean(loss[:10])
+    assert seen[0] == (1, 60) and seen[-1] == (60, 60)
+
+
+def test_training_can_be_stopped(tiny):
+    calls = []
+    m = CellNiche(config=TrainConfig(n_steps=100, seed=0)).fit(
+        tiny.copy(), device="cpu", should_stop=lambda: len(calls.append(1) or calls) >= 5)
+    assert m.history.steps == 5
+
+
+@pytest.mark.parametrize("features", ["pheno", "expr", "pheno_expr"])
+@pytest.mark.parametrize("strategy", ["freq", "and"])
+def test_every_feature_mode_and_strategy_trains(tiny, features, strategy):
+    a = tiny.copy()
+    m = CellNiche(features=features, config=TrainConfig(n_steps=5, strategy=strategy)).fit(a, device="cpu")
+    m.embed(a, device="cpu")
+    assert np.isfinite(a.obsm[Keys.EMBEDDING]).all()
+    n_types = a.obs[Keys.CELL_TYPE].nunique()
+    expected = {"pheno": n_types, "expr": a.n_vars, "pheno_expr": n_types + a.n_vars}[features]
+    assert m.spec.in_channels == expected
+
+
+def test_saved_state_rebuilds_the_same_model(tiny):
+    a = tiny.copy()
+    m = CellNiche(config=TrainConfig(n_steps=10)).fit(a, device="cpu")
+    m.embed(a, device="cpu")
+    clone = CellNiche.from_state(m.model_config(), m.state_dict())
+    b = tiny.copy()
+    clone.embed(b, device="cpu")
+    np.testing.assert_allclose(a.obsm[Keys.EMBEDDING], b.obsm[Keys.EMBEDDING], atol=1e-6)
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
+    assert steps_for(10_000) < steps_for(10_000_000)
+
+
+@pytest.mark.gpu
+def test_cuda_training_and_embedding(tiny):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    a = tiny.copy()
+    m = CellNiche(config=TrainConfig(n_steps=20)).fit(a, device="cuda")
+    m.embed(a, device="cuda")
+    assert np.isfinite(a.obsm[Keys.EMBEDDING]).all()
