@@ -1,0 +1,149 @@
+"""Niches from embeddings: KMeans for a given k, or k chosen by stability; composition tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+#: cells used to fit KMeans; the rest are assigned to the nearest centre
+_FIT_CELLS = 100_000
+#: cells per subsample when measuring stability
+_STABILITY_CELLS = 10_000
+_STABILITY_REPEATS = 4
+#: a k is "stable" when its clusterings agree this well across subsamples (mean ARI)
+STABLE_ARI = 0.9
+DEFAULT_MAX_K = 15
+
+
+def _kmeans(emb: np.ndarray, k: int, seed: int, n_init: int = 4) -> KMeans:
+    return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(emb)
+
+
+def niche_stability(emb: np.ndarray, ks, *, seed: int = 0) -> pd.DataFrame:
+    """Agreement of KMeans clusterings fitted on different random subsamples, per k.
+
+    For each k, ``_STABILITY_REPEATS`` clusterings are fitted on independent subsamples
+    (half the cells, at most 10,000) with different initialisations; each labels a common
+    evaluation sample, and the mean pairwise ARI between these labelings is the stability.
+    A k that splits a real niche arbitrarily, or merges two, is unstable.
+
+    Returns
+    -------
+    DataFrame with columns ``k``, ``stability`` (mean ARI), ``stability_min``.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(emb)
+    size = min(_STABILITY_CELLS, max(n // 2, 1))
+    evaluation = emb[rng.choice(n, size=min(n, _STABILITY_CELLS), replace=False)]
+    subsamples = [rng.choice(n, size=size, replace=False) for _ in range(_STABILITY_REPEATS)]
+    rows = []
+    for k in ks:
+        labels = [_kmeans(emb[idx], k, seed + r, n_init=2).predict(evaluation)
+                  for r, idx in enumerate(subsamples)]
+        aris = [adjusted_rand_score(labels[i], labels[j])
+                for i in range(len(labels)) for j in range(i + 1, len(labels))]
+        rows.append({"k": k, "stability": float(np.mean(aris)), "stability_min": float(np.min(aris))})
+    return pd.DataFrame(rows)
+
+
+def choose_n_niches(emb: np.ndarray, *, max_k: int = DEFAULT_MAX_K, seed: int = 0) -> tuple[int, pd.DataFrame]:
+    """Choose the number of niches: the largest stable k.
+
+    Rule: among k = 3 … ``max_k``, take the largest k whose stability (see
+    :func:`niche_stability`) is at least ``STABLE_ARI``; if none is, the most stable k.
+    Larger k that stay stable mean finer niches the data really support; the first
+    arbitrary split shows up as a drop in stability.
+    """
+    max_k = int(min(max_k, max(len(emb) // 50, 3)))
+    table = niche_stability(emb, range(3, max_k + 1), seed=seed)
+    stable = table[table["stability"] >= STABLE_ARI]
+    k = int(stable["k"].max()) if len(stable) else int(table.loc[table["stability"].idxmax(), "k"])
+    return k, table
+
+
+def call_niches(emb: np.ndarray, n_niches: int | str = "auto", *, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Cluster embeddings into niches.
+
+    Parameters
+    ----------
+    emb
+        (n, d) embeddings.
+    n_niches
+        Number of niches, or ``"auto"`` (see :func:`choose_n_niches`).
+
+    Returns
+    -------
+    labels
+        (n,) array of niche names ``"N1"``, ``"N2"``, … numbered by decreasing size.
+    info
+        ``n_niches``, ``rule`` and, for ``"auto"``, the stability table as records.
+    """
+    emb = np.asarray(emb, dtype=np.float32)
+    info: dict = {}
+    if n_niches == "auto":
+        k, table = choose_n_niches(emb, seed=seed)
+        info["rule"] = f"largest k in 3..{DEFAULT_MAX_K} with subsample stability ARI >= {STABLE_ARI}"
+        info["stability"] = table.to_dict(orient="records")
+    else:
+        k = int(n_niches)
+        if k < 1:
+            raise ValueError(f"n_niches must be >= 1 or 'auto', got {n_niches}")
+        info["rule"] = "given"
+    k = min(k, len(emb))
+    rng = np.random.default_rng(seed)
+    fit = emb if len(emb) <= _FIT_CELLS else emb[rng.choice(len(emb), _FIT_CELLS, replace=False)]
+    codes = _kmeans(fit, k, seed).predict(emb)
+    order = np.argsort(-np.bincount(codes, minlength=k), kind="stable")
+    rank = np.empty(k, dtype=int)
+    rank[order] = np.arange(k)
+    labels = np.array([f"N{i + 1}" for i in range(k)], dtype=object)[rank[codes]]
+    info["n_niches"] = k
+    return labels, info
+
+
+def niche_categories(labels) -> list[str]:
+    """Niche names in natural order (N2 before N10)."""
+    names = pd.unique(pd.Series(labels).astype(str))
+    return sorted(names, key=lambda s: (len(s), s))
+
+
+def composition(adata, *, niche_key: str, cell_type_key: str) -> pd.DataFrame:
+    """Cell-type fractions per niche, (niches x cell types); rows sum to 1."""
+    table = pd.crosstab(adata.obs[niche_key].astype(str), adata.obs[cell_type_key].astype(str))
+    return table.div(table.sum(1), axis=0)
+
+
+def enrichment(adata, *, niche_key: str, cell_type_key: str, pseudocount: float = 0.5) -> pd.DataFrame:
+    """log2 fold enrichment of each cell type in each niche over its cohort-wide share."""
+    counts = pd.crosstab(adata.obs[niche_key].astype(str), adata.obs[cell_type_key].astype(str))
+    frac = (counts + pseudocount).div((counts + pseudocount).sum(1), axis=0)
+    overall = (counts.sum(0) + pseudocount) / (counts.values.sum() + pseudocount * counts.shape[1])
+    return np.log2(frac.div(overall, axis=1))
+
+
+def marker_scores(adata, *, niche_key: str, layer: str | None = None) -> pd.DataFrame:
+    """Mean z-scored expression of every feature in each niche, (niches x features).
+
+    Each feature of ``X`` (or ``layers[layer]``) is standardised over all cells; a
+    niche's score is the mean of that z-score over its cells, so +1 means one cohort
+    standard deviation above the cohort mean. Works on sparse ``X`` without densifying.
+    """
+    import scipy.sparse as sp
+
+    x = adata.X if layer is None else adata.layers[layer]
+    niche = adata.obs[niche_key].astype(str).to_numpy()
+    names = niche_categories(niche)
+    codes = pd.Categorical(niche, categories=names).codes
+    member = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))),
+                           shape=(len(names), len(codes)))
+    size = np.asarray(member.sum(1)).ravel()
+    group_sum = member @ x
+    group_sum = group_sum.toarray() if sp.issparse(group_sum) else np.asarray(group_sum, dtype=float)
+    group_mean = group_sum / np.maximum(size, 1)[:, None]
+    mean = np.asarray(x.mean(0), dtype=float).ravel()
+    sq = x.multiply(x) if sp.issparse(x) else np.square(x, dtype=float)
+    sd = np.sqrt(np.maximum(np.asarray(sq.mean(0), dtype=float).ravel() - mean ** 2, 0.0))
+    z = (group_mean - mean) / np.where(sd > 0, sd, 1.0)
+    return pd.DataFrame(z, index=pd.Index(names, name=niche_key), columns=adata.var_names.astype(str))
