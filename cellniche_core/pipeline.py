@@ -1,0 +1,166 @@
+"""A whole run: cohort → model → embeddings → niches → UMAP → run folder.
+
+Shared by the command line and the dashboard, which follow it through ``on_stage``
+(stage name, fraction done of that stage, message).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from .cellniche import CellNiche, InputKeys
+from .graph import GraphSettings
+from .keys import Keys
+from .layout import compute_umap
+from .metrics import agreement, batch_mixing
+from .niches import call_niches, niche_categories
+from .train import TrainConfig, resolve_device
+
+#: on_stage callback: (stage, fraction of that stage done, message)
+StageCallback = Callable[[str, float, str], None]
+
+STAGES = ("read", "train", "embed", "niches", "umap", "write")
+
+_PACKAGES = ("torch", "torch-geometric", "anndata", "numpy", "scipy", "scikit-learn", "pandas",
+             "umap-learn")
+
+
+def package_versions() -> dict:
+    """Versions of Python and the packages a run depends on."""
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@dataclass
+class RunOptions:
+    """Everything a run is made from besides the data."""
+
+    features: str = "auto"
+    n_niches: int | str = "auto"
+    graph: GraphSettings = field(default_factory=GraphSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    keys: InputKeys = field(default_factory=InputKeys)
+    patient_key: str = Keys.PATIENT
+    device: str = "auto"
+    umap: bool = True
+
+
+def _quiet(stage: str, fraction: float, message: str) -> None:
+    pass
+
+
+def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCallback | None = None,
+                   should_stop=None) -> tuple[CellNiche, dict]:
+    """Fit a model on ``adata`` and annotate it in place.
+
+    Writes ``obsm["X_cellniche"]``, ``obs["niche"]`` (categorical), ``obsm["X_umap"]`` and
+    ``uns["cellniche"]`` (the manifest, also returned).
+    """
+    on_stage = on_stage or _quiet
+    device = resolve_device(options.device)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    model = CellNiche(features=options.features, graph=options.graph, config=options.train,
+                      keys=options.keys)
+    model.fit(adata, device=str(device), should_stop=should_stop,
+              progress=lambda s, n, loss: on_stage("train", s / n, f"step {s}/{n}, loss {loss:.3f}"))
+    timings["train"] = time.perf_counter() - t
+
+    on_stage("embed", 0.0, f"embedding {adata.n_obs:,} cells")
+    t = time.perf_counter()
+    report = model.embed(adata, device=str(device))
+    timings["embed"] = time.perf_counter() - t
+    on_stage("embed", 1.0, "done")
+
+    on_stage("niches", 0.0, "clustering")
+    t = time.perf_counter()
+    labels, niche_info = call_niches(adata.obsm[Keys.EMBEDDING], options.n_niches, seed=options.train.seed)
+    adata.obs[Keys.NICHE] = pd.Categorical(labels, categories=niche_categories(labels))
+    timings["niches"] = time.perf_counter() - t
+    on_stage("niches", 1.0, f"{niche_info['n_niches']} niches")
+
+    if options.umap:
+        on_stage("umap", 0.0, "UMAP layout")
+        t = time.perf_counter()
+        adata.obsm[Keys.UMAP] = compute_umap(adata.obsm[Keys.EMBEDDING], seed=options.train.seed)
+        timings["umap"] = time.perf_counter() - t
+        on_stage("umap", 1.0, "done")
+
+    metrics: dict = {}
+    sample_key = options.keys.sample_key
+    if sample_key in adata.obs and adata.obs[sample_key].nunique() > 1:
+        mix = batch_mixing(adata.obsm[Keys.EMBEDDING], adata.obs[sample_key], adata.obs[Keys.NICHE],
+                           seed=options.train.seed)
+        metrics["batch_mixing_per_niche"] = {str(k): (None if pd.isna(v) else float(v))
+                                             for k, v in mix["mixing"].items()}
+    if Keys.TRUE_NICHE in adata.obs:
+        metrics["vs_true_niche"] = agreement(adata.obs[Keys.TRUE_NICHE], adata.obs[Keys.NICHE])
+
+    hist = model.history
+    manifest = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_cells": int(adata.n_obs),
+        "n_samples": int(adata.obs[sample_key].nunique()) if sample_key in adata.obs else 1,
+        "features": model.spec.mode,
+        "n_niches": niche_info["n_niches"],
+        "niche_rule": niche_info["rule"],
+        "niche_stability": niche_info.get("stability"),
+        "params": {"graph": options.graph.to_dict(), "train": options.train.to_dict(),
+                   "keys": vars(options.keys).copy(), "patient_key": options.patient_key,
+                   "n_niches": options.n_niches, "features": options.features},
+        "seed": options.train.seed,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "versions": package_versions(),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "training": {"steps": hist.steps, "final_loss": float(np.mean(hist.loss[-20:])) if hist.loss else None,
+                     "temperature": hist.temperature, "mean_batch_cells": hist.mean_batch_cells,
+                     "mean_positives_per_cell": hist.mean_positives_per_cell,
+                     "stopped_early": hist.steps < (options.train.n_steps or hist.steps)},
+        "alignment": report,
+        "metrics": metrics,
+    }
+    adata.uns[Keys.UNS] = manifest
+    return model, manifest
+
+
+def fit_run(paths, out: str | Path, options: RunOptions, *, group_keys=(), overwrite: bool = False,
+            on_stage: StageCallback | None = None, should_stop=None) -> Path:
+    """Read a cohort, analyse it and write the run folder ``out`` atomically."""
+    from .io import read_cohort, write_run
+
+    on_stage = on_stage or _quiet
+    t0 = time.perf_counter()
+    on_stage("read", 0.0, "reading cohort")
+    adata = read_cohort(paths, spatial_key=options.keys.spatial_key, sample_key=options.keys.sample_key,
+                        patient_key=options.patient_key, cell_type_key=options.keys.cell_type_key,
+                        group_keys=tuple(group_keys), features=options.features)
+    read_s = time.perf_counter() - t0
+    on_stage("read", 1.0, f"{adata.n_obs:,} cells")
+    model, manifest = analyse_cohort(adata, options, on_stage=on_stage, should_stop=should_stop)
+    manifest["timings_s"]["read"] = round(read_s, 3)
+    manifest["inputs"] = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    on_stage("write", 0.0, "writing run")
+    t = time.perf_counter()
+    manifest["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
+    path = write_run(out, adata=adata, state_dict=model.state_dict(), model_config=model.model_config(),
+                     manifest=manifest, overwrite=overwrite)
+    on_stage("write", 1.0, f"written in {time.perf_counter() - t:.1f} s")
+    return path

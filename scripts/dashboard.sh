@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up .venv and start the dashboard; the first launch builds the demo run (1-3 min on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m streamlit run app.py "$@"
