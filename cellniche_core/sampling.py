@@ -31,15 +31,15 @@ def random_walks(
     (len(start), walk_length + 1) int64 tensor of node ids; column 0 is ``start``. A walk
     that reaches a node without neighbours stays there.
     """
-    degree = indptr[1:] - indptr[:-1]
     n_edges = indices.numel()
     cur = start
     steps = [cur]
     for _ in range(walk_length):
-        d = degree[cur]
+        first = indptr[cur]
+        d = indptr[cur + 1] - first  # degrees of the walkers' cells only: O(walkers), not O(cells)
         u = torch.rand(cur.shape, generator=generator, device=cur.device)
         offset = torch.minimum((u * d).long(), (d - 1).clamp_min(0))
-        nxt = indices[(indptr[cur] + offset).clamp_max(max(n_edges - 1, 0))] if n_edges else cur
+        nxt = indices[(first + offset).clamp_max(max(n_edges - 1, 0))] if n_edges else cur
         cur = torch.where(d > 0, nxt, cur)
         steps.append(cur)
     return torch.stack(steps, dim=1)
