@@ -35,7 +35,9 @@ class TrainConfig:
     fanouts: tuple[int, ...] = (15, 10)
     seeds_per_batch: int = 64
     walks_per_seed: int = 10
-    walk_length: int = 6
+    # walks of num_layers + 1 steps keep positive pairs inside each other's receptive field
+    # (2 layers see 2 hops); longer walks pair cells whose neighbourhoods barely overlap
+    walk_length: int = 3
     strategy: str = "freq"
     hard_weight: float = 0.0
     init_temperature: float = 0.1
