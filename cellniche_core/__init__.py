@@ -19,9 +19,11 @@ from .keys import UNKNOWN, Keys
 from .niches import call_niches, choose_n_niches
 from .pipeline import RunOptions, analyse_cohort, fit_run
 from .train import TrainConfig, resolve_device
+from .transfer import annotate_query, transfer_labels
 
 __all__ = [
     "UNKNOWN", "CellNiche", "CohortError", "GraphSettings", "InputKeys", "Keys", "RunOptions", "TrainConfig",
     "analyse_cohort", "build_knn_graph", "build_radius_graph", "call_niches", "choose_n_niches", "fit_run",
     "list_runs", "load_run", "read_cohort", "resolve_device", "validate_cohort", "write_run",
+    "annotate_query", "transfer_labels",
 ]

@@ -18,6 +18,7 @@ class Keys:
     UMAP = "X_umap"  # obsm, (n, 2)
     TRANSFERRED = "transferred_label"  # obs, label transferred from a reference
     CONFIDENCE = "transfer_confidence"  # obs, float in [0, 1]
+    TRANSFER_DISTANCE = "transfer_distance"  # obs, mean cosine distance to the reference neighbours
     UNS = "cellniche"  # uns, run manifest
 
     # demo ground truth

@@ -68,3 +68,37 @@ def batch_mixing(
         rows[g] = {"mixing": float(np.mean(observed) / expected), "n_cells": len(idx),
                    "n_samples": n_present}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def transfer_accuracy(reference_labels, reference_truth, query_labels, query_truth, *,
+                      unknown: str = "unknown") -> dict:
+    """Score a label transfer against ground truth (the demo's ``true_niche``).
+
+    Each reference label is mapped to the true class holding most of its reference
+    cells; a query cell is right when its transferred label maps to its own true class.
+    Query cells whose true class never occurs in the reference are "novel": the right
+    answer for them is ``unknown``.
+
+    Returns
+    -------
+    dict
+        ``accuracy_known`` (share of non-novel query cells labelled right; ``unknown``
+        counts as wrong), ``unknown_known`` (share of them called unknown),
+        ``unknown_novel`` (novel class → share called unknown), ``n_known``, ``n_novel``
+        and ``mapping`` (reference label → true class).
+    """
+    ref = pd.DataFrame({"label": np.asarray(reference_labels).astype(str),
+                        "truth": np.asarray(reference_truth).astype(str)})
+    mapping = ref.groupby("label")["truth"].agg(lambda s: s.value_counts().index[0]).to_dict()
+    labels, truth = np.asarray(query_labels).astype(str), np.asarray(query_truth).astype(str)
+    mapped = np.array([mapping.get(x, unknown) if x != unknown else unknown for x in labels], dtype=object)
+    known = np.isin(truth, ref["truth"].unique())
+    is_unknown = labels == unknown
+    return {
+        "accuracy_known": float(np.mean(mapped[known] == truth[known])) if known.any() else float("nan"),
+        "unknown_known": float(np.mean(is_unknown[known])) if known.any() else float("nan"),
+        "unknown_novel": {str(t): float(np.mean(is_unknown[truth == t])) for t in pd.unique(truth[~known])},
+        "n_known": int(known.sum()),
+        "n_novel": int((~known).sum()),
+        "mapping": mapping,
+    }

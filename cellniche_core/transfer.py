@@ -1,0 +1,538 @@
+"""Reference → query label transfer with a per-cell confidence and an ``unknown`` call.
+
+A trained run is the reference atlas; a new slide is the query. The query is embedded by
+the reference's frozen encoder (:func:`annotate_query`), then every query cell takes the
+label of its nearest reference cells in embedding space (:func:`transfer_labels`).
+
+The vote
+    The ``n_neighbors`` nearest reference cells by cosine distance ``d = 1 - cos`` on the
+    L2-normalised embeddings vote with weights ``exp(-(d - d_1) / (d_k - d_1))``, from 1
+    for the closest (``d_1``) down to 1/e for the k-th (``d_k``): closer cells count more,
+    at most e times more, on each cell's own distance scale, so that a cell midway between
+    two labels weighs both alike however far it is, and labels mixed in one place split
+    the vote. ``confidence`` is the winning label's share of the weight, in [1/k, 1].
+
+The unknown rule
+    A query cell is ``unknown`` when it is *far* or *ambiguous*:
+
+    - far: its distance ``D`` (mean distance to its ``n_neighbors`` neighbours) exceeds
+      the ``quantile`` (default 0.99) of the same distance measured on reference cells
+      *held out by patient*: each calibration cell is compared only with reference cells
+      of other patients (``calibration_keys``). A new patient's slide is, by construction,
+      absent from the reference, and so are its own cells' nearest twins on the same
+      slide; holding out whole patients reproduces that and includes the patient-to-
+      patient shift in the calibration. Thresholds are per label (the label the held-out
+      cell's own vote gave), since niches differ in spread; a label with fewer than
+      ``_MIN_LABEL_CELLS`` calibration cells falls back to the threshold of all labels.
+      Patient-specific populations are left out of the calibration: seen from the other
+      patients their cells are themselves novel, and would teach the rule that far is
+      normal. A reference cell calibrates only when its label has ``n_neighbors`` cells
+      in other patients and so does its micro-cluster (KMeans on the reference
+      embeddings, 5 per label, 20-100), which must also have at least 10 % of its cells
+      there: a one-patient population that niche calling merged into a broader label is
+      caught by the latter.
+    - ambiguous: no majority, ``confidence < min_confidence`` (default 0.5). Between two
+      labels the winner always holds at least half, so a cell on a two-niche boundary
+      keeps its plurality label, with a confidence near 0.5 that says so; the rule
+      catches cells where three or more labels split the vote.
+
+    So about ``1 - quantile`` of the cells of a new patient resembling the reference
+    patients are called unknown, per label. Without two patients (or slides) the
+    calibration holds out single cells instead, which is optimistic: the summary's
+    ``calibration["held_out_by"]`` is then ``"cell"``.
+
+Scale: the reference index is at most ``max_reference_cells`` cells (default 50,000,
+drawn per label in proportion to its size, with a floor for rare labels); neighbours are
+found by chunked matrix products on the chosen torch device (a 10^6-cell query against
+50,000 reference cells is ~3 TFLOP: seconds on a GPU, minutes on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from .cellniche import CellNiche
+from .features import FeatureSpec
+from .io import CohortError, load_run, read_cohort, to_plain, validate_cohort
+from .keys import UNKNOWN, Keys
+from .train import resolve_device
+
+__all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_query", "transfer_file",
+           "transfer_labels"]
+
+#: ``uns`` key of the query where the transfer records its parameters and outcome
+TRANSFER_UNS_KEY = "cellniche_transfer"
+
+#: a label needs this many calibration cells for a threshold of its own
+_MIN_LABEL_CELLS = 100
+#: a micro-cluster with more than this share of its cells in one group is group-specific
+_OWN_GROUP_MAX = 0.9
+#: entries of one (chunk x index) similarity block, bounds memory (64 MiB of float32)
+_BLOCK_ENTRIES = 1 << 24
+_SHOW = 8
+
+
+# ----------------------------------------------------------------------- neighbours
+
+
+def _nearest(points: torch.Tensor, index: torch.Tensor, k: int, *,
+             groups: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest index rows of every point by cosine distance (rows are unit vectors).
+
+    ``groups = (point_groups, index_groups)``: an index row in the point's own group is
+    never its neighbour. Returns distances (m, k) float32, ascending, and index rows (m, k).
+    """
+    rows = max(1, _BLOCK_ENTRIES // max(index.shape[0], 1))
+    dist, nbr = [], []
+    for start in range(0, points.shape[0], rows):
+        sim = points[start:start + rows] @ index.T
+        if groups is not None:
+            sim.masked_fill_(groups[0][start:start + rows, None] == groups[1][None, :], -np.inf)
+        v, i = sim.topk(k, dim=1)
+        dist.append((1.0 - v).clamp_min(0.0).cpu())
+        nbr.append(i.cpu())
+    return torch.cat(dist).numpy(), torch.cat(nbr).numpy()
+
+
+def _vote(dist: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distance-weighted vote: winning label code (m,) and its weight share (m,)."""
+    spread = np.maximum(dist[:, -1:] - dist[:, :1], 1e-12)
+    w = np.exp(-(dist - dist[:, :1]) / spread)
+    scores = np.zeros((len(dist), n_labels))
+    np.add.at(scores, (np.repeat(np.arange(len(dist)), dist.shape[1]), labels.ravel()), w.ravel())
+    winner = scores.argmax(1)
+    return winner, scores[np.arange(len(dist)), winner] / scores.sum(1)
+
+
+# ----------------------------------------------------------------------- reference
+
+
+def _reference_labels(reference: ad.AnnData, label_key: str) -> tuple[np.ndarray, list[str]]:
+    """Integer codes (-1: not usable) and label names of ``reference.obs[label_key]``."""
+    obs = reference.obs
+    usable = [c for c in obs.columns if _is_categorical(obs[c])]
+    if label_key not in obs:
+        raise CohortError(f"reference: obs[{label_key!r}] is missing; categorical obs columns that "
+                          f"can be transferred: {usable}")
+    if not _is_categorical(obs[label_key]):
+        raise CohortError(f"reference: obs[{label_key!r}] is numeric ({obs[label_key].dtype}); only "
+                          f"categorical columns can be transferred: {usable}")
+    values = pd.Series(obs[label_key]).astype("object")
+    values = values.where(values.notna()).map(str, na_action="ignore")
+    column = obs[label_key]
+    order = (map(str, column.cat.categories) if isinstance(column.dtype, pd.CategoricalDtype)
+             else sorted(values.dropna().unique()))
+    present = set(values.dropna())
+    # an earlier transfer's "unknown" is not a niche of the reference: it does not vote
+    names = [n for n in order if n in present and n != UNKNOWN]
+    codes = pd.Categorical(values, categories=names).codes.astype(np.int64)
+    if not names:
+        raise CohortError(f"reference: obs[{label_key!r}] has no label to transfer (all NaN or {UNKNOWN!r})")
+    return codes, names
+
+
+def _is_categorical(column: pd.Series) -> bool:
+    return (isinstance(column.dtype, pd.CategoricalDtype) or pd.api.types.is_object_dtype(column)
+            or pd.api.types.is_string_dtype(column) or pd.api.types.is_bool_dtype(column))
+
+
+def _subsample_by_label(codes: np.ndarray, max_cells: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted rows of labelled cells: all of them, or at most ``max_cells`` drawn per label.
+
+    Every label first keeps ``min(size, max_cells // (4 * n_labels))`` cells, so that a
+    rare label survives; the rest of the budget is shared in proportion to the labels'
+    remaining cells, which keeps the vote's priors close to the reference's.
+    """
+    labelled = np.flatnonzero(codes >= 0)
+    if len(labelled) <= max_cells:
+        return labelled
+    sizes = np.bincount(codes[labelled])
+    floor = np.minimum(sizes, max_cells // (4 * len(sizes)))
+    left = sizes - floor
+    quota = floor + np.floor(left / max(left.sum(), 1) * (max_cells - floor.sum())).astype(int)
+    keep = [rng.choice(np.flatnonzero(codes == c), size=q, replace=False)
+            for c, q in enumerate(quota) if q > 0]
+    return np.sort(np.concatenate(keep))
+
+
+def _calibration_groups(reference: ad.AnnData, keys: Sequence[str]) -> tuple[np.ndarray, str]:
+    """Group codes that calibration holds out, from the first key with two groups or more."""
+    for key in keys:
+        if key and key in reference.obs and reference.obs[key].nunique() > 1:
+            return pd.Categorical(reference.obs[key].astype(str)).codes.astype(np.int64), key
+    return np.arange(reference.n_obs, dtype=np.int64), "cell"
+
+
+def _outside_own_group(groups: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """For each cell, how many cells of its ``members`` class lie outside its own group."""
+    table = pd.crosstab(groups, members)
+    outside = table.sum(0).to_numpy()[None, :] - table.to_numpy()
+    return outside[pd.Index(table.index).get_indexer(groups), pd.Index(table.columns).get_indexer(members)]
+
+
+def _shared_cells(emb: torch.Tensor, codes: np.ndarray, groups: np.ndarray, n_labels: int, *, k: int,
+                  seed: int) -> np.ndarray:
+    """Cells that may calibrate: their label and their local population recur in other groups.
+
+    A label needs ``k`` cells outside the cell's group. A population is a micro-cluster
+    (KMeans, ``5 x n_labels`` clusters, 20-100): it needs ``k`` cells and at least
+    ``1 - _OWN_GROUP_MAX`` of its cells outside the group, so that a patient-specific
+    population hidden inside a broader label (a niche that clustering merged into
+    another) does not pass for in-distribution.
+    """
+    from sklearn.cluster import KMeans
+
+    ok = _outside_own_group(groups, codes) >= k
+    n_micro = int(min(np.clip(5 * n_labels, 20, 100), len(codes) // (2 * k)))
+    if n_micro >= 2 and len(np.unique(groups)) < len(groups):
+        x = emb.cpu().numpy()
+        micro = KMeans(n_clusters=n_micro, n_init=1, random_state=seed).fit_predict(x)
+        size = np.bincount(micro, minlength=n_micro)[micro]
+        outside = _outside_own_group(groups, micro)
+        ok &= outside >= np.maximum(k, (1.0 - _OWN_GROUP_MAX) * size)
+    return np.flatnonzero(ok)
+
+
+def _calibrate(emb: torch.Tensor, codes: np.ndarray, groups: np.ndarray, n_labels: int, *, k: int,
+               quantile: float, n_cells: int, seed: int) -> dict:
+    """Distance thresholds of the unknown rule from held-out reference cells (see module doc)."""
+    eligible = _shared_cells(emb, codes, groups, n_labels, k=k, seed=seed)
+    if len(eligible) == 0:
+        raise CohortError("reference: no label is found in two patients (or slides) with at least "
+                          f"n_neighbors={k} cells each, so the unknown rule cannot be calibrated")
+    rng = np.random.default_rng(seed)
+    cal = np.sort(rng.choice(eligible, size=min(n_cells, len(eligible)), replace=False))
+    dev = emb.device
+    dist, nbr = _nearest(emb[cal], emb, k, groups=(torch.from_numpy(groups[cal]).to(dev),
+                                                   torch.from_numpy(groups).to(dev)))
+    score = dist.mean(1)
+    voted, _ = _vote(dist, codes[nbr], n_labels)
+    overall = float(np.quantile(score, quantile))
+    per_label = np.full(n_labels, overall)
+    n_per_label = np.bincount(voted, minlength=n_labels)
+    for c in np.flatnonzero(n_per_label >= _MIN_LABEL_CELLS):
+        per_label[c] = np.quantile(score[voted == c], quantile)
+    return {"median_distance": float(np.median(score)), "threshold": overall, "per_label": per_label,
+            "n_per_label": n_per_label, "n_cells": len(cal), "n_eligible": len(eligible), "n_index": len(codes),
+            "own_label_agreement": float(np.mean(voted == codes[cal]))}
+
+
+# ----------------------------------------------------------------------- transfer
+
+
+def transfer_labels(
+    reference: ad.AnnData,
+    query: ad.AnnData,
+    *,
+    label_key: str = Keys.NICHE,
+    use_rep: str = Keys.EMBEDDING,
+    n_neighbors: int = 15,
+    quantile: float = 0.99,
+    min_confidence: float = 0.5,
+    calibration_keys: Sequence[str] = (Keys.PATIENT, Keys.SAMPLE),
+    max_reference_cells: int = 50_000,
+    calibration_cells: int = 10_000,
+    key_added: str = Keys.TRANSFERRED,
+    confidence_key: str = Keys.CONFIDENCE,
+    distance_key: str = Keys.TRANSFER_DISTANCE,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Transfer a categorical obs column of ``reference`` to ``query`` by a neighbour vote.
+
+    Both must carry embeddings from the same encoder in ``obsm[use_rep]``. The vote and
+    the unknown rule are described in the module docstring.
+
+    Parameters
+    ----------
+    reference
+        Annotated cells; reads ``obsm[use_rep]``, ``obs[label_key]`` and, for the
+        calibration, ``obs[calibration_keys]``. Not modified.
+    query
+        Cells to annotate; reads ``obsm[use_rep]``.
+    label_key
+        Categorical ``obs`` column of the reference to transfer (a niche or an expert
+        annotation). NaN and ``"unknown"`` cells do not vote.
+    n_neighbors
+        Reference cells voting for each query cell.
+    quantile
+        Share of held-out reference cells (per label) that the distance rule accepts.
+    min_confidence
+        A winning share below this is ambiguous, hence unknown.
+    calibration_keys
+        ``obs`` columns whose groups calibration holds out: the first present with two
+        groups or more (patients, else slides; else single cells).
+    max_reference_cells
+        Cap on the reference cells indexed (drawn per label, see module doc).
+    calibration_cells
+        Held-out reference cells measured for the thresholds.
+    seed
+        Seed of the reference subsample and the calibration draw.
+    device
+        Torch device of the neighbour search.
+
+    Returns
+    -------
+    dict
+        ``n_cells``, ``counts`` (label → cells, ``unknown`` included), ``n_unknown``,
+        ``n_far``, ``n_ambiguous``, ``unknown_fraction``, ``mean_confidence`` and
+        ``calibration`` (thresholds per label, median held-out distance, held-out groups).
+
+    Writes
+    ------
+    ``query.obs[key_added]``
+        Categorical: the reference's labels plus ``"unknown"`` (last).
+    ``query.obs[confidence_key]``
+        float32 in [0, 1]: the winner's weight share (also for unknown cells).
+    ``query.obs[distance_key]``
+        float32: mean cosine distance to the voting reference cells.
+    ``query.uns["cellniche_transfer"]``
+        Parameters, thresholds and the returned counts.
+    """
+    for name, adata in (("reference", reference), ("query", query)):
+        if use_rep not in adata.obsm:
+            raise CohortError(f"{name}: obsm[{use_rep!r}] is missing (found: {list(adata.obsm.keys())}); "
+                              "embed it with the reference model first")
+    ref_emb, q_emb = np.asarray(reference.obsm[use_rep]), np.asarray(query.obsm[use_rep])
+    if ref_emb.shape[1] != q_emb.shape[1]:
+        raise CohortError(f"query: obsm[{use_rep!r}] has {q_emb.shape[1]} dimensions, the reference "
+                          f"{ref_emb.shape[1]}: they do not come from the same encoder")
+    if not 0.5 <= quantile < 1.0:
+        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+    if n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be positive, got {n_neighbors}")
+
+    rng = np.random.default_rng(seed)
+    dev = resolve_device(device)
+    codes, names = _reference_labels(reference, label_key)
+    rows = _subsample_by_label(codes, max_reference_cells, rng)
+    groups, held_out_by = _calibration_groups(reference, calibration_keys)
+    k = int(min(n_neighbors, len(rows) - 1))
+    if k < 1:
+        raise CohortError(f"reference: only {len(rows)} labelled cell(s) in obs[{label_key!r}]")
+
+    index = _unit_rows(ref_emb[rows], dev)
+    cal = _calibrate(index, codes[rows], groups[rows], len(names), k=k, quantile=quantile,
+                     n_cells=calibration_cells, seed=seed)
+
+    dist, nbr = _nearest(_unit_rows(q_emb, dev), index, k)
+    voted, confidence = _vote(dist, codes[rows][nbr], len(names))
+    distance = dist.mean(1)
+    far = distance > cal["per_label"][voted]
+    ambiguous = confidence < min_confidence
+    unknown = far | ambiguous
+
+    labels = np.asarray(names, dtype=object)[voted]
+    labels[unknown] = UNKNOWN
+    query.obs[key_added] = pd.Categorical(labels, categories=[*names, UNKNOWN])
+    query.obs[confidence_key] = confidence.astype(np.float32)
+    query.obs[distance_key] = distance.astype(np.float32)
+
+    counts = query.obs[key_added].value_counts(sort=False)
+    calibration = {
+        "held_out_by": held_out_by,
+        "n_cells": cal["n_cells"],
+        "median_distance": cal["median_distance"],
+        "threshold_all_labels": cal["threshold"],
+        "thresholds": {n: float(t) for n, t in zip(names, cal["per_label"])},
+        "cells_per_label": {n: int(c) for n, c in zip(names, cal["n_per_label"])},
+        "group_specific_fraction": 1.0 - cal["n_eligible"] / cal["n_index"],
+        "own_label_agreement": cal["own_label_agreement"],
+    }
+    summary = {
+        "n_cells": int(query.n_obs),
+        "counts": {str(n): int(c) for n, c in counts.items()},
+        "n_unknown": int(unknown.sum()),
+        "n_far": int(far.sum()),
+        "n_ambiguous": int(ambiguous.sum()),
+        "unknown_fraction": float(unknown.mean()) if len(unknown) else 0.0,
+        "mean_confidence": float(confidence.mean()) if len(confidence) else 0.0,
+        "calibration": calibration,
+    }
+    params = {"label_key": label_key, "use_rep": use_rep, "n_neighbors": k, "quantile": quantile,
+              "min_confidence": min_confidence, "calibration_keys": list(calibration_keys),
+              "max_reference_cells": max_reference_cells, "n_reference_cells": int(len(rows)),
+              "calibration_cells": calibration_cells, "key_added": key_added,
+              "confidence_key": confidence_key, "distance_key": distance_key, "seed": seed}
+    query.uns[TRANSFER_UNS_KEY] = to_plain({"params": params, **summary})
+    return summary
+
+
+def _unit_rows(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
+    return torch.nn.functional.normalize(t, dim=1)
+
+
+# ----------------------------------------------------------------------- from a run
+
+
+def _run_keys(run) -> dict:
+    """The input keys, patient key and feature mode the reference was trained with."""
+    params = run.manifest.get("params", {})
+    keys = dict(params.get("keys") or run.model_config.get("keys", {}))
+    return {"spatial_key": keys.get("spatial_key", Keys.SPATIAL),
+            "sample_key": keys.get("sample_key", Keys.SAMPLE),
+            "cell_type_key": keys.get("cell_type_key", Keys.CELL_TYPE),
+            "patient_key": params.get("patient_key", Keys.PATIENT),
+            "features": run.model_config["features"]["mode"]}
+
+
+def _check_alignable(query: ad.AnnData, spec: FeatureSpec, *, cell_type_key: str, source: object) -> None:
+    """Refuse a query that shares no cell type (pheno) or no gene (expr) with the reference."""
+    if spec.uses_types:
+        present = set(map(str, pd.Series(query.obs[cell_type_key]).dropna().unique()))
+        if not present & set(spec.cell_types):
+            raise CohortError(
+                f"{source}: none of its cell types in obs[{cell_type_key!r}] ({sorted(present)[:_SHOW]}) "
+                f"is one of the reference's {len(spec.cell_types)} ({spec.cell_types[:_SHOW]}): nothing "
+                "to align; rename the labels to the reference's names")
+    if spec.uses_expression:
+        var = set(map(str, query.var_names))
+        if not var & set(spec.genes):
+            raise CohortError(
+                f"{source}: none of its {len(var)} genes/proteins (var names {sorted(var)[:_SHOW]}) is "
+                f"in the reference panel of {len(spec.genes)} ({spec.genes[:_SHOW]}): nothing to align")
+
+
+def read_query(run, path: str | os.PathLike) -> ad.AnnData:
+    """Read a query ``.h5ad`` / ``.zarr`` with the keys and feature mode of the reference run.
+
+    Raises :class:`~cellniche_core.io.CohortError` naming the file for any problem.
+    """
+    return read_cohort([path], **_run_keys(run))
+
+
+def describe_alignment(alignment: dict, *, show: int = 10) -> list[str]:
+    """One readable line per thing the feature alignment had to do (see :func:`annotate_query`)."""
+    def names(items) -> str:
+        items = list(items)
+        return ", ".join(map(str, items[:show])) + (f" (+{len(items) - show} more)" if len(items) > show else "")
+
+    lines = []
+    if len(alignment.get("missing_genes", [])):
+        lines.append(f"{len(alignment['missing_genes'])} reference gene(s) missing in the query, set to the "
+                     f"reference mean: {names(alignment['missing_genes'])}")
+    if len(alignment.get("extra_genes", [])):
+        lines.append(f"{len(alignment['extra_genes'])} query gene(s) not in the reference, dropped: "
+                     f"{names(alignment['extra_genes'])}")
+    unknown = alignment.get("unknown_cell_types") or {}
+    if unknown:
+        lines.append(f"{len(unknown)} cell type(s) not in the reference, encoded as no type: "
+                     + names(f"{t} ({n} cells)" for t, n in unknown.items()))
+    if len(alignment.get("missing_cell_types", [])):
+        lines.append(f"{len(alignment['missing_cell_types'])} reference cell type(s) absent from the query: "
+                     f"{names(alignment['missing_cell_types'])}")
+    return lines
+
+
+def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, device: str = "auto",
+                   source: object = "query", **options) -> dict:
+    """Embed ``query`` with the run's frozen encoder and transfer ``label_key`` onto it.
+
+    The query is validated with the reference's keys and feature mode, its features are
+    aligned to the reference's (missing genes at the training mean, missing cell types
+    absent, extra genes and unknown cell types dropped) and its graph is built with the
+    reference's settings.
+
+    Parameters
+    ----------
+    run
+        A :class:`~cellniche_core.io.Run` loaded with its weights.
+    query
+        The new slide(s); annotated in place.
+    label_key
+        Categorical ``obs`` column of the reference to transfer.
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``: embedding and neighbour search.
+    source
+        Name of the query in error messages.
+    **options
+        Passed to :func:`transfer_labels` (``n_neighbors``, ``quantile``, ...).
+
+    Returns
+    -------
+    dict
+        :func:`transfer_labels`'s summary plus ``alignment`` (``missing_genes``,
+        ``extra_genes``, ``unknown_cell_types`` with cell counts, ``missing_cell_types``).
+
+    Writes
+    ------
+    ``query.obsm["X_cellniche"]`` and everything :func:`transfer_labels` writes;
+    ``query.uns["cellniche_transfer"]`` also holds ``alignment`` and ``reference``.
+    """
+    if run.state_dict is None:
+        raise ValueError(f"{run.path}: the run was loaded without its weights")
+    _reference_labels(run.adata, label_key)  # fail before the embedding
+    keys = _run_keys(run)
+    validate_cohort(query, source=source, **keys)
+    model = CellNiche.from_state(run.model_config, run.state_dict)
+    _check_alignable(query, model.spec, cell_type_key=model.keys.cell_type_key, source=source)
+    alignment = model.embed(query, device=device)
+    summary = transfer_labels(run.adata, query, label_key=label_key, device=device,
+                              calibration_keys=(keys["patient_key"], keys["sample_key"]), **options)
+    query.uns[TRANSFER_UNS_KEY]["alignment"] = to_plain(alignment)
+    query.uns[TRANSFER_UNS_KEY]["reference"] = str(run.path)
+    return {**summary, "alignment": alignment}
+
+
+def transfer_file(run_dir: str | os.PathLike, query_path: str | os.PathLike, out: str | os.PathLike, *,
+                  label_key: str = Keys.NICHE, device: str = "auto", overwrite: bool = False,
+                  on_stage: Callable[[str, str], None] | None = None, **options) -> tuple[Path, dict]:
+    """Annotate the query file with a run and write ``out`` atomically.
+
+    The query file is only read. ``out`` is written to a hidden temporary file beside it,
+    then renamed into place, so it appears complete or not at all.
+
+    Parameters
+    ----------
+    run_dir
+        The reference run folder.
+    query_path
+        ``.h5ad`` or ``.zarr`` query, read with the reference's keys and feature mode.
+    out
+        The annotated ``.h5ad`` to write; never the query itself.
+    on_stage
+        Called with (stage, message) as the work goes on.
+    **options
+        As :func:`annotate_query`.
+
+    Returns
+    -------
+    ``(out, report)`` with the report of :func:`annotate_query`.
+    """
+    say = on_stage or (lambda stage, message: None)
+    out, query_path = Path(out), Path(query_path)
+    if out.exists() and query_path.exists() and out.resolve() == query_path.resolve():
+        raise ValueError(f"{out}: the output would overwrite the query file; choose another --out")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    if out.suffix.lower() != ".h5ad":
+        raise ValueError(f"{out}: the output must be an .h5ad file")
+
+    say("read", f"loading the reference run {run_dir}")
+    run = load_run(run_dir)
+    say("read", f"reading the query {query_path}")
+    query = read_query(run, query_path)
+    say("transfer", f"embedding {query.n_obs:,} cells and transferring obs[{label_key!r}]")
+    report = annotate_query(run, query, label_key=label_key, device=device, source=query_path, **options)
+
+    say("write", f"writing {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        query.write_h5ad(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out, report

@@ -1,0 +1,336 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellniche_core.cli import main
+from cellniche_core.io import CohortError, Run, load_run
+from cellniche_core.keys import UNKNOWN, Keys
+from cellniche_core.transfer import TRANSFER_UNS_KEY, annotate_query, transfer_labels
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------- hand-made embeddings
+
+
+def _cloud(centres: dict, *, n_per_patient=60, patients=("P1", "P2", "P3", "P4"), spread=0.05, seed=0):
+    """Unit-vector embeddings around labelled centres, in every patient.
+
+    ``centres``: label -> direction (d,). Each patient holds ``n_per_patient`` cells
+    of each label, drawn around its (normalised) centre with Gaussian noise ``spread``.
+    """
+    rng = np.random.default_rng(seed)
+    emb, label, patient = [], [], []
+    for p in patients:
+        for name, c in centres.items():
+            c = np.asarray(c, dtype=float) / np.linalg.norm(c)
+            emb.append(c + spread * rng.standard_normal((n_per_patient, len(c))))
+            label += [name] * n_per_patient
+            patient += [p] * n_per_patient
+    emb = np.concatenate(emb)
+    adata = ad.AnnData(obs=pd.DataFrame({Keys.NICHE: pd.Categorical(label), Keys.PATIENT: patient},
+                                        index=[f"c{i}" for i in range(len(label))]))
+    adata.obsm[Keys.EMBEDDING] = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    return adata
+
+
+def _query(points) -> ad.AnnData:
+    points = np.asarray(points, dtype=float)
+    q = ad.AnnData(obs=pd.DataFrame(index=[f"q{i}" for i in range(len(points))]))
+    q.obsm[Keys.EMBEDDING] = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    return q
+
+
+#   A = e1        B = e2          far = e3
+#   query: near A (x2), exactly between A and B, far from both
+AB = {"A": [1, 0, 0], "B": [0, 1, 0]}
+
+
+def test_vote_on_two_tight_clusters():
+    ref = _cloud(AB)
+    q = _query([[1, 0.02, 0], [1, 0, 0.03], [1, 1, 0], [0, 0, 1]])
+    summary = transfer_labels(ref, q)
+    labels = q.obs[Keys.TRANSFERRED].astype(str).tolist()
+    conf = q.obs[Keys.CONFIDENCE].to_numpy()
+    assert labels[:2] == ["A", "A"]
+    assert (conf[:2] > 0.95).all()
+    assert labels[2] == UNKNOWN and 0.3 < conf[2] < 0.75  # between the two: no clear winner
+    assert labels[3] == UNKNOWN  # unlike any reference label
+    assert q.obs[Keys.TRANSFERRED].cat.categories.tolist() == ["A", "B", UNKNOWN]
+    assert summary["counts"] == {"A": 2, "B": 0, UNKNOWN: 2}
+    assert summary["n_far"] >= 2 and summary["calibration"]["held_out_by"] == Keys.PATIENT
+    assert ((conf >= 0) & (conf <= 1)).all() and q.obs[Keys.CONFIDENCE].dtype == np.float32
+    d = q.obs[Keys.TRANSFER_DISTANCE].to_numpy()
+    assert d[3] > d[2] > d[0]
+    assert TRANSFER_UNS_KEY in q.uns and q.uns[TRANSFER_UNS_KEY]["params"]["label_key"] == Keys.NICHE
+    assert Keys.TRANSFERRED not in ref.obs  # the reference is left as it was
+
+
+def test_mixed_labels_are_ambiguous_not_far():
+    # A, B and C share one place: a query there is close to the reference, but no label
+    # reliably holds a majority of the vote; D elsewhere is clear
+    ref = _cloud({"A": [1, 0, 0], "B": [1, 0, 0], "C": [1, 0, 0], "D": [0, 1, 0]})
+    points = np.array([1, 0, 0]) + 0.03 * np.random.default_rng(1).standard_normal((20, 3))
+    q = _query(np.vstack([points, [[0, 1, 0.01]]]))
+    summary = transfer_labels(ref, q)
+    labels = q.obs[Keys.TRANSFERRED].astype(str).to_numpy()
+    conf = q.obs[Keys.CONFIDENCE].to_numpy()
+    assert summary["n_far"] == 0 and summary["n_ambiguous"] >= 3
+    np.testing.assert_array_equal(labels == UNKNOWN, conf < 0.5)  # unknown exactly where no majority
+    assert labels[-1] == "D" and conf[-1] == 1.0
+    assert conf[:-1].max() < 0.9
+    # without the majority rule every cell keeps its plurality label
+    transfer_labels(ref, q, min_confidence=0.0)
+    assert UNKNOWN not in set(q.obs[Keys.TRANSFERRED].astype(str))
+
+
+def test_a_held_out_patient_is_rarely_unknown():
+    data = _cloud({"A": [1, 0, 0, 0], "B": [0, 1, 0, 0], "C": [0, 0, 1, 1]}, spread=0.1,
+                  patients=("P1", "P2", "P3", "P4", "P5"), seed=3)
+    held = data.obs[Keys.PATIENT] == "P5"
+    ref, q = data[~held].copy(), data[held].copy()
+    summary = transfer_labels(ref, q)
+    assert summary["unknown_fraction"] < 0.05
+    right = q.obs[Keys.TRANSFERRED].astype(str) == q.obs[Keys.NICHE].astype(str)
+    assert right.mean() > 0.9
+
+
+def test_a_patient_specific_population_does_not_widen_the_thresholds():
+    # P4 alone has a population labelled "A" (clustering merged it) far from everything;
+    # held out by patient it looks novel, and must not teach the rule that far is normal
+    ref = _cloud(AB, n_per_patient=80)
+    odd = _cloud({"A": [0, 0, 1]}, n_per_patient=40, patients=("P4",), seed=1)
+    ref = ad.concat([ref, odd], index_unique="-")
+    summary = transfer_labels(ref, _query([[1, 0, 0]]))
+    calibration = summary["calibration"]
+    assert calibration["group_specific_fraction"] > 0.05
+    assert calibration["thresholds"]["A"] < 0.05
+    q = _query([[1, 0, 0], [1, 0, 1]])  # an A cell, and a cell halfway to the odd population
+    transfer_labels(ref, q)
+    assert q.obs[Keys.TRANSFERRED].astype(str).tolist() == ["A", UNKNOWN]
+
+
+def test_calibration_falls_back_to_single_cells_without_patients():
+    ref = _cloud(AB)
+    del ref.obs[Keys.PATIENT]
+    summary = transfer_labels(ref, _query([[1, 0, 0], [0, 0, 1]]))
+    assert summary["calibration"]["held_out_by"] == "cell"
+    assert summary["counts"]["A"] == 1 and summary["counts"][UNKNOWN] == 1
+
+
+def test_reference_subsample_keeps_every_label():
+    ref = _cloud({"A": [1, 0, 0], "B": [0, 1, 0]}, n_per_patient=200)
+    rare = _cloud({"R": [0, 0, 1]}, n_per_patient=8)
+    ref = ad.concat([ref, rare], index_unique="-")
+    q = _query([[0, 0, 1], [1, 0, 0]])
+    summary = transfer_labels(ref, q, max_reference_cells=300)
+    assert q.uns[TRANSFER_UNS_KEY]["params"]["n_reference_cells"] <= 300
+    assert summary["counts"]["R"] == 1 and summary["counts"]["A"] == 1
+
+
+def test_bad_label_key_lists_the_usable_columns():
+    ref = _cloud(AB)
+    ref.obs["score"] = 1.0
+    with pytest.raises(CohortError, match=r"obs\['cell_state'\] is missing.*'niche'"):
+        transfer_labels(ref, _query([[1, 0, 0]]), label_key="cell_state")
+    with pytest.raises(CohortError, match="numeric"):
+        transfer_labels(ref, _query([[1, 0, 0]]), label_key="score")
+    with pytest.raises(CohortError, match="dimensions"):
+        transfer_labels(ref, _query([[1, 0]]))
+
+
+def test_any_categorical_column_transfers_and_unknown_does_not_vote():
+    ref = _cloud(AB)
+    ref.obs["expert"] = np.where(ref.obs[Keys.NICHE] == "A", "tumour", UNKNOWN)
+    q = _query([[1, 0, 0], [0, 1, 0]])
+    transfer_labels(ref, q, label_key="expert", key_added="expert_transferred")
+    assert q.obs["expert_transferred"].cat.categories.tolist() == ["tumour", UNKNOWN]
+    assert q.obs["expert_transferred"].astype(str).tolist() == ["tumour", UNKNOWN]
+
+
+# ----------------------------------------------------------------- alignment with a model
+
+
+@pytest.fixture(scope="module")
+def pheno_expr_run():
+    """A tiny pheno_expr model (cell types and markers) wrapped as an in-memory run."""
+    from cellniche_core.cellniche import CellNiche
+    from cellniche_core.niches import call_niches
+    from cellniche_core.simulate import simulate_cohort
+    from cellniche_core.train import TrainConfig
+
+    cohort = simulate_cohort(n_patients=3, cells_per_slide=500, slides_per_patient=1, seed=2)
+    model = CellNiche(features="pheno_expr", config=TrainConfig(n_steps=20, seed=0)).fit(cohort, device="cpu")
+    model.embed(cohort, device="cpu")
+    labels, _ = call_niches(cohort.obsm[Keys.EMBEDDING], 4)
+    cohort.obs[Keys.NICHE] = pd.Categorical(labels)
+    manifest = {"params": {"keys": vars(model.keys).copy(), "patient_key": Keys.PATIENT}}
+    return Run(Path("<memory>"), cohort, model.state_dict(), model.model_config(), manifest)
+
+
+def _query_from(cohort: ad.AnnData, patient="P1") -> ad.AnnData:
+    return cohort[cohort.obs[Keys.PATIENT] == patient].copy()
+
+
+def test_alignment_is_reported_and_the_query_still_embeds(pheno_expr_run):
+    q = _query_from(pheno_expr_run.adata)
+    del q.obsm[Keys.EMBEDDING], q.obs[Keys.NICHE]
+    x = q[:, [g for g in q.var_names if g != "CD8"]].X  # a missing gene
+    q = ad.AnnData(np.hstack([x, np.ones((q.n_obs, 1), np.float32)]), obs=q.obs.copy(),
+                   var=pd.DataFrame(index=[g for g in q.var_names if g != "CD8"] + ["NEW1"]),
+                   obsm={Keys.SPATIAL: q.obsm[Keys.SPATIAL]})
+    types = q.obs[Keys.CELL_TYPE].astype(str).to_numpy().copy()
+    types[:25] = "Mast cell"  # an unknown cell type
+    q.obs[Keys.CELL_TYPE] = pd.Categorical(types)
+
+    report = annotate_query(pheno_expr_run, q, device="cpu")
+    alignment = report["alignment"]
+    assert alignment["missing_genes"] == ["CD8"]
+    assert alignment["extra_genes"] == ["NEW1"]
+    assert alignment["unknown_cell_types"] == {"Mast cell": 25}
+    emb = q.obsm[Keys.EMBEDDING]
+    assert emb.shape == (q.n_obs, pheno_expr_run.adata.obsm[Keys.EMBEDDING].shape[1])
+    assert np.isfinite(emb).all()
+    assert q.obs[Keys.TRANSFERRED].notna().all()
+    assert q.uns[TRANSFER_UNS_KEY]["alignment"]["missing_genes"] == ["CD8"]
+
+
+@pytest.mark.parametrize("what", ["genes", "cell types"])
+def test_a_query_with_nothing_to_align_is_refused(pheno_expr_run, what):
+    q = _query_from(pheno_expr_run.adata)
+    if what == "genes":
+        q.var_names = [f"gene{i}" for i in range(q.n_vars)]
+    else:
+        q.obs[Keys.CELL_TYPE] = pd.Categorical(["alien"] * q.n_obs)
+    with pytest.raises(CohortError, match="nothing to align"):
+        annotate_query(pheno_expr_run, q, device="cpu", source="new.h5ad")
+
+
+def test_query_is_validated_with_the_reference_keys(pheno_expr_run):
+    q = _query_from(pheno_expr_run.adata)
+    del q.obsm[Keys.SPATIAL]
+    with pytest.raises(CohortError, match=r"new.h5ad: obsm\['spatial'\] is missing"):
+        annotate_query(pheno_expr_run, q, source="new.h5ad")
+    q = _query_from(pheno_expr_run.adata)
+    del q.obs[Keys.CELL_TYPE]
+    with pytest.raises(CohortError, match="cell_type"):
+        annotate_query(pheno_expr_run, q, source="new.h5ad")
+
+
+# ----------------------------------------------------------------- the trained small run
+
+
+def test_a_held_out_patient_of_the_small_run_is_rarely_unknown(small_run):
+    a = load_run(small_run, with_weights=False).adata
+    held = a.obs[Keys.PATIENT] == "P1"  # the necrotic niche is P4's: P1 has only shared niches
+    ref, q = a[~held].copy(), a[held].copy()
+    summary = transfer_labels(ref, q)
+    assert summary["unknown_fraction"] < 0.05
+    agree = q.obs[Keys.TRANSFERRED].astype(str) == q.obs[Keys.NICHE].astype(str)
+    assert agree.mean() > 0.85
+
+
+@pytest.fixture
+def query_path(tmp_path):
+    from cellniche_core.simulate import simulate_cohort
+
+    q = simulate_cohort(n_patients=2, cells_per_slide=800, seed=5)
+    types = q.obs[Keys.CELL_TYPE].astype(str).to_numpy().copy()
+    types[:12] = "Mast cell"
+    q.obs[Keys.CELL_TYPE] = pd.Categorical(types)
+    path = tmp_path / "query.h5ad"
+    q.write_h5ad(path)
+    return path
+
+
+def test_transfer_through_the_command_line(small_run, query_path, tmp_path, capsys):
+    before = query_path.read_bytes()
+    out = tmp_path / "annotated.h5ad"
+    code = main(["transfer", str(small_run), str(query_path), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert query_path.read_bytes() == before  # the query file is only read
+    assert "alignment: 1 cell type(s) not in the reference" in err and "Mast cell (12 cells)" in err
+    assert "unknown" in err
+    a = ad.read_h5ad(out)
+    assert a.obsm[Keys.EMBEDDING].shape == (a.n_obs, 32)
+    assert UNKNOWN in a.obs[Keys.TRANSFERRED].cat.categories
+    reference_niches = set(load_run(small_run, with_weights=False).adata.obs[Keys.NICHE].astype(str))
+    assert set(a.obs[Keys.TRANSFERRED].astype(str)) <= reference_niches | {UNKNOWN}
+    conf = a.obs[Keys.CONFIDENCE].to_numpy()
+    assert ((conf >= 0) & (conf <= 1)).all()
+    uns = a.uns[TRANSFER_UNS_KEY]
+    assert uns["reference"] == str(small_run) and uns["alignment"]["unknown_cell_types"] == {"Mast cell": 12}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated.h5ad", "query.h5ad"]  # no temp left
+
+    # a second run does not overwrite without --overwrite; a label key that is not there is named
+    assert main(["transfer", str(small_run), str(query_path), "--out", str(out), "--quiet"]) == 2
+    assert "exists" in capsys.readouterr().err
+    code = main(["transfer", str(small_run), str(query_path), "--out", str(tmp_path / "b.h5ad"),
+                 "--label-key", "expert", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error:" in err and "obs['expert'] is missing" in err and "'niche'" in err
+    assert main(["transfer", str(small_run), str(query_path), "--out", str(query_path), "--overwrite"]) == 2
+    assert "overwrite the query" in capsys.readouterr().err
+    assert query_path.read_bytes() == before
+
+
+def test_transfer_command_errors_are_clean(small_run, tmp_path, capsys):
+    bad = tmp_path / "bad.h5ad"
+    q = ad.AnnData(obs=pd.DataFrame({Keys.CELL_TYPE: ["x"] * 30}, index=[f"c{i}" for i in range(30)]))
+    q.obsm[Keys.SPATIAL] = np.random.default_rng(0).uniform(0, 100, (30, 2))
+    q.write_h5ad(bad)
+    code = main(["transfer", str(small_run), str(bad), "--out", str(tmp_path / "o.h5ad"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.h5ad" in err and "nothing to align" in err
+    code = main(["transfer", str(tmp_path / "no_run"), str(bad), "--out", str(tmp_path / "o.h5ad")])
+    assert code == 2 and "no such run folder" in capsys.readouterr().err
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_transfer_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["transfer", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("RUN_DIR", "QUERY", "--out", "--label-key", "--device", "--n-neighbors", "--quantile",
+                 "--min-confidence", "--overwrite"):
+        assert flag in text
+
+
+@pytest.mark.slow
+def test_transfer_as_a_subprocess(small_run, query_path, tmp_path):
+    out = tmp_path / "o.h5ad"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "cellniche_core", "transfer", str(small_run), str(query_path),
+                          "--out", str(out), "--device", "cpu", "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(out) and out.is_file()
+
+
+# ----------------------------------------------------------------- acceptance (README figures)
+
+
+@pytest.mark.slow
+def test_leave_one_patient_out_accuracy_on_the_demo_cohort():
+    import torch
+
+    from bench.bench_transfer import leave_one_patient_out
+    from cellniche_core.simulate import simulate_cohort
+
+    # a UMAP fit earlier in the session (numba's OpenMP layer) leaves torch on every core;
+    # on a shared 2-core machine that makes this training ~10x slower
+    torch.set_num_threads(1)
+
+    # P6 alone carries the necrotic niche: the reference (P1-P5) has never seen it
+    r = leave_one_patient_out(simulate_cohort(), "P6", seed=0, device="cpu")
+    assert r["accuracy_known"] >= 0.9
+    assert r["unknown_novel"]["necrotic"] >= 0.8
+    assert r["unknown_known"] < 0.05
