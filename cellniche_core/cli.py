@@ -1,4 +1,4 @@
-"""Command line: ``python -m cellniche_core {fit,demo} ...``."""
+"""Command line: ``python -m cellniche_core {fit,demo,compare,transfer} ...``."""
 
 from __future__ import annotations
 
@@ -135,13 +135,135 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="build the demo cohort and its run",
                           description="Simulate the demo tumour cohort (ground-truth niches in obs['true_niche']) "
-                                      "into DIR/demo_cohort.h5ad and train its run into DIR/runs/demo.")
+                                      "into DIR/demo_cohort.h5ad and train its run into DIR/runs/demo "
+                                      "with the planted number of niches.")
     demo.add_argument("--out", required=True, metavar="DIR", help="folder for the cohort and runs/")
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulation and the training")
     demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     demo.add_argument("--overwrite", action="store_true", help="rebuild if present")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_compare_parser(sub)
+    _add_transfer_parser(sub)
     return parser
+
+
+def _add_compare_parser(sub) -> None:
+    compare = sub.add_parser(
+        "compare", help="compare niches across the patients of a run",
+        description="Conserved vs sample-specific niches, patient-group differences and transition zones "
+                    "of a run folder. Writes DIR/niches.csv, patient_abundance.csv, adjacency.csv (per slide), "
+                    "adjacency_cohort.csv, transitions.csv, group_tests.csv (with --group-key) and "
+                    "compare.json (parameters), all at once: DIR appears complete or not at all.")
+    compare.add_argument("run", metavar="RUN_DIR", help="run folder written by 'fit' or 'demo'")
+    compare.add_argument("--out", required=True, metavar="DIR", help="folder to write the tables into")
+    compare.add_argument("--group-key", metavar="KEY",
+                         help="patient-level obs column (e.g. response) whose groups are compared; every group "
+                              "needs at least 2 patients, since the patient is the unit of the test")
+    compare.add_argument("--reference", metavar="GROUP",
+                         help="group the others are compared against (effect = other - reference); default: "
+                              "the first group")
+    compare.add_argument("--niche-key", default=Keys.NICHE, metavar="KEY",
+                         help="obs column of the niche labels (default: %(default)s)")
+    compare.add_argument("--min-fraction", type=float, default=0.01, metavar="F",
+                         help="a niche is present in a slide when it holds at least max(MIN_CELLS, F x the "
+                              "slide's cells) cells (default: %(default)s)")
+    compare.add_argument("--min-cells", type=int, default=10, metavar="N",
+                         help="see --min-fraction (default: %(default)s)")
+    compare.add_argument("--border-threshold", type=float, default=0.25, metavar="T",
+                         help="a cell is a border cell when at least this fraction of its spatial neighbours lie "
+                              "in other niches (default: %(default)s)")
+    compare.add_argument("--n-boot", type=_positive_int, default=1000, metavar="N",
+                         help="patient bootstrap resamples for the confidence intervals (default: %(default)s)")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: %(default)s)")
+    compare.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    compare.add_argument("--quiet", action="store_true", help="no summary on stderr")
+
+
+def run_compare(args) -> Path:
+    """The ``compare`` command: load the run, compute every table, write them atomically."""
+    from .compare import compare_run, write_comparison
+    from .io import load_run
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    t0 = time.perf_counter()
+    run = load_run(args.run, with_weights=False)
+    tables = compare_run(run, group_key=args.group_key, reference=args.reference, niche_key=args.niche_key,
+                         min_fraction=args.min_fraction, min_cells=args.min_cells,
+                         border_threshold=args.border_threshold, n_boot=args.n_boot, seed=args.seed)
+    params = {k: v for k, v in vars(args).items() if k not in ("command", "quiet", "overwrite")}
+    params["run"] = str(Path(args.run).resolve())
+    path = write_comparison(tables, out, params=params, overwrite=args.overwrite)
+    if not args.quiet:
+        patterns = tables["niches"]["pattern"].value_counts()
+        print(f"[{time.perf_counter() - t0:7.1f}s] compare: {len(tables['niches'])} niches: "
+              + ", ".join(f"{n} {p}" for p, n in patterns.items()), file=sys.stderr)
+        if "group_tests" in tables:
+            hits = tables["group_tests"].query("significant")["niche"].tolist()
+            print(f"[{time.perf_counter() - t0:7.1f}s] compare: {len(hits)} niche(s) differ between "
+                  f"{args.group_key} groups (BH q < 0.05){': ' + ', '.join(hits) if hits else ''}",
+                  file=sys.stderr)
+    return path
+
+
+def _add_transfer_parser(sub) -> None:
+    transfer = sub.add_parser(
+        "transfer", help="annotate a new slide from a reference run (label transfer)",
+        description="Embed QUERY with the frozen encoder of RUN_DIR (its features aligned to the reference's: "
+                    "missing genes or cell types are reported, extra ones dropped; its graph built with the "
+                    "reference's settings), transfer a categorical obs column of the reference by a neighbour "
+                    "vote and call 'unknown' where no reference label fits: cells farther from the reference "
+                    "than the --quantile of reference cells held out by patient, or with no majority "
+                    "(confidence < --min-confidence). Writes OUT with obs['transferred_label'], "
+                    "obs['transfer_confidence'], obs['transfer_distance'], obsm['X_cellniche'] and "
+                    "uns['cellniche_transfer']; the query file is only read.")
+    transfer.add_argument("run", metavar="RUN_DIR", help="reference run folder written by 'fit' or 'demo'")
+    transfer.add_argument("query", metavar="QUERY", help="query .h5ad file or .zarr store (one or more slides)")
+    transfer.add_argument("--out", required=True, metavar="OUT.h5ad", help="annotated query to write")
+    transfer.add_argument("--label-key", default=Keys.NICHE, metavar="KEY",
+                          help="categorical obs column of the reference to transfer: its niches or an expert "
+                               "annotation (default: %(default)s)")
+    transfer.add_argument("--n-neighbors", type=_positive_int, default=15, metavar="K",
+                          help="reference cells voting for each query cell (default: %(default)s)")
+    transfer.add_argument("--quantile", type=float, default=0.99, metavar="Q",
+                          help="a query cell farther from the reference than this quantile of held-out reference "
+                               "cells (per label) is unknown; about 1-Q of a known-like slide is called unknown "
+                               "(default: %(default)s)")
+    transfer.add_argument("--min-confidence", type=float, default=0.5, metavar="C",
+                          help="a cell whose winning label has less than this share of the vote is unknown "
+                               "(default: %(default)s)")
+    transfer.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                          help="embedding and neighbour search; auto = CUDA when available (default: %(default)s)")
+    transfer.add_argument("--seed", type=int, default=0,
+                          help="seed of the reference subsample and calibration draw (default: %(default)s)")
+    transfer.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    transfer.add_argument("--quiet", action="store_true", help="no progress lines (alignment warnings still show)")
+
+
+def run_transfer(args) -> Path:
+    """The ``transfer`` command: annotate the query, report alignment and outcome on stderr."""
+    from .transfer import describe_alignment, transfer_file
+
+    t0 = time.perf_counter()
+
+    def say(stage: str, message: str) -> None:
+        if not args.quiet:
+            print(f"[{time.perf_counter() - t0:7.1f}s] {stage}: {message}", file=sys.stderr)
+
+    path, report = transfer_file(args.run, args.query, args.out, label_key=args.label_key, device=args.device,
+                                 overwrite=args.overwrite, on_stage=say, n_neighbors=args.n_neighbors,
+                                 quantile=args.quantile, min_confidence=args.min_confidence, seed=args.seed)
+    lines = describe_alignment(report["alignment"]) or ["the query has every reference feature, nothing extra"]
+    for line in lines:
+        print(f"alignment: {line}", file=sys.stderr)
+    counts = report["counts"]
+    shares = ", ".join(f"{name} {n / max(report['n_cells'], 1):.1%}" for name, n in counts.items() if n)
+    print(f"transfer: {report['n_cells']:,} cells: {shares}", file=sys.stderr)
+    print(f"transfer: {report['n_unknown']:,} unknown ({report['n_far']:,} far from every reference label, "
+          f"{report['n_ambiguous']:,} without a majority); mean confidence {report['mean_confidence']:.2f}",
+          file=sys.stderr)
+    return path
 
 
 def options_from_args(args) -> "RunOptions":
@@ -169,7 +291,11 @@ def build_demo(out: str | Path, *, seed: int = 0, device: str = "auto", overwrit
         tmp = out / ".demo_cohort.h5ad.tmp"
         simulate_cohort(seed=seed).write_h5ad(tmp)
         os.replace(tmp, cohort)
-    options = RunOptions(train=TrainConfig(seed=seed), device=device)
+    # the planted number of niches: the demo shows the method at the true k (auto may
+    # split a niche whose two sides differ, see the README)
+    from .simulate import DEMO_NICHES
+
+    options = RunOptions(n_niches=len(DEMO_NICHES), train=TrainConfig(seed=seed), device=device)
     return fit_run([cohort], out / "runs" / "demo", options, group_keys=("response",),
                    overwrite=overwrite, on_stage=on_stage)
 
@@ -185,10 +311,14 @@ def main(argv=None) -> int:
 
             path = fit_run(args.inputs, args.out, options_from_args(args), group_keys=args.group_key,
                            overwrite=args.overwrite, on_stage=progress)
+        elif args.command == "compare":
+            path = run_compare(args)
+        elif args.command == "transfer":
+            path = run_transfer(args)
         else:
             path = build_demo(args.out, seed=args.seed, device=args.device, overwrite=args.overwrite,
                               on_stage=progress)
-    except (CohortError, FileExistsError, ValueError, RuntimeError) as exc:
+    except (CohortError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.neighbors import NearestNeighbors
 
 #: UMAP is fitted on at most this many cells; the others are placed among their neighbours
@@ -28,7 +29,13 @@ def compute_umap(emb: np.ndarray, *, seed: int = 0, max_fit_cells: int = UMAP_FI
     fit_idx = np.sort(rng.choice(n, size=min(n, max_fit_cells), replace=False))
     reducer = umap.UMAP(n_neighbors=min(15, len(fit_idx) - 1), metric="cosine", random_state=seed,
                         n_jobs=1, min_dist=0.3, n_epochs=UMAP_EPOCHS)
-    fitted = reducer.fit_transform(emb[fit_idx]).astype(np.float32)
+    # umap-learn's numba/threadpool set-up can leave torch on every core afterwards, which
+    # makes later small-tensor training steps spin on a busy machine: restore the setting
+    threads = torch.get_num_threads()
+    try:
+        fitted = reducer.fit_transform(emb[fit_idx]).astype(np.float32)
+    finally:
+        torch.set_num_threads(threads)
     if len(fit_idx) == n:
         return fitted
     out = np.empty((n, 2), dtype=np.float32)

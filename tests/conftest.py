@@ -3,6 +3,7 @@ import os
 # one thread: per-step tensors are small, and two processes with two threads each on two
 # cores spin-wait each other ~10x slower
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
