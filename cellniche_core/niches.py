@@ -142,8 +142,8 @@ def marker_scores(adata, *, niche_key: str, layer: str | None = None) -> pd.Data
     group_sum = member @ x
     group_sum = group_sum.toarray() if sp.issparse(group_sum) else np.asarray(group_sum, dtype=float)
     group_mean = group_sum / np.maximum(size, 1)[:, None]
-    mean = np.asarray(x.mean(0), dtype=float).ravel()
-    sq = x.multiply(x) if sp.issparse(x) else np.square(x, dtype=float)
-    sd = np.sqrt(np.maximum(np.asarray(sq.mean(0), dtype=float).ravel() - mean ** 2, 0.0))
+    mean = np.asarray(x.mean(0, dtype=np.float64)).ravel()
+    sq = x.multiply(x) if sp.issparse(x) else np.square(x, dtype=np.float64)
+    sd = np.sqrt(np.maximum(np.asarray(sq.mean(0, dtype=np.float64)).ravel() - mean ** 2, 0.0))
     z = (group_mean - mean) / np.where(sd > 0, sd, 1.0)
     return pd.DataFrame(z, index=pd.Index(names, name=niche_key), columns=adata.var_names.astype(str))

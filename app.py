@@ -1,0 +1,37 @@
+"""CellNiche Explorer: compare tumour microenvironments ("niches") across a cohort.
+
+Run with ``streamlit run app.py``. Runs are listed from ``$CELLNICHE_RUNS_DIR`` (default
+``data/runs``); when there is none, the demo run is built once and kept on disk.
+"""
+
+import streamlit as st
+
+st.set_page_config(page_title="CellNiche Explorer", page_icon=":material/hub:", layout="wide")
+
+from explorer import state, view  # noqa: E402  (set_page_config must come first)
+
+PAGES = {
+    "overview": st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    "maps": st.Page("pages/maps.py", title="Niche maps", icon=":material/map:", url_path="maps"),
+    "embedding": st.Page("pages/embedding.py", title="Embedding", icon=":material/scatter_plot:",
+                         url_path="embedding"),
+    "composition": st.Page("pages/composition.py", title="Niche composition", icon=":material/grid_on:",
+                           url_path="composition"),
+    "compare": st.Page("pages/compare.py", title="Cohort comparison", icon=":material/compare_arrows:",
+                       url_path="compare"),
+    "transfer": st.Page("pages/transfer.py", title="Label transfer", icon=":material/label:",
+                        url_path="transfer"),
+}
+
+page = st.navigation(list(PAGES.values()))
+page_name = next(name for name, p in PAGES.items() if p is page)
+view.start(page_name, PAGES)
+
+st.sidebar.markdown("### CellNiche Explorer")
+directory = state.runs_dir()
+runs = state.find_runs(directory)
+if not runs and state.ensure_demo_run(directory):
+    st.rerun()  # a clean page, without the finished progress bar
+view.select_run(runs)
+
+page.run()

@@ -1,0 +1,302 @@
+"""Figure builders: DataFrame -> pydeck Deck / plotly Figure / legend HTML (no Streamlit).
+
+Colours always come from a :class:`~explorer.palette.ColorScale` built for the whole
+cohort, so a niche, cell type or value has the same colour on every map and page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pydeck as pdk
+from pydeck.bindings.json_tools import default_serialize
+
+from .palette import DIMMED_ALPHA, DIMMED_COLOR, NICHE, VIRIDIS, ColorScale, rgba_css
+from .tables import point_radius
+
+#: legend entries shown before "… and N more"
+LEGEND_MAX = 40
+_FONT = "font-size:0.85rem;line-height:1.5"
+
+
+def _dimmed(points: pd.DataFrame, highlight: str | None) -> np.ndarray | None:
+    if highlight is None:
+        return None
+    return (points["niche"] != highlight).to_numpy()
+
+
+def _tooltip_text(text: str) -> str:
+    # deck.gl fills {field} in the tooltip template: keep literal braces out of it
+    return html.escape(str(text)).replace("{", "(").replace("}", ")")
+
+
+# ----------------------------------------------------------------------------- maps
+
+
+class CompactDeck(pdk.Deck):
+    """A ``pydeck.Deck`` whose JSON has no indentation.
+
+    ``st.pydeck_chart`` sends ``Deck.to_json()`` to the browser, and pydeck indents it,
+    which triples the size of a map's point records; that payload, not the drawing, is
+    what limits how many cells a map can show.
+    """
+
+    def to_json(self) -> str:
+        return json.dumps(self, sort_keys=True, default=default_serialize, separators=(",", ":"))
+
+
+def niche_map_deck(
+    points: pd.DataFrame,
+    scale: ColorScale,
+    *,
+    highlight: str | None = None,
+    sample: str = "",
+    width_px: int = 600,
+    height_px: int = 520,
+    radius: float | None = None,
+    value_label: str | None = None,
+) -> pdk.Deck:
+    """A slide's cells as coloured dots in an orthographic view, with no base map.
+
+    Parameters
+    ----------
+    points
+        Columns ``x``, ``y`` (coordinates, any unit), ``niche``, ``cell_type`` and ``value``
+        (the coloured column), as from :func:`explorer.tables.slide_points`.
+    scale
+        Colours of ``value``.
+    highlight
+        A niche drawn in colour on top of the others, which are dimmed.
+    sample
+        Slide name shown in the tooltip.
+    width_px, height_px
+        Expected size of the chart, used to fit the slide into the first view.
+    radius
+        Dot radius in coordinate units; by default just enough to cover the tissue.
+    value_label
+        Name of the coloured column, shown with its value in the tooltip; None leaves
+        it out (when the colour is the niche or the cell type, already in the tooltip).
+
+    Returns
+    -------
+    CompactDeck
+        One ``ScatterplotLayer`` (id ``"cells"``) whose records are ``x``, ``y``, ``c``
+        (RGBA), ``n`` (niche), ``t`` (cell type) and, with ``value_label``, ``v``; an
+        ``OrthographicView`` with no base map; a tooltip with niche, cell type, sample
+        and the coloured value.
+    """
+    dimmed = _dimmed(points, highlight)
+    # highlighted cells last, so they are drawn over the dimmed ones
+    order = np.arange(len(points)) if dimmed is None else np.argsort(~dimmed, kind="stable")
+    columns = {"x": points["x"].to_numpy()[order].tolist(), "y": points["y"].to_numpy()[order].tolist(),
+               "c": scale.rgba(points["value"], dimmed=dimmed)[order].tolist(),
+               "n": points["niche"].to_numpy()[order].tolist(),
+               "t": points["cell_type"].to_numpy()[order].tolist()}
+    if value_label is not None:
+        values = points["value"].round(3) if scale.is_numeric else points["value"]
+        columns["v"] = values.to_numpy()[order].tolist()
+    # records with one-letter keys: every point repeats them in the JSON sent to the browser
+    data = [dict(zip(columns, row)) for row in zip(*columns.values())]
+    radius = point_radius(points) if radius is None else radius
+
+    x0, x1 = (float(points["x"].min()), float(points["x"].max())) if len(points) else (0.0, 1.0)
+    y0, y1 = (float(points["y"].min()), float(points["y"].max())) if len(points) else (0.0, 1.0)
+    span = max(x1 - x0, 1e-9), max(y1 - y0, 1e-9)
+    # orthographic zoom z shows 2**z pixels per coordinate unit; leave a 5 % margin
+    zoom = math.log2(min(width_px / span[0], height_px / span[1]) * 0.95)
+    view_state = pdk.ViewState(target=[(x0 + x1) / 2, (y0 + y1) / 2, 0], zoom=zoom,
+                               min_zoom=zoom - 3, max_zoom=zoom + 7)
+
+    layer = pdk.Layer(
+        "ScatterplotLayer",
+        data=data,
+        id="cells",
+        get_position=["x", "y"],
+        get_fill_color="c",
+        get_radius=radius,
+        radius_units="'common'",  # quoted: pydeck would read a bare string as an accessor
+        radius_min_pixels=0.8,
+        stroked=False,
+        filled=True,
+        pickable=True,
+        auto_highlight=True,
+        highlight_color=[0, 0, 0, 90],
+    )
+    lines = ["<b>{n}</b>", "cell type: {t}", f"sample: {_tooltip_text(sample)}"]
+    if value_label is not None:
+        lines.append(f"{_tooltip_text(value_label)}: {{v}}")
+    tooltip = {"html": "<br/>".join(lines),
+               "style": {"fontSize": "12px", "backgroundColor": "rgba(30,30,30,0.85)", "color": "white"}}
+    return CompactDeck(
+        layers=[layer],
+        views=[pdk.View(type="OrthographicView", controller=True)],
+        initial_view_state=view_state,
+        map_provider=None,
+        map_style=None,
+        tooltip=tooltip,
+        height=height_px,
+    )
+
+
+def _swatch(color: str, alpha: float = 1.0) -> str:
+    return (f'<span style="display:inline-block;width:0.8em;height:0.8em;border-radius:50%;'
+            f'margin-right:0.3em;vertical-align:-0.05em;background:{rgba_css(color, alpha)}"></span>')
+
+
+def legend_html(scale: ColorScale, *, highlight: str | None = None, present=None) -> str:
+    """A small HTML legend for a map coloured with ``scale``.
+
+    Categorical scales list a swatch per category (only those in ``present`` when given);
+    with a highlighted niche, the others are shown faded and a dimmed swatch explains the
+    grey cells. Numeric scales draw a viridis bar between the limits.
+    """
+    title = f"<b>{html.escape(scale.column)}</b>"
+    if scale.is_numeric:
+        gradient = ", ".join(VIRIDIS)
+        bar = (f'<div style="height:0.7em;width:14em;border-radius:2px;'
+               f'background:linear-gradient(to right, {gradient})"></div>')
+        body = (f'{bar}<div style="display:flex;justify-content:space-between;width:14em">'
+                f"<span>{scale.vmin:.3g}</span><span>{scale.vmax:.3g}</span></div>")
+        if highlight is not None:
+            body += f"<div>{_swatch(DIMMED_COLOR)}outside niche {html.escape(highlight)}</div>"
+        return f'<div style="{_FONT}">{title} (1st–99th percentile){body}</div>'
+    present = None if present is None else {str(p) for p in present}
+    entries = []
+    shown = [(c, col) for c, col in scale.color_map().items() if present is None or c in present]
+    for category, color in shown[:LEGEND_MAX]:
+        faded = (highlight is not None and scale.kind == NICHE and category != highlight)
+        label = html.escape(category)
+        label = f"<b>{label}</b>" if highlight is not None and category == highlight else label
+        entries.append(f'<span style="white-space:nowrap">{_swatch(color, 0.35 if faded else 1.0)}'
+                       f"{label}</span>")
+    if len(shown) > LEGEND_MAX:
+        entries.append(f"<span>… and {len(shown) - LEGEND_MAX} more</span>")
+    if highlight is not None and scale.kind != NICHE:
+        entries.append(f'<span style="white-space:nowrap">{_swatch(DIMMED_COLOR)}'
+                       f"outside niche {html.escape(highlight)}</span>")
+    items = "".join(f'<span style="margin-right:0.9em">{e}</span>' for e in entries)
+    return f'<div style="{_FONT}">{title}: {items}</div>'
+
+
+# ----------------------------------------------------------------------------- embedding
+
+
+def _axis_off(fig: go.Figure) -> None:
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, title="UMAP 1")
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, title="UMAP 2",
+                     scaleanchor="x", scaleratio=1)
+
+
+def umap_figure(points: pd.DataFrame, scale: ColorScale, *, color_column: str,
+                highlight: str | None = None, height: int = 620) -> go.Figure:
+    """UMAP scatter (WebGL ``Scattergl``), one trace per category of ``color_column``.
+
+    ``points`` has ``x``, ``y``, ``niche`` and the ``color_column``; with ``highlight``,
+    cells of other niches form one grey trace underneath.
+    """
+    fig = go.Figure()
+    dimmed = _dimmed(points, highlight)
+    if dimmed is not None and dimmed.any():
+        rest = points[dimmed]
+        fig.add_trace(go.Scattergl(
+            x=rest["x"], y=rest["y"], mode="markers", name=f"not {highlight}",
+            marker=dict(size=3, color=rgba_css(DIMMED_COLOR, DIMMED_ALPHA / 255)),
+            hoverinfo="skip"))
+        points = points[~dimmed]
+    values = points[color_column].astype(str)
+    for category, color in scale.color_map().items():
+        part = points[values == category]
+        if part.empty:
+            continue
+        fig.add_trace(go.Scattergl(
+            x=part["x"], y=part["y"], mode="markers", name=category,
+            marker=dict(size=3, color=color, opacity=0.8),
+            customdata=part[["niche", "sample", "cell_type"]].to_numpy(),
+            hovertemplate="niche %{customdata[0]}<br>sample %{customdata[1]}"
+                          "<br>%{customdata[2]}<extra></extra>"))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10),
+                      legend=dict(itemsizing="constant", title=color_column),
+                      plot_bgcolor="white")
+    _axis_off(fig)
+    return fig
+
+
+def mixing_figure(table: pd.DataFrame, colors: dict[str, str], *, cohort: float | None = None) -> go.Figure:
+    """Horizontal bars of the batch-mixing score per niche (0 = each sample apart, 1 = fully mixed)."""
+    table = table.iloc[::-1]
+    fig = go.Figure(go.Bar(
+        x=table["mixing"].fillna(0), y=table.index, orientation="h",
+        marker_color=[colors.get(n, "#9e9e9e") for n in table.index],
+        text=[("n/a" if pd.isna(v) else f"{v:.2f}") for v in table["mixing"]],
+        textposition="outside", hovertemplate="%{y}: %{x:.2f}<extra></extra>"))
+    if cohort is not None and not pd.isna(cohort):
+        fig.add_vline(x=cohort, line_dash="dash", line_color="#444",
+                      annotation_text=f"cohort {cohort:.2f}", annotation_position="top")
+    fig.update_layout(height=max(220, 28 * len(table) + 80), margin=dict(l=10, r=30, t=30, b=10),
+                      xaxis=dict(range=[0, 1.12], title="batch mixing"), showlegend=False,
+                      plot_bgcolor="white")
+    return fig
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def abundance_figure(fractions: pd.DataFrame, colors: dict[str, str], *, height: int = 420) -> go.Figure:
+    """Stacked bars: each slide's cells split by niche; ``fractions`` is (slides x niches)."""
+    fig = go.Figure()
+    for niche in fractions.columns:
+        fig.add_trace(go.Bar(
+            x=fractions.index.astype(str), y=fractions[niche], name=niche,
+            marker_color=colors.get(niche, "#9e9e9e"),
+            hovertemplate=f"{html.escape(str(niche))}: %{{y:.1%}}<extra>%{{x}}</extra>"))
+    fig.update_layout(barmode="stack", height=height, margin=dict(l=10, r=10, t=30, b=10),
+                      yaxis=dict(tickformat=".0%", title="share of cells", range=[0, 1]),
+                      xaxis=dict(title="slide"), legend=dict(title="niche", traceorder="normal"),
+                      plot_bgcolor="white")
+    return fig
+
+
+def enrichment_heatmap(table: pd.DataFrame, *, height: int | None = None) -> go.Figure:
+    """(niches x cell types) log2 fold enrichment, diverging colours centred on 0."""
+    limit = float(np.nanmax(np.abs(table.to_numpy()))) if table.size else 1.0
+    limit = min(max(limit, 1.0), 6.0)
+    fig = go.Figure(go.Heatmap(
+        z=table.to_numpy(), x=list(table.columns.astype(str)), y=list(table.index.astype(str)),
+        colorscale="RdBu_r", zmin=-limit, zmax=limit, zmid=0,
+        colorbar=dict(title="log2 fold"),
+        text=np.round(table.to_numpy(), 1), texttemplate="%{text}",
+        hovertemplate="%{y} · %{x}: %{z:+.2f}<extra></extra>"))
+    fig.update_layout(height=height or max(300, 34 * len(table) + 140),
+                      margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(autorange="reversed"),
+                      xaxis=dict(tickangle=-40))
+    return fig
+
+
+def marker_heatmap(scores: pd.DataFrame, *, height: int | None = None) -> go.Figure:
+    """(niches x features) mean z-scored expression."""
+    fig = go.Figure(go.Heatmap(
+        z=scores.to_numpy(), x=list(scores.columns.astype(str)), y=list(scores.index.astype(str)),
+        colorscale="RdBu_r", zmid=0, zmin=-2, zmax=2, colorbar=dict(title="mean z"),
+        hovertemplate="%{y} · %{x}: %{z:+.2f}<extra></extra>"))
+    fig.update_layout(height=height or max(300, 30 * len(scores) + 150),
+                      margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(autorange="reversed"),
+                      xaxis=dict(tickangle=-45))
+    return fig
+
+
+def niche_size_figure(sizes: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
+    """Bars of cells per niche, coloured with the niche palette."""
+    fig = go.Figure(go.Bar(
+        x=sizes.index.astype(str), y=sizes["cells"],
+        marker_color=[colors.get(n, "#9e9e9e") for n in sizes.index],
+        customdata=np.c_[sizes["fraction"], sizes["slides"], sizes["patients"]],
+        hovertemplate="%{x}: %{y:,} cells (%{customdata[0]:.1%})<br>"
+                      "in %{customdata[1]} slides, %{customdata[2]} patients<extra></extra>"))
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(title="cells"),
+                      showlegend=False, plot_bgcolor="white")
+    return fig

@@ -1,0 +1,38 @@
+"""What each niche is made of: cell-type enrichment, top markers, sizes."""
+
+import streamlit as st
+
+from explorer import figures, state, tables, view
+from explorer.palette import niche_colors
+
+view.enter_page("composition")
+st.title("Niche composition")
+current = view.current_run()
+ref, keys = current.ref, current.keys
+
+sizes = state.niche_sizes(ref)
+colors = niche_colors(sizes.index)
+
+st.subheader("Cell-type enrichment")
+if keys.cell_type in current.run.adata.obs:
+    st.plotly_chart(figures.enrichment_heatmap(state.cell_type_enrichment(ref)), key="enrichment")
+    st.caption("log2 of a cell type's share in the niche over its share in the whole cohort: "
+               "red = enriched, blue = depleted.")
+else:
+    st.info(f"This run has no cell-type column (`{keys.cell_type}`).")
+
+left, right = st.columns([3, 2])
+with left:
+    st.subheader("Top markers")
+    if current.run.adata.n_vars:
+        scores = state.markers(ref)
+        st.dataframe(tables.top_markers(scores, n_top=5)[["markers"]], width="stretch")
+        st.caption("Mean z-scored expression per niche; the five highest per niche.")
+        with st.expander("All markers"):
+            st.plotly_chart(figures.marker_heatmap(scores), key="markers")
+    else:
+        st.info("This run has no features in `var`.")
+with right:
+    st.subheader("Niche sizes")
+    st.plotly_chart(figures.niche_size_figure(sizes, colors), key="sizes")
+    st.dataframe(sizes.style.format({"fraction": "{:.1%}"}), width="stretch")

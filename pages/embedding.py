@@ -1,0 +1,51 @@
+"""Shared-embedding UMAP and how well samples or patients mix in it."""
+
+import streamlit as st
+
+from explorer import figures, state, view
+from explorer.palette import niche_colors
+
+view.enter_page("embedding")
+st.title("Embedding")
+current = view.current_run()
+ref, keys = current.ref, current.keys
+if keys.umap not in current.run.adata.obsm:
+    st.warning(f"This run has no UMAP (`obsm['{keys.umap}']`); it was fitted without one.")
+    st.stop()
+
+COLOR_COLUMNS = {"niche": "niche", "sample": "sample", "cell_type": "cell type"}
+controls = st.columns([2, 2, 2])
+with controls[0]:
+    color_by = view.choice("color", "Colour by", list(COLOR_COLUMNS), default="niche", what="colour",
+                           per_page=True, format_func=COLOR_COLUMNS.get)
+with controls[1]:
+    highlighted = view.highlight(state.niches(ref))
+with controls[2]:
+    batch = view.choice("batch", "Mixing of", ["sample", "patient"], default="sample", what="batch",
+                        per_page=True, help="Score how evenly these mix within each niche")
+
+points, n_cells = state.umap_points(ref, state.UMAP_POINT_BUDGET)
+source_column = {"niche": keys.niche, "sample": keys.sample, "cell_type": keys.cell_type}[color_by]
+kind = state.color_options(ref).get(source_column)
+if kind is None:  # e.g. a run without cell types
+    st.warning(f"This run has no `{source_column}` column; colouring by niche.")
+    color_by, source_column = "niche", keys.niche
+scale = state.scale(ref, source_column)
+
+left, right = st.columns([3, 2])
+with left:
+    st.plotly_chart(figures.umap_figure(points, scale, color_column=color_by, highlight=highlighted),
+                    key="umap")
+    if len(points) < n_cells:
+        st.caption(f"Showing a random sample of {len(points):,} of {n_cells:,} cells.")
+with right:
+    table, cohort, note = state.mixing(ref, batch)
+    st.subheader(f"Batch mixing of {batch}s")
+    st.metric("Cohort", "n/a" if cohort is None else f"{cohort:.2f}",
+              help="1: every cell's neighbours in the embedding come from all "
+                   f"{batch}s in their overall proportions; 0: only from its own {batch}.")
+    colors = niche_colors(table.index)
+    st.plotly_chart(figures.mixing_figure(table, colors, cohort=cohort), key="mixing")
+    st.dataframe(table.style.format({"mixing": "{:.2f}"}, na_rep="n/a"), width="stretch")
+    st.caption(f"Scores: {note}. A niche that is well mixed is shared across {batch}s; "
+               "a low score or a single sample marks a niche specific to one.")

@@ -1,0 +1,328 @@
+"""Every dashboard page under Streamlit's AppTest, on the small run (never the full demo)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import streamlit.testing.v1.app_test as app_test_module
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
+
+from explorer import state
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ("pages/overview.py", "pages/maps.py", "pages/embedding.py", "pages/composition.py")
+
+
+class _NavigationPagesManager(PagesManager):
+    """AppTest work-around: run the entrypoint on every run, as the server does.
+
+    AppTest makes a fresh PagesManager per run, which sees the ``pages/`` folder and takes
+    the legacy multipage path: after the first run it executes the page file alone,
+    skipping ``app.py`` (sidebar, run picker, URL sync). The server stops doing that once
+    ``st.navigation`` has run; so do we.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+
+@pytest.fixture
+def legacy_pages_mode():
+    """AppTest as it is: page runs after the first take the legacy path (see below)."""
+
+
+@pytest.fixture(autouse=True)
+def _entrypoint_always_runs(request, monkeypatch):
+    if "legacy_pages_mode" not in request.fixturenames:
+        monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
+
+
+@pytest.fixture
+def runs_dir(tmp_path, small_run, monkeypatch):
+    """A runs folder holding the small run as ``small``."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "small").symlink_to(small_run, target_is_directory=True)
+    monkeypatch.setenv(state.RUNS_DIR_ENV, str(runs))
+    return runs
+
+
+def open_app(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def decks(at: AppTest) -> list[dict]:
+    return [json.loads(d.proto.json) for d in at.get("deck_gl_json_chart")]
+
+
+def query(at: AppTest, name: str) -> list[str]:
+    """A query parameter's values (AppTest gives one value as a plain string)."""
+    value = at.query_params.get(name)
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def markdown_text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+# ----------------------------------------------------------------------------- pages
+
+
+def test_overview_shows_cohort_summary(runs_dir):
+    at = open_app()
+    assert_clean(at)
+    assert at.title[0].value == "Cohort overview"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Patients"] == "4" and metrics["Niches"] == "6"
+    assert metrics["Slides"] == "6"
+    assert len(at.get("plotly_chart")) == 1  # niche abundance per slide
+    assert "response" in "\n".join(c.value for c in at.caption)
+    assert at.sidebar.selectbox[0].value == "small"
+    assert query(at, "run") == ["small"] and query(at, "page") == ["overview"]
+
+
+@pytest.mark.parametrize("page, n_decks, n_plotly", [
+    ("pages/maps.py", 2, 0),
+    ("pages/embedding.py", 0, 2),
+    ("pages/composition.py", 0, 3),
+])
+def test_every_page_renders(runs_dir, page, n_decks, n_plotly):
+    at = open_app()
+    at.switch_page(page).run()
+    assert_clean(at)
+    assert not at.warning
+    assert len(at.get("deck_gl_json_chart")) == n_decks
+    assert len(at.get("plotly_chart")) == n_plotly
+    assert at.sidebar.selectbox[0].value == "small"  # the entrypoint ran: run picker present
+
+
+def test_page_run_without_the_entrypoint_goes_through_it(runs_dir, legacy_pages_mode):
+    # what a fresh server does with a deep link to /maps before any session called
+    # st.navigation: the page file runs alone, and must send itself through app.py
+    at = open_app()
+    at.switch_page("pages/maps.py").run()
+    assert_clean(at)
+    assert at.title[0].value == "Niche maps"
+    assert at.sidebar.selectbox[0].value == "small"
+    assert len(at.get("deck_gl_json_chart")) == 2
+
+
+def test_maps_default_compares_two_patients_with_legend(runs_dir):
+    at = open_app()
+    at.switch_page("pages/maps.py").run()
+    assert at.multiselect[0].value == ["P1_s1", "P2_s1"]
+    for spec in decks(at):
+        assert spec["views"][0]["@@type"] == "OrthographicView"
+        assert len({tuple(d["c"]) for d in spec["layers"][0]["data"]}) >= 4
+    legend = markdown_text(at)
+    assert "niche" in legend and "N1" in legend and "rgba(" in legend
+    assert "Every cell is drawn" in "\n".join(c.value for c in at.caption)
+
+
+def test_maps_point_budget_subsamples_and_says_so(runs_dir):
+    at = open_app({"page": "maps", "points": "10000"})
+    at.selectbox(key="_w_maps:points").set_value(10_000).run()
+    assert_clean(at)
+    # no slide of the small run exceeds 10k cells: everything is drawn
+    assert "Every cell is drawn" in "\n".join(c.value for c in at.caption)
+
+
+def test_link_opens_the_same_map_view(runs_dir):
+    at = open_app({"page": "maps", "run": "small", "slides": ["P1_s2", "P3_s1", "P4_s1"],
+                   "color": "cell_type", "niche": "N2"})
+    assert_clean(at)
+    assert not at.warning
+    assert at.multiselect[0].value == ["P1_s2", "P3_s1", "P4_s1"]
+    assert len(decks(at)) == 3
+    assert "outside niche N2" in markdown_text(at)
+    for spec in decks(at):
+        data = spec["layers"][0]["data"]
+        assert all(d["c"][3] < 255 for d in data if d["n"] != "N2")
+    assert query(at, "color") == ["cell_type"] and query(at, "niche") == ["N2"]
+
+
+def test_widgets_write_the_view_into_the_url(runs_dir):
+    at = open_app()
+    at.switch_page("pages/maps.py").run()
+    at.selectbox(key="_w_maps:color").set_value("response").run()
+    at.selectbox(key="_w_niche").set_value("N3").run()
+    at.multiselect[0].set_value(["P2_s2"]).run()
+    assert_clean(at)
+    assert query(at, "color") == ["response"]
+    assert query(at, "niche") == ["N3"]
+    assert query(at, "slides") == ["P2_s2"]
+    assert "response" in markdown_text(at)
+    # the view survives a trip to another page
+    at.switch_page("pages/overview.py").run()
+    at.switch_page("pages/maps.py").run()
+    assert at.selectbox(key="_w_maps:color").value == "response"
+    assert at.multiselect[0].value == ["P2_s2"]
+
+
+def test_maps_colour_by_a_numeric_column(runs_dir, small_run):
+    import anndata as ad
+    import numpy as np
+
+    copy = runs_dir / "numeric"
+    shutil.copytree(small_run, copy)
+    adata = ad.read_h5ad(copy / "cohort.h5ad")
+    adata.obs["area"] = np.random.default_rng(0).uniform(20, 80, adata.n_obs)
+    adata.write_h5ad(copy / "cohort.h5ad")
+    at = open_app({"run": "numeric", "page": "maps", "color": "area", "slides": "P1_s1"})
+    assert_clean(at)
+    assert not at.warning
+    legend = markdown_text(at)
+    assert "linear-gradient" in legend and "area" in legend
+    data = decks(at)[0]["layers"][0]["data"]
+    assert all(isinstance(d["v"], float) for d in data)
+    assert len({tuple(d["c"]) for d in data}) > 20  # a continuous ramp, not a few categories
+
+
+@pytest.mark.parametrize("query, expected", [
+    ({"run": "../../etc"}, "Unknown run '../../etc'"),
+    ({"run": "nope"}, "Unknown run 'nope'"),
+    ({"page": "maps", "slides": ["P9_s9"]}, "Unknown slide 'P9_s9'"),
+    ({"page": "maps", "color": "secret_column"}, "Unknown colour column 'secret_column'"),
+    ({"page": "maps", "niche": "N99"}, "Unknown niche 'N99'"),
+    ({"page": "maps", "points": "7"}, "Unknown point budget '7'"),
+    ({"page": "nowhere"}, "Unknown page 'nowhere'"),
+    ({"page": "embedding", "color": "x"}, "Unknown colour 'x'"),
+])
+def test_bad_link_values_fall_back_with_a_warning(runs_dir, query, expected):
+    at = open_app(query)
+    assert_clean(at)
+    warnings = [w.value for w in at.warning]
+    assert any(expected in w for w in warnings), warnings
+    assert at.sidebar.selectbox[0].value == "small"
+
+
+def test_embedding_shows_mixing_per_niche_and_cohort(runs_dir):
+    at = open_app({"page": "embedding", "color": "sample", "batch": "patient"})
+    assert_clean(at)
+    assert at.metric[0].label == "Cohort"
+    assert 0.0 <= float(at.metric[0].value) <= 1.0
+    table = at.dataframe[0].value
+    assert {"mixing", "reading"} <= set(table.columns) and len(table) == 6
+    umap = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {t["type"] for t in umap["data"]} == {"scattergl"}
+    assert len(umap["data"]) == 6  # one trace per slide
+
+
+def test_composition_shows_enrichment_markers_and_sizes(runs_dir):
+    at = open_app({"page": "composition"})
+    assert_clean(at)
+    heatmap = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert heatmap["type"] == "heatmap" and len(heatmap["y"]) == 6
+    markers = at.dataframe[0].value
+    assert len(markers) == 6 and markers["markers"].str.count(",").eq(4).all()
+
+
+# ----------------------------------------------------------------------------- bad states
+
+
+def test_broken_run_folder_is_an_error_message(runs_dir):
+    broken = runs_dir / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{}")
+    (broken / "model.json").write_text("{}")
+    (broken / "cohort.h5ad").write_text("not an h5ad file")
+    for page in (None, "maps", "embedding", "composition"):
+        at = open_app({"run": "broken", **({"page": page} if page else {})})
+        assert not at.exception, [e.value for e in at.exception]
+        assert any("could not be loaded" in e.value for e in at.error)
+
+
+def test_run_change_resets_slides_silently(runs_dir, small_run):
+    shutil.copytree(small_run, runs_dir / "copy")
+    at = open_app({"page": "maps", "slides": ["P4_s1"]})
+    at.sidebar.selectbox[0].set_value("copy").run()
+    assert_clean(at)
+    assert query(at, "run") == ["copy"]
+    assert at.multiselect[0].value == ["P4_s1"]  # the same slide exists in the copy
+
+
+def test_heavy_work_is_cached_across_pages_and_colours(runs_dir, small_run, monkeypatch):
+    shutil.copytree(small_run, runs_dir / "fresh")  # a new cache key
+    calls = {"load": 0, "points": 0}
+    real_load, real_points = state.load_run, state.tables.slide_points
+
+    def counting_load(*args, **kwargs):
+        calls["load"] += 1
+        return real_load(*args, **kwargs)
+
+    def counting_points(*args, **kwargs):
+        calls["points"] += 1
+        return real_points(*args, **kwargs)
+
+    monkeypatch.setattr(state, "load_run", counting_load)
+    monkeypatch.setattr(state.tables, "slide_points", counting_points)
+    at = open_app({"run": "fresh", "page": "maps"})
+    assert calls == {"load": 1, "points": 2}
+    for page in PAGES:
+        at.switch_page(page).run()
+    at.switch_page("pages/maps.py").run()
+    at.selectbox(key="_w_niche").set_value("N1").run()  # recolouring reuses the sampled points
+    assert_clean(at)
+    assert calls == {"load": 1, "points": 2}
+
+
+def _fake_build(small_run, calls):
+    def build_demo(out, *, seed=0, device="auto", overwrite=False, on_stage=None):
+        calls.append(Path(out))
+        for stage in ("read", "train", "embed", "niches", "umap", "write"):
+            on_stage(stage, 0.5, f"{stage} half way")
+        target = Path(out) / "runs" / "demo"
+        shutil.copytree(small_run, target)
+        return target
+    return build_demo
+
+
+def test_first_launch_builds_the_demo_once(tmp_path, small_run, monkeypatch):
+    runs = tmp_path / "data" / "runs"
+    monkeypatch.setenv(state.RUNS_DIR_ENV, str(runs))
+    calls = []
+    monkeypatch.setattr(state.cli, "build_demo", _fake_build(small_run, calls))
+    at = open_app()
+    assert_clean(at)
+    assert calls == [runs.parent]
+    assert state.find_runs(runs).keys() == {"demo"}
+    assert at.sidebar.selectbox[0].value == "demo"
+    assert at.title[0].value == "Cohort overview"
+    open_app()  # a second session finds the run on disk
+    assert len(calls) == 1
+
+
+def test_demo_in_a_runs_folder_with_another_name(tmp_path, small_run, monkeypatch):
+    runs = tmp_path / "my-runs"
+    monkeypatch.setenv(state.RUNS_DIR_ENV, str(runs))
+    calls = []
+    monkeypatch.setattr(state.cli, "build_demo", _fake_build(small_run, calls))
+    at = open_app()
+    assert_clean(at)
+    assert state.find_runs(runs).keys() == {"demo"}
+
+
+def test_failed_demo_build_is_an_error_message(tmp_path, monkeypatch):
+    monkeypatch.setenv(state.RUNS_DIR_ENV, str(tmp_path / "runs"))
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(state.cli, "build_demo", failing)
+    at = open_app()
+    assert not at.exception
+    assert any("disk full" in e.value for e in at.error)
+    at.switch_page("pages/maps.py").run()
+    assert not at.exception
+    assert any("No run to show" in e.value for e in at.error)
