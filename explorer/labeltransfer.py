@@ -1,0 +1,207 @@
+"""Label transfer for the dashboard: query files, annotation, tables and figures (no Streamlit).
+
+The heavy work is :func:`cellniche_core.transfer.annotate_query`; this module finds query
+files, stages an upload in a temporary folder, and turns the annotated query into what
+the page draws, with the colours of the reference's labels (``unknown`` in grey).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from cellniche_core.io import CohortError, Run
+from cellniche_core.keys import RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys
+from cellniche_core.transfer import annotate_query, read_query
+
+from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale, rgba_css
+from .tables import RunKeys, labels
+
+#: folders of the data directory that never hold query files
+SKIP_DIRS = ("runs", "uploads")
+UPLOADS = "uploads"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def query_files(directory: Path) -> dict[str, Path]:
+    """``{name: path}`` of the ``.h5ad`` files in ``directory`` and its direct sub-folders.
+
+    ``runs/`` and ``uploads/`` and hidden entries are skipped; names are relative paths,
+    sorted. A missing ``directory`` gives an empty dict.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return {}
+    found = list(directory.glob("*.h5ad")) + [
+        p for sub in directory.iterdir()
+        if sub.is_dir() and sub.name not in SKIP_DIRS and not sub.name.startswith(".")
+        for p in sub.glob("*.h5ad")]
+    files = {p.relative_to(directory).as_posix(): p for p in found
+             if p.is_file() and not p.name.startswith(".")}
+    return dict(sorted(files.items()))
+
+
+def with_weights(run: Run) -> Run:
+    """``run`` (loaded without weights) with its model weights and config read from disk."""
+    config = json.loads((run.path / RUN_MODEL_CONFIG).read_text())
+    state_dict = torch.load(run.path / RUN_WEIGHTS, weights_only=True, map_location="cpu")
+    return Run(run.path, run.adata, state_dict, config, run.manifest)
+
+
+def annotate_file(run: Run, path: Path, *, label_key: str, device: str = "auto") -> tuple[ad.AnnData, dict]:
+    """Read the query at ``path`` (only read) and annotate it; see :func:`annotate_query`."""
+    query = read_query(run, path)
+    return query, annotate_query(run, query, label_key=label_key, device=device, source=Path(path).name)
+
+
+def annotate_upload(run: Run, data: bytes, name: str, *, upload_dir: Path, label_key: str,
+                    device: str = "auto") -> tuple[ad.AnnData, dict]:
+    """Annotate uploaded ``.h5ad`` bytes.
+
+    The bytes are written into a fresh temporary folder inside ``upload_dir``, read
+    fully into memory and the folder removed, whatever happens. Errors are
+    :class:`CohortError` naming the upload, never the temporary path.
+    """
+    shown = Path(str(name)).name or "upload"
+    if not shown.lower().endswith(".h5ad"):
+        raise CohortError(f"{shown}: expected an .h5ad file")
+    if not data:
+        raise CohortError(f"{shown}: is empty (0 bytes)")
+    safe = _SAFE.sub("_", shown).lstrip(".") or "query.h5ad"
+    upload_dir = Path(upload_dir)
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".query-", dir=upload_dir) as tmp:
+        path = Path(tmp) / safe
+        path.write_bytes(data)
+        try:
+            query = read_query(run, path)
+        except CohortError as exc:
+            raise CohortError(str(exc).replace(str(path), shown)) from None
+    return query, annotate_query(run, query, label_key=label_key, device=device, source=shown)
+
+
+def h5ad_bytes(adata: ad.AnnData, *, tmp_dir: Path) -> bytes:
+    """The bytes of ``adata`` written as ``.h5ad`` (through a temporary file in ``tmp_dir``)."""
+    tmp_dir = Path(tmp_dir)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=tmp_dir) as tmp:
+        path = Path(tmp) / "annotated.h5ad"
+        adata.write_h5ad(path)
+        return path.read_bytes()
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def label_options(color_options: dict[str, str], keys: RunKeys) -> list[str]:
+    """Reference columns that can be transferred: the niche first, then categorical columns."""
+    skip = {keys.sample, keys.patient, Keys.TRANSFERRED}
+    return [c for c, kind in color_options.items() if kind != NUMERIC and c not in skip]
+
+
+def query_keys(keys: RunKeys) -> RunKeys:
+    """Keys for drawing the annotated query: its "niche" is the transferred label."""
+    return replace(keys, niche=Keys.TRANSFERRED)
+
+
+def query_slides(query: ad.AnnData, keys: RunKeys) -> list[str]:
+    """The query's slide ids, in order of appearance."""
+    return list(pd.unique(labels(query, keys.sample)))
+
+
+def label_table(reference: ad.AnnData, label_key: str, query: ad.AnnData) -> pd.DataFrame:
+    """Cells and shares of each label in the reference and the query.
+
+    One row per reference label, then ``unknown``: ``label``, ``reference_cells``,
+    ``reference_share``, ``query_cells``, ``query_share`` and ``mean_confidence`` (of the
+    query cells given that label; NaN where there are none).
+    """
+    names = [str(c) for c in query.obs[Keys.TRANSFERRED].cat.categories]
+    ref_counts = reference.obs[label_key].astype(str).value_counts().reindex(names, fill_value=0)
+    transferred = query.obs[Keys.TRANSFERRED].astype(str)
+    q_counts = transferred.value_counts().reindex(names, fill_value=0)
+    confidence = query.obs[Keys.CONFIDENCE].groupby(transferred.to_numpy()).mean().reindex(names)
+    n_ref = max(int(ref_counts.sum()), 1)
+    return pd.DataFrame({
+        "label": names,
+        "reference_cells": ref_counts.to_numpy(),
+        "reference_share": ref_counts.to_numpy() / n_ref,
+        "query_cells": q_counts.to_numpy(),
+        "query_share": q_counts.to_numpy() / max(query.n_obs, 1),
+        "mean_confidence": confidence.to_numpy(dtype=float),
+    })
+
+
+def summary_metrics(report: dict, query: ad.AnnData, keys: RunKeys) -> dict[str, str]:
+    """Headline figures of a transfer, formatted."""
+    n = max(report["n_cells"], 1)
+    return {"Query cells": f"{report['n_cells']:,}",
+            "Slides": str(len(query_slides(query, keys))),
+            "Unknown": f"{report['n_unknown'] / n:.1%}",
+            "Mean confidence": f"{report['mean_confidence']:.2f}"}
+
+
+# ----------------------------------------------------------------------------- colours and figures
+
+
+def transferred_scale(reference_scale: ColorScale) -> ColorScale:
+    """The reference label's colours plus grey ``unknown``, for the transferred column."""
+    categories = tuple(c for c in reference_scale.categories if c != UNKNOWN)
+    colors = tuple(col for c, col in zip(reference_scale.categories, reference_scale.colors) if c != UNKNOWN)
+    return ColorScale(Keys.TRANSFERRED, reference_scale.kind, categories + (UNKNOWN,),
+                      colors + (UNKNOWN_COLOR,))
+
+
+def confidence_scale() -> ColorScale:
+    """Viridis from 0 to 1 for the transfer confidence."""
+    return ColorScale(Keys.CONFIDENCE, NUMERIC, vmin=0.0, vmax=1.0)
+
+
+def confidence_legend_html() -> str:
+    """A viridis bar from 0 (no agreement) to 1 (every neighbour agrees)."""
+    gradient = ", ".join(VIRIDIS)
+    return ('<div style="font-size:0.85rem;line-height:1.5"><b>transfer confidence</b>'
+            '<div style="height:0.7em;width:14em;border-radius:2px;'
+            f'background:linear-gradient(to right, {gradient})"></div>'
+            '<div style="display:flex;justify-content:space-between;width:14em">'
+            "<span>0</span><span>0.5</span><span>1</span></div></div>")
+
+
+def composition_figure(table: pd.DataFrame, scale: ColorScale, *, height: int = 360) -> go.Figure:
+    """Grouped bars: each label's share of the reference (pale) and of the query (full colour)."""
+    colors = scale.color_map()
+    names = table["label"].astype(str).tolist()
+    palette = [colors.get(n, UNKNOWN_COLOR) for n in names]
+    fig = go.Figure()
+    for column, name, alpha in (("reference_share", "reference", 0.4), ("query_share", "query", 1.0)):
+        fig.add_trace(go.Bar(
+            x=names, y=table[column], name=name, marker_color=[rgba_css(c, alpha) for c in palette],
+            marker_line=dict(color=palette, width=1),
+            hovertemplate=f"{name} · %{{x}}: %{{y:.1%}}<extra></extra>"))
+    fig.update_layout(barmode="group", height=height, margin=dict(l=10, r=10, t=30, b=10),
+                      yaxis=dict(tickformat=".0%", title="share of cells"),
+                      xaxis=dict(title=html.escape(str(scale.column))), plot_bgcolor="white",
+                      legend=dict(orientation="h", y=1.08))
+    return fig
+
+
+def unknown_note(report: dict, *, quantile: float) -> str:
+    """How many cells are unknown and why, in one sentence."""
+    by = report["calibration"]["held_out_by"]
+    held = "reference cells held out one by one" if by == "cell" else f"reference cells held out by {by}"
+    return (f"{report['n_unknown']:,} of {report['n_cells']:,} cells are unknown: {report['n_far']:,} lie "
+            f"farther from the reference than {quantile:.1%} of {held} (same label), "
+            f"{report['n_ambiguous']:,} have no majority among their reference neighbours (a cell can be "
+            "both).")

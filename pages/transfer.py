@@ -1,0 +1,120 @@
+"""Label transfer: annotate a new slide from the selected run, and show what is unknown."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from cellniche_core.io import CohortError
+from cellniche_core.keys import Keys
+from cellniche_core.transfer import TRANSFER_UNS_KEY, describe_alignment
+from explorer import figures, labeltransfer, state, transfer_state, view
+
+UPLOAD = "upload"
+MAP_POINTS = 25_000
+
+view.enter_page("transfer")
+st.title("Label transfer")
+current = view.current_run()
+ref, keys = current.ref, current.keys
+st.caption(
+    f"Reference atlas: run **{ref.name}** (pick another in the sidebar). The query is embedded by the "
+    "run's frozen encoder, its features aligned to the reference's; each query cell takes the label its 15 "
+    "nearest reference cells vote for, and is called **unknown** when it lies farther from the reference "
+    "than 99 % of reference cells seen from other patients, or when no label has a majority.")
+
+labels_offered = labeltransfer.label_options(state.color_options(ref), keys)
+files = labeltransfer.query_files(transfer_state.data_dir())
+pick = st.columns([2, 3])
+with pick[0]:
+    label_key = view.choice("label", "Label to transfer", labels_offered, default=keys.niche,
+                            what="label column", per_page=True,
+                            help="A categorical column of the reference: its niches, or an expert annotation")
+with pick[1]:
+    source = view.choice("query", "Query", [UPLOAD, *files], default=UPLOAD, what="query file", per_page=True,
+                         format_func=lambda v: "— upload an .h5ad file —" if v == UPLOAD else f"data/{v}",
+                         help=f".h5ad files in {transfer_state.data_dir()}, or an upload")
+
+data = None
+if source == UPLOAD:
+    uploaded = st.file_uploader("Query slide(s)", type=["h5ad"],
+                                help="An AnnData with obsm['spatial'] and the reference's cell-type column "
+                                     "or genes; several slides are told apart by the reference's slide column")
+    if uploaded is None:
+        st.info("Upload a query .h5ad file, or choose a file under data/ above.")
+        st.stop()
+    data = uploaded.getvalue()
+    query = transfer_state.upload_query(uploaded.name, data)
+else:
+    query = transfer_state.file_query(source, files[source])
+
+try:
+    adata, report = transfer_state.annotated(ref, query, label_key, str(transfer_state.upload_dir()), _data=data)
+except (CohortError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    st.error(f"**{query.name}** could not be annotated: {exc}")
+    st.stop()
+except Exception as exc:  # a bad file is a message, never a traceback
+    st.error(f"**{query.name}** could not be annotated: {type(exc).__name__}: {exc}")
+    st.stop()
+
+# ----------------------------------------------------------------------------- summary
+for column, (label, value) in zip(st.columns(4), labeltransfer.summary_metrics(report, adata, keys).items()):
+    column.metric(label, value)
+alignment = describe_alignment(report["alignment"])
+if alignment:
+    st.warning("Feature alignment: " + "; ".join(alignment) + ".")
+else:
+    st.caption("Feature alignment: the query has every reference feature and nothing extra.")
+quantile = adata.uns[TRANSFER_UNS_KEY]["params"]["quantile"]
+st.caption(labeltransfer.unknown_note(report, quantile=quantile))
+
+# ----------------------------------------------------------------------------- maps
+reference_scale = state.scale(ref, label_key)
+transferred = labeltransfer.transferred_scale(reference_scale)
+ref_slides = state.samples(ref)
+query_slides = labeltransfer.query_slides(adata, keys)
+cols = st.columns(3)
+with cols[0]:
+    ref_slide = view.choice("rslide", "Reference slide", ref_slides, default=ref_slides[0], what="slide",
+                            per_page=True)
+with cols[1]:
+    query_slide = view.choice("qslide", "Query slide", query_slides, default=query_slides[0],
+                              what="query slide", per_page=True)
+
+maps = st.columns(3)
+with maps[0]:
+    points, n_cells = state.map_points(ref, ref_slide, label_key, MAP_POINTS)
+    st.markdown(f"**Reference** · {ref_slide} · {n_cells:,} cells")
+    st.pydeck_chart(figures.niche_map_deck(points, reference_scale, sample=ref_slide, width_px=300,
+                                           height_px=340, value_label=None if label_key == keys.niche
+                                           else label_key), height=340, key="transfer_reference_map")
+for column, (colour_by, scale, title, tag) in zip(maps[1:], (
+        (Keys.TRANSFERRED, transferred, "Transferred label", "labels"),
+        (Keys.CONFIDENCE, labeltransfer.confidence_scale(), "Confidence", "confidence"))):
+    with column:
+        points, n_cells = transfer_state.map_points(ref, query, label_key, query_slide, colour_by, MAP_POINTS,
+                                                    _adata=adata)
+        st.markdown(f"**{title}** · {query_slide} · {n_cells:,} cells")
+        st.pydeck_chart(figures.niche_map_deck(points, scale, sample=query_slide, width_px=300, height_px=340,
+                                               value_label=colour_by),
+                        height=340, key=f"transfer_{tag}_map")
+st.markdown(figures.legend_html(transferred), unsafe_allow_html=True)
+st.markdown(labeltransfer.confidence_legend_html(), unsafe_allow_html=True)
+
+# ----------------------------------------------------------------------------- composition
+st.subheader("Composition: query against reference")
+table = transfer_state.label_table(ref, query, label_key, _adata=adata)
+st.plotly_chart(labeltransfer.composition_figure(table, transferred), key="transfer_composition")
+st.dataframe(table, hide_index=True, width="stretch", column_config={
+    "reference_share": st.column_config.NumberColumn(format="percent"),
+    "query_share": st.column_config.NumberColumn(format="percent"),
+    "mean_confidence": st.column_config.NumberColumn(format="%.2f"),
+})
+st.caption("Share of each label among the reference's cells and the query's; a label the query lacks, or a "
+           "large unknown share, is where the new slide differs from the atlas.")
+
+st.download_button(
+    "Download the annotated query (.h5ad)",
+    transfer_state.download_bytes(ref, query, label_key, str(transfer_state.upload_dir()), _adata=adata),
+    file_name=f"{Path(query.name).stem}_transferred.h5ad", mime="application/x-hdf5",
+    help="The query with obs['transferred_label'], obs['transfer_confidence'], obs['transfer_distance'], "
+         "obsm['X_cellniche'] and uns['cellniche_transfer']")

@@ -1,0 +1,184 @@
+"""The label-transfer page (AppTest, on the small run) and its helpers."""
+
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import streamlit.testing.v1.app_test as app_test_module
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
+
+from cellniche_core.io import CohortError, load_run
+from cellniche_core.keys import UNKNOWN, Keys
+from explorer import labeltransfer, state
+from explorer.palette import UNKNOWN_COLOR, hex_to_rgb
+from explorer.tables import RunKeys
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+class _NavigationPagesManager(PagesManager):
+    """Run the entrypoint on every AppTest run, as the server does (see tests/test_app.py)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+
+@pytest.fixture(autouse=True)
+def _entrypoint_always_runs(monkeypatch):
+    monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
+
+
+@pytest.fixture(scope="module")
+def query_bytes(tmp_path_factory):
+    """A new 2-patient cohort (another seed) with 12 cells of a type the reference never saw."""
+    from cellniche_core.simulate import simulate_cohort
+
+    q = simulate_cohort(n_patients=2, cells_per_slide=800, seed=5)
+    types = q.obs[Keys.CELL_TYPE].astype(str).to_numpy().copy()
+    types[:12] = "Mast cell"
+    q.obs[Keys.CELL_TYPE] = pd.Categorical(types)
+    path = tmp_path_factory.mktemp("query") / "q.h5ad"
+    q.write_h5ad(path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def data_dir(tmp_path, small_run, query_bytes, monkeypatch):
+    """data/ as the page sees it: runs/small and a query file beside it."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "small").symlink_to(small_run, target_is_directory=True)
+    (tmp_path / "new_patient.h5ad").write_bytes(query_bytes)
+    monkeypatch.setenv(state.RUNS_DIR_ENV, str(runs))
+    return tmp_path
+
+
+def open_transfer(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["page"] = "transfer"
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def decks(at: AppTest) -> list[dict]:
+    return [json.loads(d.proto.json) for d in at.get("deck_gl_json_chart")]
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def test_transfer_page_asks_for_a_query(data_dir):
+    at = open_transfer()
+    assert_clean(at)
+    assert at.title[0].value == "Label transfer"
+    assert at.selectbox(key="_w_transfer:label").value == Keys.NICHE
+    options = at.selectbox(key="_w_transfer:query").options
+    assert options == ["— upload an .h5ad file —", "data/new_patient.h5ad"]
+    assert "Upload a query" in at.info[0].value
+    assert len(at.file_uploader) == 1 and not at.get("deck_gl_json_chart")
+
+
+def test_transfer_page_annotates_a_file_under_data(data_dir):
+    at = open_transfer({"query": "new_patient.h5ad"})
+    assert_clean(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Query cells"] == f"{ad.read_h5ad(data_dir / 'new_patient.h5ad').n_obs:,}"
+    assert metrics["Slides"] == "4"  # P1 and P2 have two slides each
+    assert "Mast cell (12 cells)" in at.warning[0].value  # the alignment is reported
+    specs = decks(at)
+    assert len(specs) == 3  # reference, transferred labels, confidence
+    reference_colors = {tuple(d["c"]) for d in specs[0]["layers"][0]["data"]}
+    label_colors = {tuple(d["c"]) for d in specs[1]["layers"][0]["data"]}
+    grey = (*hex_to_rgb(UNKNOWN_COLOR), 255)
+    assert label_colors - {grey} <= reference_colors  # a niche has one colour on both maps
+    assert len(label_colors) >= 4
+    legend = "\n".join(m.value for m in at.markdown)
+    assert UNKNOWN in legend and "transfer confidence" in legend
+    bars = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(bars) == 1 and [t["name"] for t in bars[0]["data"]] == ["reference", "query"]
+    table = at.dataframe[0].value
+    assert table["label"].iloc[-1] == UNKNOWN
+    assert table["query_share"].sum() == pytest.approx(1.0)
+    assert len(at.get("download_button")) == 1
+    assert at.query_params["query"] == "new_patient.h5ad"
+
+
+def test_transfer_page_takes_an_upload_and_leaves_no_file(data_dir, query_bytes):
+    at = open_transfer()
+    at.file_uploader[0].set_value(("my slide.h5ad", query_bytes, "application/octet-stream")).run()
+    assert_clean(at)
+    assert len(at.get("deck_gl_json_chart")) == 3
+    uploads = data_dir / labeltransfer.UPLOADS
+    assert uploads.is_dir() and not any(p.name.startswith(".query-") for p in uploads.iterdir())
+
+
+def test_transfer_page_reports_a_bad_upload(data_dir):
+    at = open_transfer()
+    at.file_uploader[0].set_value(("broken.h5ad", b"this is not an HDF5 file", "application/octet-stream")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "broken.h5ad" in at.error[0].value
+    assert "not an HDF5 file" in at.error[0].value and ".query-" not in at.error[0].value
+    assert not at.get("deck_gl_json_chart")
+
+
+def test_transfer_page_warns_about_an_unknown_query_in_the_link(data_dir):
+    at = open_transfer({"query": "../../etc/passwd"})
+    assert not at.exception
+    assert any("Unknown query file" in w.value for w in at.warning)
+    assert at.selectbox(key="_w_transfer:query").value == "upload"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_query_files_skip_runs_uploads_and_hidden(tmp_path):
+    for name in ("a.h5ad", "sub/b.h5ad", "runs/x/cohort.h5ad", "uploads/c.h5ad", ".hidden.h5ad", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert list(labeltransfer.query_files(tmp_path)) == ["a.h5ad", "sub/b.h5ad"]
+    assert labeltransfer.query_files(tmp_path / "missing") == {}
+
+
+def test_upload_errors_name_the_upload(small_run, tmp_path):
+    run = labeltransfer.with_weights(load_run(small_run, with_weights=False))
+    for name, data, message in (("x.csv", b"a,b", "expected an .h5ad"), ("e.h5ad", b"", "empty"),
+                                ("bad.h5ad", b"garbage", "not an HDF5 file")):
+        with pytest.raises(CohortError, match=message) as exc:
+            labeltransfer.annotate_upload(run, data, name, upload_dir=tmp_path, label_key=Keys.NICHE)
+        assert str(tmp_path) not in str(exc.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_label_table_and_scales():
+    from explorer.palette import NICHE, color_scale
+
+    reference = ad.AnnData(obs=pd.DataFrame({Keys.NICHE: pd.Categorical(["N1", "N1", "N2", "N3"])},
+                                            index=list("abcd")))
+    query = ad.AnnData(obs=pd.DataFrame({
+        Keys.TRANSFERRED: pd.Categorical(["N1", UNKNOWN, "N1"], categories=["N1", "N2", "N3", UNKNOWN]),
+        Keys.CONFIDENCE: np.array([1.0, 0.4, 0.8], dtype=np.float32)}, index=list("xyz")))
+    table = labeltransfer.label_table(reference, Keys.NICHE, query)
+    assert table["label"].tolist() == ["N1", "N2", "N3", UNKNOWN]
+    assert table["reference_cells"].tolist() == [2, 1, 1, 0]
+    assert table["query_cells"].tolist() == [2, 0, 0, 1]
+    assert table["mean_confidence"].iloc[0] == pytest.approx(0.9) and np.isnan(table["mean_confidence"].iloc[1])
+
+    ref_scale = color_scale(reference.obs[Keys.NICHE], column=Keys.NICHE, kind=NICHE)
+    scale = labeltransfer.transferred_scale(ref_scale)
+    assert scale.categories == ("N1", "N2", "N3", UNKNOWN)
+    assert scale.color_map()["N2"] == ref_scale.color_map()["N2"] and scale.color_map()[UNKNOWN] == UNKNOWN_COLOR
+    fig = labeltransfer.composition_figure(table, scale)
+    assert [t.name for t in fig.data] == ["reference", "query"]
+    assert labeltransfer.label_options({"niche": "niche", "cell_type": "category", "sample": "category",
+                                        "transfer_confidence": "numeric"}, RunKeys()) == ["niche", "cell_type"]
