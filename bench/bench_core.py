@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def measure(n_cells: int, device: str, steps: int, threads: int) -> dict:
-    import numpy as np
     import torch
 
     torch.set_num_threads(threads)

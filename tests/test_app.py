@@ -5,28 +5,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-import streamlit.testing.v1.app_test as app_test_module
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
+from apptest_support import assert_clean, decks, link_runs_dir, query, run_entrypoint_always
+from apptest_support import open_app as _open_app
 from explorer import state
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ("pages/overview.py", "pages/maps.py", "pages/embedding.py", "pages/composition.py")
-
-
-class _NavigationPagesManager(PagesManager):
-    """AppTest work-around: run the entrypoint on every run, as the server does.
-
-    AppTest makes a fresh PagesManager per run, which sees the ``pages/`` folder and takes
-    the legacy multipage path: after the first run it executes the page file alone,
-    skipping ``app.py`` (sidebar, run picker, URL sync). The server stops doing that once
-    ``st.navigation`` has run; so do we.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        PagesManager.uses_pages_directory = False
 
 
 @pytest.fixture
@@ -37,39 +22,17 @@ def legacy_pages_mode():
 @pytest.fixture(autouse=True)
 def _entrypoint_always_runs(request, monkeypatch):
     if "legacy_pages_mode" not in request.fixturenames:
-        monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
+        run_entrypoint_always(monkeypatch)
 
 
 @pytest.fixture
 def runs_dir(tmp_path, small_run, monkeypatch):
     """A runs folder holding the small run as ``small``."""
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    (runs / "small").symlink_to(small_run, target_is_directory=True)
-    monkeypatch.setenv(state.RUNS_DIR_ENV, str(runs))
-    return runs
+    return link_runs_dir(tmp_path, small_run, monkeypatch)
 
 
-def open_app(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    for key, value in (query or {}).items():
-        at.query_params[key] = value
-    return at.run()
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def decks(at: AppTest) -> list[dict]:
-    return [json.loads(d.proto.json) for d in at.get("deck_gl_json_chart")]
-
-
-def query(at: AppTest, name: str) -> list[str]:
-    """A query parameter's values (AppTest gives one value as a plain string)."""
-    value = at.query_params.get(name)
-    return [] if value is None else [value] if isinstance(value, str) else list(value)
+def open_app(query: dict | None = None):
+    return _open_app(query, timeout=120)
 
 
 def markdown_text(at: AppTest) -> str:

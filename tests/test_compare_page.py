@@ -2,66 +2,31 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import streamlit.testing.v1.app_test as app_test_module
-from streamlit.runtime.pages_manager import PagesManager
-from streamlit.testing.v1 import AppTest
 
 from cellniche_core.compare import compare_groups, niche_abundance, summarise_adjacency, niche_adjacency
 from cellniche_core.keys import RUN_ADATA
-from explorer import comparison, state
+from explorer import comparison
 from explorer.tables import RunKeys
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
-
-class _NavigationPagesManager(PagesManager):
-    """Run the entrypoint on every AppTest run, as the server does (see tests/test_app.py)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
+from apptest_support import assert_clean, link_runs_dir, open_app, plotly_specs, query, run_entrypoint_always
 
 @pytest.fixture(autouse=True)
 def _entrypoint_always_runs(monkeypatch):
-    monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
+    run_entrypoint_always(monkeypatch)
 
 
 @pytest.fixture
 def runs_dir(tmp_path, small_run, monkeypatch):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    (runs / "small").symlink_to(small_run, target_is_directory=True)
-    monkeypatch.setenv(state.RUNS_DIR_ENV, str(runs))
-    return runs
+    return link_runs_dir(tmp_path, small_run, monkeypatch)
 
 
-def open_compare(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params["page"] = "compare"
-    for key, value in (query or {}).items():
-        at.query_params[key] = value
-    return at.run()
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def plotly_specs(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-
-
-def query(at: AppTest, name: str) -> list[str]:
-    value = at.query_params.get(name)
-    return [] if value is None else [value] if isinstance(value, str) else list(value)
+def open_compare(query: dict | None = None):
+    return open_app(query, page="compare")
 
 
 # ----------------------------------------------------------------------------- the page

@@ -1,36 +1,23 @@
 """The label-transfer page (AppTest, on the small run) and its helpers."""
 
 import json
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import streamlit.testing.v1.app_test as app_test_module
-from streamlit.runtime.pages_manager import PagesManager
-from streamlit.testing.v1 import AppTest
 
 from cellniche_core.io import CohortError, load_run
 from cellniche_core.keys import UNKNOWN, Keys
-from explorer import labeltransfer, state
+from explorer import labeltransfer
 from explorer.palette import UNKNOWN_COLOR, hex_to_rgb
 from explorer.tables import RunKeys
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
-
-class _NavigationPagesManager(PagesManager):
-    """Run the entrypoint on every AppTest run, as the server does (see tests/test_app.py)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
+from apptest_support import assert_clean, decks, link_runs_dir, open_app, run_entrypoint_always
 
 @pytest.fixture(autouse=True)
 def _entrypoint_always_runs(monkeypatch):
-    monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
+    run_entrypoint_always(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -50,29 +37,13 @@ def query_bytes(tmp_path_factory):
 @pytest.fixture
 def data_dir(tmp_path, small_run, query_bytes, monkeypatch):
     """data/ as the page sees it: runs/small and a query file beside it."""
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    (runs / "small").symlink_to(small_run, target_is_directory=True)
+    link_runs_dir(tmp_path, small_run, monkeypatch)
     (tmp_path / "new_patient.h5ad").write_bytes(query_bytes)
-    monkeypatch.setenv(state.RUNS_DIR_ENV, str(runs))
     return tmp_path
 
 
-def open_transfer(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params["page"] = "transfer"
-    for key, value in (query or {}).items():
-        at.query_params[key] = value
-    return at.run()
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def decks(at: AppTest) -> list[dict]:
-    return [json.loads(d.proto.json) for d in at.get("deck_gl_json_chart")]
+def open_transfer(query: dict | None = None):
+    return open_app(query, page="transfer")
 
 
 # ----------------------------------------------------------------------------- the page
