@@ -7,11 +7,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .graph import DEFAULT_KNN, GraphSettings
 from .keys import Keys
 from .sampling import STRATEGIES
 from .train import TrainConfig
+
+if TYPE_CHECKING:
+    from .pipeline import RunOptions
 
 EXIT_BAD_INPUT = 2
 
@@ -266,7 +270,7 @@ def run_transfer(args) -> Path:
     return path
 
 
-def options_from_args(args) -> "RunOptions":
+def options_from_args(args) -> RunOptions:
     from .cellniche import InputKeys
     from .pipeline import RunOptions
 
