@@ -306,9 +306,11 @@ def build_demo(out: str | Path, *, seed: int = 0, device: str = "auto", overwrit
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .distributed import from_environment
     from .io import CohortError
 
-    progress = TerminalProgress(enabled=not args.quiet)
+    is_main = from_environment().is_main  # under torchrun only rank 0 reports
+    progress = TerminalProgress(enabled=not args.quiet and is_main)
     try:
         if args.command == "fit":
             from .pipeline import fit_run
@@ -328,5 +330,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
-    print(path)
+    if is_main:
+        print(path)
     return 0

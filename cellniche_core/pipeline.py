@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from .cellniche import CellNiche, InputKeys
+from .distributed import Context, from_environment, start, stop
 from .graph import GraphSettings
 from .keys import Keys
 from .layout import compute_umap
@@ -66,22 +67,28 @@ def _quiet(stage: str, fraction: float, message: str) -> None:
 
 
 def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCallback | None = None,
-                   should_stop=None) -> tuple[CellNiche, dict]:
+                   should_stop=None, context: Context | None = None) -> tuple[CellNiche, dict | None]:
     """Fit a model on ``adata`` and annotate it in place.
 
     Writes ``obsm["X_cellniche"]``, ``obs["niche"]`` (categorical), ``obsm["X_umap"]`` and
-    ``uns["cellniche"]`` (the manifest, also returned).
+    ``uns["cellniche"]`` (the manifest, also returned). Under ``torchrun`` (``context``
+    with several processes) every rank trains; only rank 0 goes on to annotate ``adata``,
+    the others return ``(model, None)``.
     """
     on_stage = on_stage or _quiet
-    device = resolve_device(options.device)
+    context = context or Context()
+    device = resolve_device(start(context, options.device))
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
     model = CellNiche(features=options.features, graph=options.graph, config=options.train,
                       keys=options.keys)
-    model.fit(adata, device=str(device), should_stop=should_stop,
+    model.fit(adata, device=str(device), should_stop=should_stop, rank=context.rank,
+              world_size=context.world_size,
               progress=lambda s, n, loss: on_stage("train", s / n, f"step {s}/{n}, loss {loss:.3f}"))
     timings["train"] = time.perf_counter() - t
+    if not context.is_main:
+        return model, None
 
     on_stage("embed", 0.0, f"embedding {adata.n_obs:,} cells")
     t = time.perf_counter()
@@ -127,6 +134,7 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
                    "n_niches": options.n_niches, "features": options.features},
         "seed": options.train.seed,
         "device": str(device),
+        "processes": context.world_size,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "versions": package_versions(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -154,7 +162,14 @@ def fit_run(paths, out: str | Path, options: RunOptions, *, group_keys=(), overw
                         group_keys=tuple(group_keys), features=options.features)
     read_s = time.perf_counter() - t0
     on_stage("read", 1.0, f"{adata.n_obs:,} cells")
-    model, manifest = analyse_cohort(adata, options, on_stage=on_stage, should_stop=should_stop)
+    context = from_environment()
+    try:
+        model, manifest = analyse_cohort(adata, options, on_stage=on_stage, should_stop=should_stop,
+                                         context=context)
+    finally:
+        stop()
+    if manifest is None:  # a torchrun rank other than 0: rank 0 writes the run
+        return Path(out)
     manifest["timings_s"]["read"] = round(read_s, 3)
     manifest["inputs"] = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     on_stage("write", 0.0, "writing run")
