@@ -200,46 +200,44 @@ def _read_file(path: Path) -> ad.AnnData:
     return _read_zarr(path)
 
 
+def _h5ad_keys(path: Path) -> list[str]:
+    with h5py.File(path, "r") as f:
+        return list(f.keys())
+
+
 def _read_h5ad(path: Path) -> ad.AnnData:
-    try:
-        with h5py.File(path, "r") as f:
-            top = sorted(f.keys())
-    except OSError as exc:
-        raise _error(path, f"is not a readable .h5ad file ({_short_reason(exc)})") from exc
-    if not {"obs", "var"} <= set(top):
-        raise _error(
-            path,
-            "is not a readable .h5ad file (an HDF5 file but not an AnnData: "
-            f"no 'obs'/'var' groups; found {top})",
-        )
-    try:
-        with _duplicate_names_are_fixed_later():
-            return ad.read_h5ad(path)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise _error(path, f"is not a readable .h5ad file ({_short_reason(exc)})") from exc
+    return _read_store(path, kind=".h5ad file", container="an HDF5 file",
+                       list_keys=lambda: _h5ad_keys(path), read=lambda: ad.read_h5ad(path))
 
 
 def _read_zarr(path: Path) -> ad.AnnData:
-    try:
+    group = None
+
+    def list_keys():
+        nonlocal group
         group = zarr.open_group(str(path), mode="r")
-        top = sorted(group.keys())
+        return list(group.keys())
+
+    return _read_store(path, kind=".zarr store", container="a zarr group", list_keys=list_keys,
+                       read=lambda: ad.read_zarr(group))
+
+
+def _read_store(path: Path, *, kind: str, container: str, list_keys, read) -> ad.AnnData:
+    """Open a store, check it holds an AnnData, read it; every failure names the file."""
+    try:
+        top = sorted(list_keys())
     except Exception as exc:
-        raise _error(path, f"is not a readable .zarr store ({_short_reason(exc)})") from exc
+        raise _error(path, f"is not a readable {kind} ({_short_reason(exc)})") from exc
     if not {"obs", "var"} <= set(top):
-        raise _error(
-            path,
-            "is not a readable .zarr store (a zarr group but not an AnnData: "
-            f"no 'obs'/'var' groups; found {top})",
-        )
+        raise _error(path, f"is not a readable {kind} ({container} but not an AnnData: "
+                           f"no 'obs'/'var' groups; found {top})")
     try:
         with _duplicate_names_are_fixed_later():
-            return ad.read_zarr(group)
+            return read()
     except MemoryError:
         raise
     except Exception as exc:
-        raise _error(path, f"is not a readable .zarr store ({_short_reason(exc)})") from exc
+        raise _error(path, f"is not a readable {kind} ({_short_reason(exc)})") from exc
 
 
 @contextmanager
