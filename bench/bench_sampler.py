@@ -25,8 +25,8 @@ from cellniche_core.train import TrainConfig, resolve_device
 
 def loop_sampler(adj: list[list[int]], seeds: list[int], cfg: TrainConfig, rng: random.Random):
     """The same sampling written cell by cell with Python lists and dicts."""
-    walks, walk_seed = [], []
-    for s_i, s in enumerate(seeds):
+    walks = []
+    for s in seeds:
         for _ in range(cfg.walks_per_seed):
             cur, walk = s, [s]
             for _ in range(cfg.walk_length):
@@ -34,19 +34,18 @@ def loop_sampler(adj: list[list[int]], seeds: list[int], cfg: TrainConfig, rng: 
                     cur = adj[cur][int(rng.random() * len(adj[cur]))]
                 walk.append(cur)
             walks.append(walk)
-            walk_seed.append(s_i)
     batch = set(seeds)
-    for s_i in range(len(seeds)):
-        counts = Counter(c for w, g in zip(walks, walk_seed) if g == s_i for c in w)
+    r = cfg.walks_per_seed
+    for s_i in range(len(seeds)):  # the walks of seed s_i are rows s_i * r ... s_i * r + r - 1
+        counts = Counter(c for w in walks[s_i * r:(s_i + 1) * r] for c in w)
         mean = sum(counts.values()) / len(counts)
         batch.update(c for c, k in counts.items() if k > mean)
     co = Counter()
     for w in walks:
-        cells = sorted(set(c for c in w if c in batch))
-        for a in cells:
-            for b in cells:
-                if a != b:
-                    co[(a, b)] += 1
+        cells = sorted({c for c in w if c in batch})
+        for i, a in enumerate(cells):
+            for b in cells[i + 1:]:
+                co[(a, b)] += 1
     mean_co = sum(co.values()) / max(len(co), 1)
     positives = {pair for pair, k in co.items() if k > mean_co}
     hood, frontier = set(batch), set(batch)
@@ -64,6 +63,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", type=int, default=100_000)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--seeds", type=int, nargs="+", default=[64, 256, 1024, 4096],
+                   help="seed cells per batch (the training batch grows with the cohort)")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     dev = resolve_device(args.device)
@@ -75,28 +76,35 @@ def main() -> None:
     indptr, indices = torch.from_numpy(g.indptr).to(dev), torch.from_numpy(g.indices).to(dev)
     gen = torch.Generator(device=dev).manual_seed(0)
 
-    ours, loop, sizes = [], [], []
-    for r in range(args.repeats):
-        seeds = rng_np.choice(args.cells, cfg.seeds_per_batch, replace=False)
-        t = time.perf_counter()
+    def ours(seeds: np.ndarray):
         b = sample_walk_batch(indptr, indices, torch.from_numpy(seeds).to(dev), walks_per_seed=cfg.walks_per_seed,
                               walk_length=cfg.walk_length, generator=gen)
         h = sample_neighbourhood(indptr, indices, b.nodes, cfg.fanouts, generator=gen)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        batch, positives, hood = loop_sampler(adj, seeds.tolist(), cfg, random.Random(r))
-        loop.append(time.perf_counter() - t)
-        sizes.append((b.nodes.numel(), len(batch), h.n_id.numel(), len(hood)))
-    o, l_ = statistics.median(ours), statistics.median(loop)
-    print(f"graph: {args.cells:,} cells, {g.n_edges:,} directed edges; device {dev}; "
-          f"{cfg.seeds_per_batch} seeds x {cfg.walks_per_seed} walks x {cfg.walk_length} steps, fanouts {cfg.fanouts}")
-    print(f"batch cells (ours / loop): {sizes[-1][0]} / {sizes[-1][1]}; "
-          f"2-hop cells: {sizes[-1][2]} / {sizes[-1][3]}")
-    print("| sampler | median ms per batch |\n|---|---|")
-    print(f"| vectorised torch ({dev}) | {o * 1e3:.2f} |\n| per-cell Python loop | {l_ * 1e3:.2f} |")
-    print(f"speed ratio: {l_ / o:.1f}x")
+        return b, h
+
+    print(f"graph: {args.cells:,} cells, {g.n_edges:,} directed edges; device {dev}; torch threads "
+          f"{torch.get_num_threads()}; {cfg.walks_per_seed} walks x {cfg.walk_length} steps per seed, "
+          f"fanouts {cfg.fanouts}; medians of {args.repeats} batches")
+    print("| seeds per batch | batch cells (ours / loop) | 2-hop cells (ours / loop) | vectorised ms | "
+          "per-cell loop ms | speed ratio |")
+    print("|---|---|---|---|---|---|")
+    ours(rng_np.choice(args.cells, args.seeds[0], replace=False))  # warm-up
+    for n_seeds in args.seeds:
+        cfg.seeds_per_batch = n_seeds
+        t_ours, t_loop = [], []
+        for r in range(args.repeats):
+            seeds = rng_np.choice(args.cells, n_seeds, replace=False)
+            t = time.perf_counter()
+            b, h = ours(seeds)
+            t_ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            batch, _, hood = loop_sampler(adj, seeds.tolist(), cfg, random.Random(r))
+            t_loop.append(time.perf_counter() - t)
+        o, l_ = statistics.median(t_ours), statistics.median(t_loop)
+        print(f"| {n_seeds:,} | {b.nodes.numel():,} / {len(batch):,} | {h.n_id.numel():,} / {len(hood):,} | "
+              f"{o * 1e3:.2f} | {l_ * 1e3:.1f} | {l_ / o:.1f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,34 @@
 
 Tensor-only and device-agnostic: every function works on whatever device its CSR tensors
 live on, with a ``torch.Generator`` on that device. There is no loop over cells: the only
-Python loops run over walk steps and GNN layers.
+Python loops run over walk steps and GNN layers. On a CPU, :func:`sample_walk_batch` and
+:func:`sample_neighbourhood` run compiled kernels (:mod:`cellniche_core.sampling_cpu`)
+that apply the same rules several times faster; set ``CELLNICHE_SAMPLER=torch`` to use
+the torch code there too.
 
 CSR convention: the neighbours of node ``i`` are ``indices[indptr[i]:indptr[i + 1]]``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 STRATEGIES = ("freq", "sim", "and", "or")
+
+
+def compiled_kernels(device: torch.device) -> bool:
+    """Whether the sampler runs the compiled CPU kernels for tensors on ``device``."""
+    if device.type != "cpu" or os.environ.get("CELLNICHE_SAMPLER", "auto") == "torch":
+        return False
+    try:
+        from . import sampling_cpu  # noqa: F401
+    except ImportError:  # numba missing: the torch code does the same work
+        return False
+    return True
 
 
 def random_walks(
@@ -53,13 +69,80 @@ class WalkBatch:
     ----------
     nodes
         (m,) global ids of the batch cells.
-    positives
-        (m, m) bool, ``positives[i, j]`` when cells ``i`` and ``j`` should embed alike;
-        the diagonal is False.
+    pairs
+        (2, p) local ids (into ``nodes``, first < second) of the positive pairs: cells
+        that should embed alike.
     """
 
     nodes: torch.Tensor
-    positives: torch.Tensor
+    pairs: torch.Tensor
+
+    @property
+    def positives(self) -> torch.Tensor:
+        """(m, m) bool, ``positives[i, j]`` for a positive pair (symmetric, False diagonal)."""
+        m = self.nodes.numel()
+        dense = torch.zeros(m, m, dtype=torch.bool, device=self.nodes.device)
+        dense[self.pairs[0], self.pairs[1]] = True
+        dense[self.pairs[1], self.pairs[0]] = True
+        return dense
+
+
+@dataclass
+class CoVisits:
+    """Batch cells and their co-visits, from the walks of a batch.
+
+    Attributes
+    ----------
+    nodes
+        (m,) sorted global ids of the batch cells.
+    first, second
+        (p,) local ids (into ``nodes``, ``first < second``) of every pair of batch cells
+        that share at least one walk.
+    walks
+        (p,) number of walks each pair shares (a walk counts once per pair).
+    """
+
+    nodes: torch.Tensor
+    first: torch.Tensor
+    second: torch.Tensor
+    walks: torch.Tensor
+
+
+def co_visits(walks: torch.Tensor, seeds: torch.Tensor, n_nodes: int) -> CoVisits:
+    """Batch membership and co-visit counts of ``walks`` started from ``seeds``.
+
+    ``walks`` is (len(seeds) * r, l) with the ``r`` walks of each seed in consecutive rows,
+    as :func:`sample_walk_batch` makes them. A cell joins the batch when a seed's walks
+    visit it more often than the average cell they visit; seeds always join. The pair
+    list is built from the column pairs of the walk matrix, so its cost grows with the
+    number of walks, never with the square of the batch size.
+    """
+    device = seeds.device
+    n, n_seeds = n_nodes, seeds.numel()
+    group = torch.arange(n_seeds, device=device).repeat_interleave(walks.shape[0] // max(n_seeds, 1))
+
+    # visit counts per (seed, cell)
+    uniq, counts = torch.unique((group[:, None] * n + walks).reshape(-1), return_counts=True)
+    g = uniq // n
+    mean_per_group = torch.zeros(n_seeds, device=device).index_add_(0, g, counts.float())
+    mean_per_group /= torch.bincount(g, minlength=n_seeds).clamp_min(1).float()
+    nodes = torch.unique(torch.cat([uniq[counts.float() > mean_per_group[g]] % n, seeds]))
+    m = nodes.numel()
+
+    # local id of every visited cell through a lookup table (m marks a cell outside the
+    # batch); only the visited entries are written and read, so it is never cleared
+    table = torch.empty(n, dtype=torch.long, device=device)
+    table[walks.reshape(-1)] = m
+    table[nodes] = torch.arange(m, device=device)
+    local = table[walks]
+    a, b = torch.triu_indices(walks.shape[1], walks.shape[1], offset=1, device=device)
+    ca, cb = local[:, a].reshape(-1), local[:, b].reshape(-1)
+    keep = (ca < m) & (cb < m) & (ca != cb)
+    walk_id = torch.arange(walks.shape[0], device=device).repeat_interleave(a.numel())[keep]
+    lo, hi = torch.minimum(ca, cb)[keep], torch.maximum(ca, cb)[keep]
+    once_per_walk = torch.unique(walk_id * (m * m) + lo * m + hi) % (m * m)
+    pairs, shared = torch.unique(once_per_walk, return_counts=True)
+    return CoVisits(nodes=nodes, first=pairs // m, second=pairs % m, walks=shared)
 
 
 def sample_walk_batch(
@@ -98,59 +181,44 @@ def sample_walk_batch(
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy != "freq" and profiles is None:
         raise ValueError(f"strategy {strategy!r} needs expression profiles")
-    device = seeds.device
-    n = indptr.numel() - 1
-    n_seeds = seeds.numel()
     start = seeds.repeat_interleave(walks_per_seed)
-    walks = random_walks(indptr, indices, start, walk_length, generator=generator)
-    group = torch.arange(n_seeds, device=device).repeat_interleave(walks_per_seed)
+    if compiled_kernels(seeds.device):
+        from . import sampling_cpu as k
 
-    # visit counts per (seed, cell)
-    key = group[:, None] * n + walks
-    uniq, counts = torch.unique(key.reshape(-1), return_counts=True)
-    g = uniq // n
-    mean_per_group = torch.zeros(n_seeds, device=device).index_add_(0, g, counts.float())
-    mean_per_group /= torch.bincount(g, minlength=n_seeds).clamp_min(1).float()
-    frequent = counts.float() > mean_per_group[g]
-    nodes = torch.unique(torch.cat([uniq[frequent] % n, seeds]))
-    m = nodes.numel()
+        k.seed_from(generator)
+        count, local = k.SCRATCH.arrays(indptr.numel() - 1)
+        ip, ix = indptr.numpy(), indices.numpy()
+        walks = k.walks_kernel(ip, ix, start.numpy(), walk_length)
+        co = CoVisits(*(torch.from_numpy(a) for a in k.co_visits_kernel(walks, seeds.numpy(), count, local)))
+    else:
+        walks = random_walks(indptr, indices, start, walk_length, generator=generator)
+        co = co_visits(walks, seeds, indptr.numel() - 1)
+    nodes, m, device = co.nodes, co.nodes.numel(), seeds.device
 
-    # co-occurrence of batch cells within the same walk (each walk counted once per pair)
-    local = torch.searchsorted(nodes, walks.clamp_max(n - 1))
-    in_batch = nodes[local.clamp_max(m - 1)] == walks
-    walk_id = torch.arange(walks.shape[0], device=device)[:, None].expand_as(walks)
-    wk = torch.unique(walk_id[in_batch] * m + local[in_batch])  # (walk, cell) once
-    w, c = wk // m, wk % m
-    # pairs within a walk: join the sorted (walk, cell) list with itself by walk
-    starts = torch.searchsorted(w, torch.arange(walks.shape[0] + 1, device=device))
-    length = starts[1:] - starts[:-1]
-    per_entry = length[w]
-    rep = torch.repeat_interleave(torch.arange(w.numel(), device=device), per_entry)
-    offset = torch.arange(rep.numel(), device=device) - torch.repeat_interleave(
-        torch.cumsum(per_entry, 0) - per_entry, per_entry
-    )
-    partner = c[starts[w[rep]] + offset]
-    co = torch.bincount(c[rep] * m + partner, minlength=m * m).reshape(m, m).float()
-    co.fill_diagonal_(0)
-
-    eye = torch.eye(m, dtype=torch.bool, device=device)
-    positives = torch.zeros(m, m, dtype=torch.bool, device=device)
+    frequent = torch.zeros(0, dtype=torch.bool, device=device)
     if strategy in ("freq", "and", "or"):
-        nz = co[co > 0]
-        positives = co > (nz.mean() if nz.numel() else 0.0)
-    if strategy != "freq":
-        p = torch.nn.functional.normalize(profiles[nodes].float(), dim=1)
-        sim = p @ p.T
-        off = sim[~eye]
-        mu, sd = off.mean(), off.std()
-        if strategy == "sim":
-            positives = sim > mu + sd
-        elif strategy == "and":
-            positives = positives & (sim > mu)
-        else:
-            positives = positives | (sim > mu + sd)
-    positives &= ~eye
-    return WalkBatch(nodes=nodes, positives=positives)
+        frequent = co.walks.float() > co.walks.float().mean() if co.walks.numel() else co.walks.bool()
+    if strategy == "freq":
+        return WalkBatch(nodes=nodes, pairs=torch.stack([co.first[frequent], co.second[frequent]]))
+
+    # similarity strategies compare every pair of batch cells
+    p = torch.nn.functional.normalize(profiles[nodes].float(), dim=1)
+    sim = p @ p.T
+    # mean and standard deviation of the off-diagonal similarities, without an m x m mask
+    n_off = max(m * m - m, 2)
+    diag = sim.diagonal()
+    mu = (sim.sum() - diag.sum()) / n_off
+    sd = (((sim - mu) ** 2).sum() - ((diag - mu) ** 2).sum()).div(n_off - 1).sqrt()
+    first, second = torch.triu_indices(m, m, offset=1, device=device)
+    similar = sim[first, second]
+    if strategy == "sim":
+        keep = similar > mu + sd
+    else:
+        walked = torch.zeros(m, m, dtype=torch.bool, device=device)
+        walked[co.first[frequent], co.second[frequent]] = True
+        walked = walked[first, second]
+        keep = walked & (similar > mu) if strategy == "and" else walked | (similar > mu + sd)
+    return WalkBatch(nodes=nodes, pairs=torch.stack([first[keep], second[keep]]))
 
 
 @dataclass
@@ -212,15 +280,15 @@ def sample_neighbours(
         if generator is None:
             raise ValueError("a generator is needed to sample from high-degree nodes")
         u = torch.rand(nodes.numel(), fanout, generator=generator, device=device)
-        drawn = (u * degree[:, None]).long()
+        drawn = (u * degree[:, None]).long().sort(dim=1).values
+        # a slot drawn twice for the same node is kept once: mark it past the degree
+        repeat = torch.zeros_like(drawn, dtype=torch.bool)
+        repeat[:, 1:] = drawn[:, 1:] == drawn[:, :-1]
+        drawn = drawn.masked_fill(repeat, torch.iinfo(drawn.dtype).max)
         slot = torch.where(many[:, None], drawn, slot)
     valid = slot < degree[:, None]
     src = indices[(start[:, None] + slot)[valid]]
     tgt = nodes[:, None].expand_as(slot)[valid]
-    if bool(many.any()):
-        n = indptr.numel() - 1
-        key = torch.unique(tgt * n + src)
-        tgt, src = key // n, key % n
     return src, tgt
 
 
@@ -238,6 +306,21 @@ def sample_neighbourhood(
     All sampled edges are returned together, so running a ``len(fanouts)``-layer GNN on
     the subgraph gives the targets exactly the receptive field that was sampled.
     """
+    if compiled_kernels(targets.device) and (generator is not None or all(f <= 0 for f in fanouts)):
+        from . import sampling_cpu as k
+
+        if generator is not None:
+            k.seed_from(generator)
+        _, local = k.SCRATCH.arrays(indptr.numel() - 1)
+        n_id, src, tgt, nodes_per_hop, edges_per_hop = k.neighbourhood_kernel(
+            indptr.numpy(), indices.numpy(), targets.numpy(), np.asarray(fanouts, dtype=np.int64), local)
+        return Neighbourhood(n_id=torch.from_numpy(n_id), edge_index=torch.from_numpy(np.stack([src, tgt])),
+                             n_targets=targets.numel(), nodes_per_hop=tuple(int(v) for v in nodes_per_hop),
+                             edges_per_hop=tuple(int(v) for v in edges_per_hop))
+    n = indptr.numel() - 1
+    device = targets.device
+    reached = torch.zeros(n, dtype=torch.bool, device=device)
+    reached[targets] = True
     n_id = targets
     frontier = targets
     srcs, tgts = [], []
@@ -247,13 +330,18 @@ def sample_neighbourhood(
         srcs.append(src)
         tgts.append(tgt)
         edges_per_hop.append(src.numel() + (edges_per_hop[-1] if edges_per_hop else 0))
-        cand = torch.unique(src)
-        frontier = cand[~torch.isin(cand, n_id)]
+        # cells first reached at this hop, in id order, without sorting the edge list
+        new = torch.zeros(n, dtype=torch.bool, device=device)
+        new[src] = True
+        new &= ~reached
+        frontier = new.nonzero().squeeze(1)
+        reached |= new
         n_id = torch.cat([n_id, frontier])
         nodes_per_hop.append(n_id.numel())
     src, tgt = torch.cat(srcs), torch.cat(tgts)
-    sorted_ids, perm = torch.sort(n_id)
-    relabel = lambda g: perm[torch.searchsorted(sorted_ids, g)]  # noqa: E731
-    edge_index = torch.stack([relabel(src), relabel(tgt)])
+    # relabel through a lookup table: only the entries of n_id are written and read
+    local = torch.empty(n, dtype=torch.long, device=device)
+    local[n_id] = torch.arange(n_id.numel(), device=device)
+    edge_index = torch.stack([local[src], local[tgt]])
     return Neighbourhood(n_id=n_id, edge_index=edge_index, n_targets=targets.numel(),
                          nodes_per_hop=tuple(nodes_per_hop), edges_per_hop=tuple(edges_per_hop))

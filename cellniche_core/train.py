@@ -184,7 +184,7 @@ def train_model(
         value = float(loss.detach())
         history.loss.append(value)
         batch_cells += batch.nodes.numel()
-        positives += float(batch.positives.sum()) / max(batch.nodes.numel(), 1)
+        positives += 2.0 * batch.pairs.shape[1] / max(batch.nodes.numel(), 1)
         if progress is not None:
             progress(step + 1, n_steps, value)
         if should_stop is not None and should_stop():

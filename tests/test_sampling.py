@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from cellniche_core.graph import build_radius_graph
@@ -130,3 +131,86 @@ def test_two_hop_neighbourhood_on_a_grid(device):
     assert np.all(np.abs(gs % 7 - gt % 7) + np.abs(gs // 7 - gt // 7) == 1)
     # every target of hop 1 and 2 receives all of its grid neighbours that are in the ball
     assert np.sum(ei[1] == 0) == 4
+
+
+def test_co_visits_match_a_cell_by_cell_count():
+    """Batch membership and pair counts against a direct count over the walks."""
+    from collections import Counter
+
+    from cellniche_core.sampling import co_visits
+
+    gen = torch.Generator().manual_seed(3)
+    n, seeds, r = 40, torch.tensor([3, 17, 29]), 6
+    walks = torch.randint(0, n, (len(seeds) * r, 4), generator=gen)
+    walks[:, 0] = seeds.repeat_interleave(r)
+    co = co_visits(walks, seeds, n)
+
+    batch = set(seeds.tolist())
+    for i in range(len(seeds)):
+        visits = Counter(walks[i * r:(i + 1) * r].reshape(-1).tolist())
+        mean = sum(visits.values()) / len(visits)
+        batch |= {c for c, k in visits.items() if k > mean}
+    assert co.nodes.tolist() == sorted(batch)
+
+    expected = Counter()
+    for w in walks.tolist():
+        cells = sorted(set(w) & batch)
+        expected.update((a, b) for i, a in enumerate(cells) for b in cells[i + 1:])
+    got = {(int(co.nodes[a]), int(co.nodes[b])): int(k) for a, b, k in zip(co.first, co.second, co.walks)}
+    assert got == dict(expected)
+
+
+def test_compiled_and_torch_samplers_agree(monkeypatch):
+    """The CPU kernels and the torch code apply the same rules (exact where no draw is involved)."""
+    from cellniche_core import sampling_cpu as k
+    from cellniche_core.graph import build_knn_graph
+    from cellniche_core.sampling import co_visits, compiled_kernels, random_walks
+
+    assert compiled_kernels(torch.device("cpu"))
+    g = build_knn_graph(np.random.default_rng(0).uniform(0, 200, (800, 2)))
+    indptr, indices = torch.from_numpy(g.indptr), torch.from_numpy(g.indices)
+    seeds = torch.tensor([5, 99, 400, 401, 777])
+    walks = random_walks(indptr, indices, seeds.repeat_interleave(8), 3, generator=torch.Generator().manual_seed(0))
+    ours = co_visits(walks, seeds, 800)
+    count, local = k.SCRATCH.arrays(800)
+    compiled = k.co_visits_kernel(walks.numpy(), seeds.numpy(), count, local)
+    for a, b in zip((ours.nodes, ours.first, ours.second, ours.walks), compiled):
+        assert a.tolist() == b.tolist()
+    assert (count == 0).all() and (local == -1).all()  # scratch left clean
+
+    # every neighbour taken (fanout 0): both paths reach the same cells by the same edges
+    targets = torch.tensor([3, 50, 600])
+    fast = sample_neighbourhood(indptr, indices, targets, (0, 0), generator=None)
+    monkeypatch.setenv("CELLNICHE_SAMPLER", "torch")
+    assert not compiled_kernels(torch.device("cpu"))
+    slow = sample_neighbourhood(indptr, indices, targets, (0, 0), generator=None)
+    assert fast.nodes_per_hop == slow.nodes_per_hop and fast.edges_per_hop == slow.edges_per_hop
+
+    def edges(h):
+        return sorted(zip(h.n_id[h.edge_index[0]].tolist(), h.n_id[h.edge_index[1]].tolist()))
+
+    assert edges(fast) == edges(slow)
+    for h in (fast, slow):
+        for hop in range(1, 3):  # each hop's new cells are reached at that hop
+            before = set(h.n_id[:h.nodes_per_hop[hop - 1]].tolist())
+            reached = set(h.n_id[h.edge_index[0, :h.edges_per_hop[hop - 1]]].tolist())
+            assert set(h.n_id[:h.nodes_per_hop[hop]].tolist()) == before | reached
+
+
+@pytest.mark.parametrize("mode", ["compiled", "torch"])
+def test_samplers_draw_capped_distinct_neighbours(monkeypatch, mode):
+    """High-degree cells give at most ``fanout`` distinct sampled neighbours, all real edges."""
+    if mode == "torch":
+        monkeypatch.setenv("CELLNICHE_SAMPLER", "torch")
+    g = build_radius_graph(np.random.default_rng(1).uniform(0, 30, (600, 2)), radius=4.0)
+    indptr, indices = torch.from_numpy(g.indptr), torch.from_numpy(g.indices)
+    targets = torch.arange(0, 600, 7)
+    h = sample_neighbourhood(indptr, indices, targets, (5,), generator=torch.Generator().manual_seed(2))
+    src, tgt = h.n_id[h.edge_index[0]], h.n_id[h.edge_index[1]]
+    pairs = list(zip(src.tolist(), tgt.tolist()))
+    assert len(set(pairs)) == len(pairs)
+    per_target = np.bincount(tgt.numpy(), minlength=600)[targets.numpy()]
+    degree = np.diff(g.indptr)[targets.numpy()]
+    assert (per_target <= np.minimum(degree, 5)).all() and (per_target >= 1).all()
+    for s, t in pairs:
+        assert s in set(g.indices[g.indptr[t]:g.indptr[t + 1]].tolist())

@@ -1,0 +1,260 @@
+"""Compiled CPU kernels for the sampler (numba), used when the graph lives on the CPU.
+
+On a GPU the vectorised torch code in :mod:`cellniche_core.sampling` is fast: each
+operation covers the whole batch. On a CPU the same code pays for many full passes over
+intermediate tensors and for sorting; these kernels do the work in one pass per stage,
+with lookup tables instead of sorts. They implement the same rules as the torch code (a
+test checks that both give identical co-visit results on the same walks), and draw their
+random numbers from numba's generator seeded from the caller's ``torch.Generator``, so a
+seeded run is reproducible.
+
+Every kernel compiles on first use (a few seconds, cached on disk afterwards).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def _seed(seed):
+    np.random.seed(seed)
+
+
+@njit(cache=True)
+def _insertion_sort(a, lo, hi):
+    """Sort ``a[lo:hi]`` in place; for the few entries of one cell, faster than a library sort."""
+    for i in range(lo + 1, hi):
+        v = a[i]
+        j = i - 1
+        while j >= lo and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+
+
+@njit(cache=True)
+def walks_kernel(indptr, indices, start, walk_length):
+    """(len(start), walk_length + 1) uniform random walks; a cell without neighbours is kept.
+
+    All walks advance one step before any takes the next, so the memory reads of
+    different walks overlap instead of waiting on each other.
+    """
+    n_walks = start.shape[0]
+    out = np.empty((n_walks, walk_length + 1), dtype=np.int64)
+    out[:, 0] = start
+    for step in range(1, walk_length + 1):
+        for w in range(n_walks):
+            cur = out[w, step - 1]
+            first = indptr[cur]
+            degree = indptr[cur + 1] - first
+            if degree > 0:
+                cur = indices[first + min(int(np.random.random() * degree), degree - 1)]
+            out[w, step] = cur
+    return out
+
+
+@njit(cache=True)
+def co_visits_kernel(walks, seeds, count, local):
+    """Batch cells and co-visit counts; the rules of :func:`sampling.co_visits`.
+
+    ``count`` (int32 zeros) and ``local`` (int64, -1) are scratch arrays with one entry
+    per graph cell; they are left as they were found.
+
+    Returns (nodes, first, second, shared): sorted batch cell ids, and for every pair of
+    batch cells sharing a walk their local ids (first < second) and the number of walks
+    they share, pairs ordered by (first, second).
+    """
+    n_seeds = seeds.shape[0]
+    per_seed = walks.shape[0] // max(n_seeds, 1)
+    cols = walks.shape[1]
+    members = np.empty(n_seeds * (per_seed * cols + 1), dtype=np.int64)
+    m = 0
+    for s in range(n_seeds):
+        if local[seeds[s]] == -1:
+            local[seeds[s]] = 0
+            members[m] = seeds[s]
+            m += 1
+        rows = walks[s * per_seed:(s + 1) * per_seed]
+        distinct = 0
+        for i in range(rows.shape[0]):
+            for j in range(cols):
+                c = rows[i, j]
+                if count[c] == 0:
+                    distinct += 1
+                count[c] += 1
+        mean = rows.shape[0] * cols / max(distinct, 1)
+        for i in range(rows.shape[0]):
+            for j in range(cols):
+                c = rows[i, j]
+                if count[c] > mean and local[c] == -1:
+                    local[c] = 0
+                    members[m] = c
+                    m += 1
+        for i in range(rows.shape[0]):
+            for j in range(cols):
+                count[rows[i, j]] = 0
+    nodes = np.sort(members[:m])
+    for i in range(m):
+        local[nodes[i]] = i
+
+    # pairs within each walk (each once per walk), bucketed by their first cell
+    n_walks = walks.shape[0]
+    max_pairs = n_walks * cols * (cols - 1) // 2
+    pair_lo = np.empty(max_pairs, dtype=np.int64)
+    pair_hi = np.empty(max_pairs, dtype=np.int64)
+    cells = np.empty(cols, dtype=np.int64)
+    p = 0
+    for w in range(n_walks):
+        k = 0
+        for j in range(cols):
+            c = local[walks[w, j]]
+            if c < 0:
+                continue
+            seen = False
+            for q in range(k):
+                if cells[q] == c:
+                    seen = True
+                    break
+            if not seen:
+                cells[k] = c
+                k += 1
+        for a in range(k):
+            for b in range(a + 1, k):
+                lo, hi = min(cells[a], cells[b]), max(cells[a], cells[b])
+                pair_lo[p] = lo
+                pair_hi[p] = hi
+                p += 1
+    start = np.zeros(m + 1, dtype=np.int64)
+    for i in range(p):
+        start[pair_lo[i] + 1] += 1
+    for i in range(m):
+        start[i + 1] += start[i]
+    fill = start[:-1].copy()
+    bucket = np.empty(p, dtype=np.int64)
+    for i in range(p):
+        bucket[fill[pair_lo[i]]] = pair_hi[i]
+        fill[pair_lo[i]] += 1
+    first = np.empty(p, dtype=np.int64)
+    second = np.empty(p, dtype=np.int64)
+    shared = np.empty(p, dtype=np.int64)
+    out = 0
+    for lo in range(m):
+        _insertion_sort(bucket, start[lo], start[lo + 1])
+        i, end = start[lo], start[lo + 1]
+        while i < end:
+            j = i
+            while j < end and bucket[j] == bucket[i]:
+                j += 1
+            first[out] = lo
+            second[out] = bucket[i]
+            shared[out] = j - i
+            out += 1
+            i = j
+    for i in range(m):
+        local[nodes[i]] = -1
+    return nodes, first[:out], second[:out], shared[:out]
+
+
+@njit(cache=True)
+def neighbourhood_kernel(indptr, indices, targets, fanouts, local):
+    """Multi-hop neighbourhood sampling; the rules of :func:`sampling.sample_neighbourhood`.
+
+    ``targets`` must be distinct. ``local`` (int64, -1, one entry per graph cell) is a
+    scratch array, left as it was found. Returns (n_id, src, tgt, nodes_per_hop,
+    edges_per_hop) with ``src``/``tgt`` already relabelled to positions in ``n_id``.
+    """
+    n_nodes = indptr.shape[0] - 1
+    n_hops = fanouts.shape[0]
+    n_id = np.empty(n_nodes, dtype=np.int64)
+    for i in range(targets.shape[0]):
+        n_id[i] = targets[i]
+        local[targets[i]] = i
+    size = targets.shape[0]
+    src_list = []
+    tgt_list = []
+    nodes_per_hop = np.empty(n_hops + 1, dtype=np.int64)
+    edges_per_hop = np.empty(n_hops, dtype=np.int64)
+    nodes_per_hop[0] = size
+    lo, hi = 0, size
+    n_edges = 0
+    for h in range(n_hops):
+        fanout = fanouts[h]
+        max_edges = 0
+        for i in range(lo, hi):
+            d = indptr[n_id[i] + 1] - indptr[n_id[i]]
+            max_edges += d if (fanout <= 0 or d <= fanout) else fanout
+        src = np.empty(max_edges, dtype=np.int64)
+        tgt = np.empty(max_edges, dtype=np.int64)
+        e = 0
+        drawn = np.empty(max(fanout, 1), dtype=np.int64)
+        for i in range(lo, hi):
+            node = n_id[i]
+            first = indptr[node]
+            degree = indptr[node + 1] - first
+            if fanout <= 0 or degree <= fanout:
+                for j in range(degree):
+                    nb = indices[first + j]
+                    if local[nb] == -1:
+                        local[nb] = size
+                        n_id[size] = nb
+                        size += 1
+                    src[e] = local[nb]
+                    tgt[e] = i
+                    e += 1
+            else:
+                for j in range(fanout):
+                    drawn[j] = min(int(np.random.random() * degree), degree - 1)
+                _insertion_sort(drawn, 0, fanout)
+                for j in range(fanout):
+                    if j > 0 and drawn[j] == drawn[j - 1]:
+                        continue
+                    nb = indices[first + drawn[j]]
+                    if local[nb] == -1:
+                        local[nb] = size
+                        n_id[size] = nb
+                        size += 1
+                    src[e] = local[nb]
+                    tgt[e] = i
+                    e += 1
+        src_list.append(src[:e])
+        tgt_list.append(tgt[:e])
+        n_edges += e
+        edges_per_hop[h] = n_edges
+        nodes_per_hop[h + 1] = size
+        lo, hi = hi, size
+    all_src = np.empty(n_edges, dtype=np.int64)
+    all_tgt = np.empty(n_edges, dtype=np.int64)
+    e = 0
+    for h in range(n_hops):
+        k = src_list[h].shape[0]
+        all_src[e:e + k] = src_list[h]
+        all_tgt[e:e + k] = tgt_list[h]
+        e += k
+    for i in range(size):
+        local[n_id[i]] = -1
+    return n_id[:size].copy(), all_src, all_tgt, nodes_per_hop, edges_per_hop
+
+
+class Scratch(threading.local):
+    """Per-thread scratch arrays sized to the graph (kernels leave them clean)."""
+
+    def arrays(self, n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+        if getattr(self, "n_nodes", None) != n_nodes:
+            self.n_nodes = n_nodes
+            self.count = np.zeros(n_nodes, dtype=np.int32)
+            self.local = np.full(n_nodes, -1, dtype=np.int64)
+        return self.count, self.local
+
+
+SCRATCH = Scratch()
+
+
+def seed_from(generator) -> None:
+    """Seed the kernels' random numbers from a torch generator (reproducible runs)."""
+    import torch
+
+    _seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
