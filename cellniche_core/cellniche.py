@@ -69,13 +69,18 @@ class CellNiche:
         return resolve_feature_mode(self.features, adata.obs.columns, self.keys.cell_type_key)
 
     def fit(self, adata, *, device: str = "auto", progress: Progress | None = None,
-            should_stop=None, rank: int = 0, world_size: int = 1) -> CellNiche:
-        """Train on every slide of ``adata`` (one graph per slide). Returns ``self``."""
+            should_stop=None, rank: int = 0, world_size: int = 1,
+            graph: SpatialGraph | None = None) -> CellNiche:
+        """Train on every slide of ``adata`` (one graph per slide). Returns ``self``.
+
+        ``graph``: the spatial graph of ``adata`` when the caller already built it with
+        :func:`spatial_graph` and this model's settings (built here otherwise).
+        """
         dev = resolve_device(device)
         self.spec = fit_features(adata, mode=self._mode(adata), cell_type_key=self.keys.cell_type_key,
                                  seed=self.config.seed)
         x_np, _ = make_features(adata, self.spec, cell_type_key=self.keys.cell_type_key)
-        graph = spatial_graph(adata, self.graph, self.keys)
+        graph = graph or spatial_graph(adata, self.graph, self.keys)
         profiles = None
         if self.config.strategy != "freq":
             profiles = torch.from_numpy(neighbourhood_profiles(x_np, graph.indptr, graph.indices)).to(dev)
@@ -87,17 +92,18 @@ class CellNiche:
         return self
 
     def embed(self, adata, *, device: str = "auto", key_added: str = Keys.EMBEDDING,
-              chunk_size: int = 32_768) -> dict:
+              chunk_size: int = 32_768, graph: SpatialGraph | None = None) -> dict:
         """Embed every cell of ``adata`` (trained or new slides).
 
         Writes ``adata.obsm[key_added]`` ((n, d) float32, L2-normalised). Returns the
-        feature alignment report (missing / extra genes, unknown cell types).
+        feature alignment report (missing / extra genes, unknown cell types). ``graph`` as
+        in :meth:`fit`.
         """
         if self.model is None or self.spec is None:
             raise RuntimeError("the model is not trained: call fit() or load a run first")
         dev = resolve_device(device)
         x_np, report = make_features(adata, self.spec, cell_type_key=self.keys.cell_type_key)
-        graph = spatial_graph(adata, self.graph, self.keys)
+        graph = graph or spatial_graph(adata, self.graph, self.keys)
         indptr, indices = _csr_tensors(graph, dev)
         encoder = self.model.encoder.to(dev)
         adata.obsm[key_added] = embed_nodes(encoder, torch.from_numpy(x_np).to(dev), indptr, indices,

@@ -77,7 +77,7 @@ class TerminalProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if fraction == 0.0 or stage in ("read", "write"):
+        if fraction == 0.0 or stage in ("read", "graph", "write"):
             print(f"[{time.perf_counter() - self.t0:7.1f}s] {stage}: {message}", file=sys.stderr)
 
 

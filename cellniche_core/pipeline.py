@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .cellniche import CellNiche, InputKeys
+from .cellniche import CellNiche, InputKeys, spatial_graph
 from .distributed import Context, from_environment, start, stop
 from .graph import GraphSettings
 from .keys import Keys
@@ -31,7 +31,7 @@ from .train import TrainConfig, resolve_device
 #: on_stage callback: (stage, fraction of that stage done, message)
 StageCallback = Callable[[str, float, str], None]
 
-STAGES = ("read", "train", "embed", "niches", "umap", "write")
+STAGES = ("read", "graph", "train", "embed", "niches", "umap", "write")
 
 _PACKAGES = ("torch", "torch-geometric", "anndata", "numpy", "scipy", "scikit-learn", "pandas",
              "umap-learn")
@@ -80,11 +80,16 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
     device = resolve_device(start(context, options.device))
     timings: dict[str, float] = {}
 
-    t = time.perf_counter()
     model = CellNiche(features=options.features, graph=options.graph, config=options.train,
                       keys=options.keys)
+    on_stage("graph", 0.0, "building the spatial graphs")
+    t = time.perf_counter()
+    graph = spatial_graph(adata, options.graph, options.keys)  # once, for training and embedding
+    timings["graph"] = time.perf_counter() - t
+    on_stage("graph", 1.0, f"{graph.n_edges:,} edges")
+    t = time.perf_counter()
     model.fit(adata, device=str(device), should_stop=should_stop, rank=context.rank,
-              world_size=context.world_size,
+              world_size=context.world_size, graph=graph,
               progress=lambda s, n, loss: on_stage("train", s / n, f"step {s}/{n}, loss {loss:.3f}"))
     timings["train"] = time.perf_counter() - t
     if not context.is_main:
@@ -92,7 +97,8 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
 
     on_stage("embed", 0.0, f"embedding {adata.n_obs:,} cells")
     t = time.perf_counter()
-    report = model.embed(adata, device=str(device))
+    report = model.embed(adata, device=str(device), graph=graph)
+    del graph
     timings["embed"] = time.perf_counter() - t
     on_stage("embed", 1.0, "done")
 

@@ -185,7 +185,7 @@ def markers(ref: RunRef) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- demo run
 
 #: share of the progress bar given to each stage of the demo build
-_STAGES = {"simulate": (0.0, 0.03), "read": (0.03, 0.05), "train": (0.05, 0.78),
+_STAGES = {"simulate": (0.0, 0.03), "read": (0.03, 0.04), "graph": (0.04, 0.05), "train": (0.05, 0.78),
            "embed": (0.78, 0.83), "niches": (0.83, 0.88), "umap": (0.88, 0.97),
            "write": (0.97, 1.0)}
 
