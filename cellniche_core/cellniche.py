@@ -92,17 +92,18 @@ class CellNiche:
         return self
 
     def embed(self, adata, *, device: str = "auto", key_added: str = Keys.EMBEDDING,
-              chunk_size: int = 32_768, graph: SpatialGraph | None = None) -> dict:
+              chunk_size: int = 32_768, graph: SpatialGraph | None = None, X=None) -> dict:
         """Embed every cell of ``adata`` (trained or new slides).
 
         Writes ``adata.obsm[key_added]`` ((n, d) float32, L2-normalised). Returns the
         feature alignment report (missing / extra genes, unknown cell types). ``graph`` as
-        in :meth:`fit`.
+        in :meth:`fit`. ``X`` replaces ``adata.X`` as the expression matrix, e.g. a backed
+        matrix read in chunks (see :mod:`cellniche_core.lazy`).
         """
         if self.model is None or self.spec is None:
             raise RuntimeError("the model is not trained: call fit() or load a run first")
         dev = resolve_device(device)
-        x_np, report = make_features(adata, self.spec, cell_type_key=self.keys.cell_type_key)
+        x_np, report = make_features(adata, self.spec, cell_type_key=self.keys.cell_type_key, X=X)
         graph = graph or spatial_graph(adata, self.graph, self.keys)
         indptr, indices = _csr_tensors(graph, dev)
         encoder = self.model.encoder.to(dev)

@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress output")
     _add_compare_parser(sub)
     _add_transfer_parser(sub)
+    _add_embed_parser(sub)
     return parser
 
 
@@ -270,6 +271,42 @@ def run_transfer(args) -> Path:
     return path
 
 
+def _add_embed_parser(sub) -> None:
+    embed = sub.add_parser(
+        "embed", help="embed a cohort with a trained run, reading it lazily (larger than memory)",
+        description="Embed every cell of INPUT with the model of RUN_DIR and give it the niche of the run whose "
+                    "centre is nearest. INPUT's expression matrix is read from disk --chunk-size rows at a time "
+                    "(backed .h5ad or .zarr), so cohorts larger than memory fit. Writes OUT with INPUT's obs plus "
+                    "obs['niche'], obs['niche_similarity'], obsm['X_cellniche'] and the coordinates (not X); "
+                    "INPUT is only read.")
+    embed.add_argument("run", metavar="RUN_DIR", help="run folder written by 'fit' or 'demo'")
+    embed.add_argument("input", metavar="INPUT", help=".h5ad file or .zarr store")
+    embed.add_argument("--out", required=True, metavar="OUT.h5ad", help="file to write")
+    embed.add_argument("--chunk-size", type=_positive_int, default=65_536, metavar="ROWS",
+                       help="rows of X read at a time (default: %(default)s)")
+    embed.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="auto = CUDA when available (default: %(default)s)")
+    embed.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    embed.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def run_embed(args) -> Path:
+    """The ``embed`` command."""
+    from .lazy import embed_file
+
+    t0 = time.perf_counter()
+
+    def say(stage: str, message: str) -> None:
+        if not args.quiet:
+            print(f"[{time.perf_counter() - t0:7.1f}s] {stage}: {message}", file=sys.stderr)
+
+    path, report = embed_file(args.run, args.input, args.out, device=args.device, chunk_size=args.chunk_size,
+                              overwrite=args.overwrite, on_stage=say)
+    if not args.quiet:
+        print(f"embed: {report['n_cells']:,} cells in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return path
+
+
 def options_from_args(args) -> RunOptions:
     from .cellniche import InputKeys
     from .pipeline import RunOptions
@@ -321,6 +358,8 @@ def main(argv=None) -> int:
             path = run_compare(args)
         elif args.command == "transfer":
             path = run_transfer(args)
+        elif args.command == "embed":
+            path = run_embed(args)
         else:
             path = build_demo(args.out, seed=args.seed, device=args.device, overwrite=args.overwrite,
                               on_stage=progress)

@@ -131,8 +131,17 @@ def fit_features(adata, *, mode: str, cell_type_key: str, seed: int = 0) -> Feat
     return spec
 
 
-def make_features(adata, spec: FeatureSpec, *, cell_type_key: str) -> tuple[np.ndarray, dict]:
+#: rows of the expression matrix transformed at a time
+FEATURE_CHUNK = 65_536
+
+
+def make_features(adata, spec: FeatureSpec, *, cell_type_key: str, X=None,
+                  chunk_size: int = FEATURE_CHUNK) -> tuple[np.ndarray, dict]:
     """Encoder inputs for every cell of ``adata``, aligned to ``spec``.
+
+    The expression matrix (``X``, default ``adata.X``) is read ``chunk_size`` rows at a
+    time, so it may be a backed HDF5 or zarr matrix larger than memory: only the
+    (n, in_channels) result is held whole.
 
     Returns
     -------
@@ -160,18 +169,22 @@ def make_features(adata, spec: FeatureSpec, *, cell_type_key: str) -> tuple[np.n
         var = pd.Index(map(str, adata.var_names))
         pos = var.get_indexer(spec.genes)
         report["missing_genes"] = [g for g, p in zip(spec.genes, pos) if p < 0]
-        report["extra_genes"] = [g for g in var if g not in set(spec.genes)]
+        known = set(spec.genes)
+        report["extra_genes"] = [g for g in var if g not in known]
         mean, scale = np.asarray(spec.mean), np.asarray(spec.scale)
-        X = np.zeros((n, len(spec.genes)))
         have = pos >= 0
-        if have.any():
-            sub = adata.X[:, pos[have]]
-            X[:, have] = _transform(sub, spec)
-        X[:, ~have] = mean[~have]  # a missing gene sits at the training mean: z = 0
-        Z = np.clip((X - mean) / scale, -_CLIP, _CLIP)
-        if spec.components:
-            Z = Z @ np.asarray(spec.components).T
-        parts.append(Z.astype(np.float32))
+        components = np.asarray(spec.components) if spec.components else None
+        source = adata.X if X is None else X
+        Z = np.empty((n, len(components) if components is not None else len(spec.genes)), dtype=np.float32)
+        for lo in range(0, n, chunk_size):
+            hi = min(n, lo + chunk_size)
+            block = np.empty((hi - lo, len(spec.genes)))
+            block[:, ~have] = mean[~have]  # a missing gene sits at the training mean: z = 0
+            if have.any():
+                block[:, have] = _transform(_dense_rows(source[lo:hi])[:, pos[have]], spec)
+            z = np.clip((block - mean) / scale, -_CLIP, _CLIP)
+            Z[lo:hi] = z @ components.T if components is not None else z
+        parts.append(Z)
     return np.concatenate(parts, axis=1), report
 
 
