@@ -1,14 +1,15 @@
 """CellNiche Explorer: compare tumour microenvironments ("niches") across a cohort.
 
 Run with ``streamlit run app.py``. Runs are listed from ``$CELLNICHE_RUNS_DIR`` (default
-``data/runs``); when there is none, the demo run is built once and kept on disk.
+``data/runs``); when there is none, the demo run is built once and kept on disk. Hosted, it
+asks for a password or a single sign-on first when one is configured (``explorer/auth.py``).
 """
 
 import streamlit as st
 
 st.set_page_config(page_title="CellNiche Explorer", page_icon=":material/hub:", layout="wide")
 
-from explorer import state, view  # noqa: E402  (set_page_config must come first)
+from explorer import auth, state, view  # noqa: E402  (set_page_config must come first)
 
 PAGES = {
     "overview": st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
@@ -23,7 +24,10 @@ PAGES = {
                         url_path="transfer"),
 }
 
-page = st.navigation(list(PAGES.values()))
+# signed out (hosted use): the sign-in form alone, no page names, runs or content
+access = auth.access()
+page = st.navigation(list(PAGES.values()), position="sidebar" if access.allowed else "hidden")
+auth.gate(access)
 page_name = next(name for name, p in PAGES.items() if p is page)
 view.start(page_name, PAGES)
 
@@ -33,5 +37,6 @@ runs = state.find_runs(directory)
 if not runs and state.ensure_demo_run(directory):
     st.rerun()  # a clean page, without the finished progress bar
 view.select_run(runs)
+auth.sign_out_button(access)
 
 page.run()

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 import uuid
 import warnings
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
@@ -42,7 +45,9 @@ __all__ = [
     "Run",
     "list_runs",
     "load_run",
+    "load_weights",
     "read_cohort",
+    "safe_child",
     "to_plain",
     "validate_cohort",
     "write_run",
@@ -55,6 +60,9 @@ FEATURES = FEATURE_MODES
 _PHENO = ("pheno", "pheno_expr")
 _EXPR = ("expr", "pheno_expr")
 _SHOW = 5  # how many offending cell / slide names a message lists
+_TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".xlsx")
+_CONVERT_HINT = ("a table of cells must be converted to AnnData first, e.g. "
+                 "anndata.AnnData(obs=table, obsm={'spatial': xy}).write_h5ad('cohort.h5ad')")
 
 
 class CohortError(ValueError):
@@ -182,10 +190,11 @@ def _read_file(path: Path) -> ad.AnnData:
         raise _error(path, "does not exist")
     suffix = path.suffix.lower()
     if suffix not in (".h5ad", ".zarr"):
+        hint = f"; {_CONVERT_HINT}" if suffix in _TABLE_SUFFIXES else ""
         raise _error(
             path,
             f"unsupported file type {path.suffix or '(no extension)'!r}; "
-            "expected an .h5ad file or a .zarr store",
+            f"expected an .h5ad file or a .zarr store{hint}",
         )
     if suffix == ".h5ad":
         if not path.is_file():
@@ -201,8 +210,32 @@ def _read_file(path: Path) -> ad.AnnData:
 
 
 def _h5ad_keys(path: Path) -> list[str]:
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        first_line = _text_start(path)
+        if first_line is not None and "signature not found" in str(exc):
+            raise _error(path, f"is a text file, not an HDF5 file (first line: {first_line!r}); "
+                               f"{_CONVERT_HINT}") from exc
+        raise
+    with f:
         return list(f.keys())
+
+
+def _text_start(path: Path, size: int = 1024) -> str | None:
+    """The first line of ``path`` when its first bytes read as UTF-8 text, else None."""
+    with open(path, "rb") as f:
+        head = f.read(size)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the end of the block
+            return None
+        text = head[: exc.start].decode("utf-8")
+    if not text or any(ch < " " and ch not in "\t\n\r\f" for ch in text):
+        return None
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    return line if len(line) <= 60 else line[:57] + "..."
 
 
 def _read_h5ad(path: Path) -> ad.AnnData:
@@ -226,6 +259,8 @@ def _read_store(path: Path, *, kind: str, container: str, list_keys, read) -> ad
     """Open a store, check it holds an AnnData, read it; every failure names the file."""
     try:
         top = sorted(list_keys())
+    except CohortError:
+        raise
     except Exception as exc:
         raise _error(path, f"is not a readable {kind} ({_short_reason(exc)})") from exc
     if not {"obs", "var"} <= set(top):
@@ -237,7 +272,23 @@ def _read_store(path: Path, *, kind: str, container: str, list_keys, read) -> ad
     except MemoryError:
         raise
     except Exception as exc:
+        text_error = _unicode_error(exc)
+        if text_error is not None:
+            raise _error(path, f"is not a readable {kind}: a name or label in it is not valid "
+                               f"UTF-8 text ({text_error.object[:60]!r}); write it again with "
+                               "UTF-8 text (anndata in Python 3 does)") from exc
         raise _error(path, f"is not a readable {kind} ({_short_reason(exc)})") from exc
+
+
+def _unicode_error(exc: BaseException | None) -> UnicodeDecodeError | None:
+    """The UnicodeDecodeError behind ``exc`` (itself, its cause or context), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UnicodeDecodeError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 @contextmanager
@@ -246,6 +297,14 @@ def _duplicate_names_are_fixed_later() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*names are not unique.*")
         yield
+
+
+_SHAPE_MISMATCH = re.compile(
+    r"Value passed for key '(?P<key>[^']*)' is of incorrect shape\. Values of (?P<attr>\w+) must "
+    r"match dimensions .*? Value had shape \((?P<had>[^)]*)\) while it should have had "
+    r"\((?P<want>[^)]*)\)",
+    re.DOTALL,
+)
 
 
 def _short_reason(exc: BaseException) -> str:
@@ -257,6 +316,11 @@ def _short_reason(exc: BaseException) -> str:
         return "the file is truncated"
     if "No group found" in text:
         return "not a zarr store"
+    shape = _SHAPE_MISMATCH.search(text)
+    if shape:  # anndata's check that every obsm / layers entry has one row per cell
+        had, want = shape["had"].split(",")[0], shape["want"].split(",")[0]
+        return (f"{shape['attr']}[{shape['key']!r}] has {had} rows but the file has {want} cells; "
+                "it must hold one row per cell")
     line = text.splitlines()[0] if text else type(exc).__name__
     return line if len(line) <= 200 else line[:197] + "..."
 
@@ -384,6 +448,9 @@ def validate_cohort(
     features = resolve_feature_mode(features, adata.obs.columns, cell_type_key)
     if adata.n_obs == 0:
         raise _error(source, "has zero cells")
+    if adata.n_obs == 1:
+        raise _error(source, "has a single cell; niches are built from neighbouring cells, so "
+                             f"every slide needs at least min_cells_per_sample={min_cells_per_sample} cells")
     _check_spatial(adata, spatial_key, source)
 
     named = {k: "group_keys" for k in group_keys}
@@ -403,6 +470,7 @@ def validate_cohort(
         if key in adata.obs:
             _check_labels(adata, key, source, what=what)
     _check_slide_sizes(adata, sample_key, min_cells_per_sample, source)
+    _check_spread(adata, spatial_key, sample_key, source)
 
 
 def _check_features(features: str) -> None:
@@ -410,19 +478,32 @@ def _check_features(features: str) -> None:
         raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
 
 
+#: how to fix a missing column, by the argument that named it
+_COLUMN_HINTS = {
+    "cell_type_key": "name the cell-type column with cell_type_key (--cell-type-key), "
+                     "or use features='expr' to work from X alone",
+    "sample_key": "name the slide column with sample_key (--sample-key)",
+    "patient_key": "name the patient column with patient_key (--patient-key)",
+    "group_keys": "add the column, or leave it out of group_keys (--group-key)",
+}
+
+
 def _require_columns(adata: ad.AnnData, source: object, named: Mapping[str, str]) -> None:
     for key, role in named.items():
         if key not in adata.obs:
             found = list(map(str, adata.obs.columns[:20]))
             raise _error(
-                source, f"obs[{key!r}] is missing (named by {role}; found obs columns: {found})"
+                source, f"obs[{key!r}] is missing (named by {role}; found obs columns: {found}); "
+                        f"{_COLUMN_HINTS[role]}"
             )
 
 
 def _check_spatial(adata: ad.AnnData, key: str, source: object) -> None:
     where = f"obsm[{key!r}]"
     if key not in adata.obsm:
-        raise _error(source, f"{where} is missing (found obsm keys: {list(adata.obsm.keys())})")
+        raise _error(source, f"{where} is missing (found obsm keys: {list(adata.obsm.keys())}); "
+                             "store the (n_cells, 2) cell coordinates there, or name their key "
+                             "with spatial_key (--spatial-key)")
     coords = adata.obsm[key]
     if sp.issparse(coords):
         raise _error(source, f"{where} is a sparse matrix; expected a dense (n_cells, 2) array")
@@ -439,12 +520,42 @@ def _check_spatial(adata: ad.AnnData, key: str, source: object) -> None:
         raise _error(
             source, f"{where} has {coords.shape[0]} rows but there are {adata.n_obs} cells"
         )
-    bad = ~np.isfinite(coords[:, :2]).all(axis=1)
-    if bad.any():
+    xy = coords[:, :2]
+    if xy.dtype.kind == "f":
+        nan, inf = np.isnan(xy).any(axis=1), np.isinf(xy).any(axis=1)
+        if nan.any() or inf.any():
+            raise _error(
+                source,
+                f"{where} has {_nonfinite(nan, inf, 'coordinates')} "
+                f"(first: {_first(adata.obs_names[nan | inf])}); every cell needs a finite "
+                "(x, y): fix or drop those cells",
+            )
+
+
+def _nonfinite(nan: np.ndarray, inf: np.ndarray, what: str) -> str:
+    """'NaN {what} in 2 cells and infinite {what} in 1 cell' from two row masks."""
+    parts = [f"{kind} {what} in {_cells(int(mask.sum()))}"
+             for kind, mask in (("NaN", nan), ("infinite", inf)) if mask.any()]
+    return " and ".join(parts)
+
+
+def _check_spread(adata: ad.AnnData, key: str, sample_key: str, source: object) -> None:
+    """A slide whose cells all sit at one point has no spatial structure to learn."""
+    xy = np.asarray(adata.obsm[key])[:, :2]
+    has_slides = sample_key in adata.obs
+    codes, names = (pd.factorize(adata.obs[sample_key]) if has_slides
+                    else (np.zeros(adata.n_obs, dtype=np.int64), pd.Index(["the slide"])))
+    grouped = pd.DataFrame(xy).groupby(codes, sort=False)
+    span = (grouped.max() - grouped.min()).max(axis=1)
+    flat = span.index[(span == 0) & (grouped.size() > 1)]
+    if len(flat):
+        in_slide = codes == flat[0]
+        named = f" of slide {str(names[flat[0]])!r} (obs[{sample_key!r}])" if has_slides else ""
         raise _error(
             source,
-            f"{where} has NaN or infinite coordinates in {_cells(int(bad.sum()))} "
-            f"(first: {_first(adata.obs_names[bad])})",
+            f"the {int(in_slide.sum())} cells{named} all share one position "
+            f"{tuple(float(v) for v in xy[in_slide][0])} in obsm[{key!r}]; the coordinates look "
+            "like a placeholder: store each cell's own (x, y)",
         )
 
 
@@ -474,10 +585,13 @@ def _check_expression(adata: ad.AnnData, source: object, features: str) -> None:
         raise _error(source, f"X is not numeric (dtype {x.dtype})")
     bad = _rows_with_nonfinite(x)
     if bad.size:
+        rows = x[bad]
+        rows = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
+        nan, inf = np.isnan(rows).any(axis=1), np.isinf(rows).any(axis=1)
         raise _error(
             source,
-            f"X has NaN or infinite values in {_cells(bad.size)} "
-            f"(first: {_first(adata.obs_names[bad])})",
+            f"X has {_nonfinite(nan, inf, 'values')} (first: {_first(adata.obs_names[bad])}); "
+            "fix or drop those cells, or use features='pheno'",
         )
 
 
@@ -512,7 +626,7 @@ def _check_slide_sizes(adata: ad.AnnData, sample_key: str, minimum: int, source:
     counts = adata.obs[sample_key].value_counts()
     small = counts[(counts > 0) & (counts < minimum)].sort_values()
     if len(small):
-        listed = ", ".join(f"{name!r} ({n} cells)" for name, n in small.iloc[:_SHOW].items())
+        listed = ", ".join(f"{name!r} ({_cells(n)})" for name, n in small.iloc[:_SHOW].items())
         raise _error(
             source,
             f"{len(small)} slide(s) in obs[{sample_key!r}] have fewer than "
@@ -745,6 +859,9 @@ def load_run(run_dir: str | os.PathLike, *, with_weights: bool = True) -> Run:
     ------
     FileNotFoundError
         ``run_dir`` is missing or is not a run folder.
+    ValueError
+        A JSON file or the weights cannot be read; weights holding anything besides
+        tensors and plain values are refused (see :func:`load_weights`).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -760,10 +877,73 @@ def load_run(run_dir: str | os.PathLike, *, with_weights: bool = True) -> Run:
     model_config = _read_json(run_dir / RUN_MODEL_CONFIG)
     adata = ad.read_h5ad(run_dir / RUN_ADATA)
     adata.uns[Keys.UNS] = manifest
-    state_dict = None
-    if with_weights:
-        state_dict = torch.load(run_dir / RUN_WEIGHTS, weights_only=True, map_location="cpu")
+    state_dict = load_weights(run_dir / RUN_WEIGHTS) if with_weights else None
     return Run(run_dir, adata, state_dict, model_config, manifest)
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's model weights, on the CPU, unpickling tensors and plain values only.
+
+    ``torch.load(..., weights_only=True)``: a file holding any other Python object (which
+    unpickling could make run code) is refused, never executed.
+
+    Raises
+    ------
+    ValueError
+        The file is not a readable weights file, or holds something besides weights.
+    """
+    path = Path(path)
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise ValueError(f"{path}: is not a readable model weights file (not the zip archive "
+                         "torch.save writes, or truncated)")
+    try:
+        state_dict = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path}: refused to load the model weights: the file holds Python objects other "
+            "than tensors and plain values, which could run code when loaded; it was not "
+            "loaded (rebuild the run, or replace the file with one written by write_run)"
+        ) from exc
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise ValueError(f"{path}: is not a readable model weights file ({_short_reason(exc)})") from exc
+    if not isinstance(state_dict, Mapping):  # a bad run file: ValueError, as above
+        raise ValueError(  # noqa: TRY004
+            f"{path}: holds a {type(state_dict).__name__}, not a state_dict of weights")
+    return dict(state_dict)
+
+
+def safe_child(base: str | os.PathLike, name: str) -> Path:
+    """``base / name`` for a ``name`` that came from a user, checked to stay inside ``base``.
+
+    ``name`` must be one plain path component: not empty, no NUL byte, no ``/`` or ``\\``,
+    not ``.`` or ``..``, not hidden (a leading dot marks temporary folders), and the
+    result, symlinks resolved, must lie inside ``base``. Text such as ``%2e%2e`` is taken
+    literally (it is decoded, if at all, before it gets here).
+
+    Raises
+    ------
+    ValueError
+        Naming the problem; the message quotes ``name`` with ``repr``.
+    """
+    base = Path(base)
+    if not isinstance(name, str) or not name:
+        raise ValueError("a name is needed (empty)")
+    problem = None
+    if "\x00" in name:
+        problem = "holds a NUL byte"
+    elif "/" in name or "\\" in name:
+        problem = "holds a path separator"
+    elif name in (".", ".."):
+        problem = "names a parent or the folder itself"
+    elif name.startswith("."):
+        problem = "is hidden (starts with a dot)"
+    if problem is None:
+        child, root = base / name, base.resolve()
+        resolved = child.resolve()
+        if resolved != root and resolved.is_relative_to(root):
+            return child
+        problem = f"is a symbolic link leading outside {base}"
+    raise ValueError(f"{name!r} cannot name an entry of {base}: it {problem}")
 
 
 def _read_json(path: Path) -> dict:

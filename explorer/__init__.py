@@ -2,6 +2,6 @@
 
 ``palette``, ``tables`` and ``figures`` are plain Python (no Streamlit import): colours,
 derived tables and figure builders, unit-tested on their own. ``state`` (cached run
-access, demo build) and ``view`` (view state mirrored in the URL) are the only modules
-that talk to Streamlit.
+access, demo build), ``view`` (view state mirrored in the URL), ``auth`` (sign-in for
+hosted use) and the pages' ``*_state`` modules (their cached work) talk to Streamlit.
 """

@@ -17,9 +17,8 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 
-from cellniche_core.io import CohortError, Run
+from cellniche_core.io import CohortError, Run, load_weights, safe_child
 from cellniche_core.keys import RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys
 from cellniche_core.transfer import annotate_query, read_query
 
@@ -56,7 +55,7 @@ def query_files(directory: Path) -> dict[str, Path]:
 def with_weights(run: Run) -> Run:
     """``run`` (loaded without weights) with its model weights and config read from disk."""
     config = json.loads((run.path / RUN_MODEL_CONFIG).read_text())
-    state_dict = torch.load(run.path / RUN_WEIGHTS, weights_only=True, map_location="cpu")
+    state_dict = load_weights(run.path / RUN_WEIGHTS)  # tensors only: a tampered file is refused
     return Run(run.path, run.adata, state_dict, config, run.manifest)
 
 
@@ -83,7 +82,7 @@ def annotate_upload(run: Run, data: bytes, name: str, *, upload_dir: Path, label
     upload_dir = Path(upload_dir)
     upload_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".query-", dir=upload_dir) as tmp:
-        path = Path(tmp) / safe
+        path = safe_child(tmp, safe)
         path.write_bytes(data)
         try:
             query = read_query(run, path)

@@ -1,0 +1,169 @@
+"""Every malformed input of ``tests/malformed.py`` stops with its own clear CohortError.
+
+Through the core (``read_cohort``, as the pipeline calls it, and ``validate_cohort`` on an
+upload already in memory) and through the command line: one line on stderr naming the
+file, exit code 2, no traceback, no run folder, and the input left byte for byte as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from malformed import CASES, N_CELLS, Case, make_adata, valid_file
+
+from cellniche_core.cli import EXIT_BAD_INPUT, main
+from cellniche_core.io import INPUT_UNS_KEY, CohortError, read_cohort, validate_cohort
+
+ROOT = Path(__file__).resolve().parent.parent
+BY_NAME = {case.name: case for case in CASES}
+
+
+def digest(path: Path) -> str:
+    """sha256 of a file, or of every file (relative names and bytes) under a directory."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path)).encode() if path.is_dir() else b"")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def read_error(case: Case, directory: Path) -> tuple[Path, str]:
+    """Write the case, read it as the pipeline does; the path and the error message."""
+    path = case.write(directory)
+    with pytest.raises(CohortError) as info:
+        read_cohort([path], features=case.features)
+    return path, str(info.value)
+
+
+def test_the_catalogue_is_broad_and_its_fragments_are_distinct():
+    assert len(CASES) >= 16
+    fragments = [case.message for case in CASES]
+    assert all(f == f.lower() for f in fragments)
+    assert len(set(fragments)) == len(fragments)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_read_cohort_names_the_file_and_the_problem(case, tmp_path):
+    path = case.write(tmp_path)
+    before = digest(path)
+
+    with pytest.raises(CohortError) as info:  # CohortError only: anything else fails here
+        read_cohort([path], features=case.features)
+
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    assert case.message in message.lower(), message
+    assert "\n" not in message
+    assert "Traceback" not in message
+    assert digest(path) == before  # read-only
+
+
+def test_every_case_has_its_own_message(tmp_path):
+    messages = {}
+    for case in CASES:
+        path, message = read_error(case, tmp_path / case.name)
+        messages[case.name] = message.removeprefix(f"{path}: ")
+    repeated = {m for m in messages.values() if list(messages.values()).count(m) > 1}
+    assert not repeated, {n: m for n, m in messages.items() if m in repeated}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c.filename.endswith(".h5ad") and c.name in {
+        "spatial-missing", "spatial-nan", "spatial-inf", "spatial-all-same-point", "zero-cells",
+        "single-cell", "sample-nan", "cell-type-missing", "cell-type-all-nan", "x-nan", "x-inf",
+        "x-text", "spatial-one-column", "spatial-text", "spatial-sparse"}],
+    ids=lambda c: c.name,
+)
+def test_validate_cohort_on_an_upload_in_memory(case, tmp_path):
+    # the dashboard validates an uploaded AnnData before writing or training anything
+    import anndata as ad
+
+    adata = ad.read_h5ad(case.write(tmp_path))
+    with pytest.raises(CohortError) as info:
+        validate_cohort(adata, source="upload.h5ad", features=case.features)
+    message = str(info.value)
+    assert message.startswith("upload.h5ad: ")
+    assert case.message in message.lower(), message
+
+
+def fit_args(case: Case, path: Path, out: Path) -> list[str]:
+    return ["fit", str(path), "--out", str(out), "--features", case.features, "--device", "cpu",
+            "--quiet"]
+
+
+def assert_one_line(case: Case, path: Path, stderr: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"error: {path}: ")
+    assert case.message in lines[0].lower()
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("name", ["spatial-wrong-length", "non-utf8-column-name", "single-cell",
+                                  "x-inf", "zarr-junk"])
+def test_cli_fit_reports_one_line_and_writes_nothing(name, tmp_path, capsys):
+    case = BY_NAME[name]
+    path = case.write(tmp_path / "in")
+    before = digest(path)
+
+    code = main(fit_args(case, path, tmp_path / "runs" / "r1"))
+
+    assert code == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    assert_one_line(case, path, captured.err)
+    assert captured.out == ""
+    assert not (tmp_path / "runs").exists()
+    assert digest(path) == before
+
+
+def test_cli_process_exits_2_without_traceback(tmp_path):
+    case = BY_NAME["csv-renamed-h5ad"]
+    path = case.write(tmp_path / "in")
+    before = digest(path)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "cellniche_core", *fit_args(case, path, tmp_path / "runs" / "r1")],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+
+    assert done.returncode == EXIT_BAD_INPUT, done.stderr
+    assert_one_line(case, path, done.stderr)  # no warning either
+    assert done.stdout == ""
+    assert not (tmp_path / "runs").exists()
+    assert digest(path) == before
+
+
+# ------------------------------------------------------------------- handled, not errors
+
+
+def test_duplicate_obs_names_are_made_unique_with_a_note(tmp_path):
+    adata = make_adata()
+    adata.obs_names = ["cell"] * N_CELLS
+    path = valid_file(tmp_path / "dups.h5ad", adata)
+    before = digest(path)
+
+    out = read_cohort([path])
+
+    assert out.obs_names.is_unique
+    assert out.uns[INPUT_UNS_KEY]["n_renamed_obs"] == N_CELLS - 1
+    assert any("duplicate obs names" in note for note in out.uns[INPUT_UNS_KEY]["notes"])
+    assert digest(path) == before
+
+
+def test_negative_intensities_and_long_column_names_are_accepted(tmp_path):
+    # background-subtracted intensities go negative; some exporters write very long names
+    adata = make_adata()
+    adata.X = adata.X - 0.5
+    adata.obs["é" * 300] = np.arange(N_CELLS)
+    out = read_cohort([valid_file(tmp_path / "ok.h5ad", adata)], features="pheno_expr")
+    assert out.n_obs == N_CELLS
+    assert (out.X < 0).any()
