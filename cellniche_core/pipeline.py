@@ -112,7 +112,7 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
     if options.umap:
         on_stage("umap", 0.0, "UMAP layout")
         t = time.perf_counter()
-        adata.obsm[Keys.UMAP] = compute_umap(adata.obsm[Keys.EMBEDDING], seed=options.train.seed)
+        adata.obsm[Keys.UMAP] = compute_umap(adata.obsm[Keys.EMBEDDING], seed=options.train.seed, device=device)
         timings["umap"] = time.perf_counter() - t
         on_stage("umap", 1.0, "done")
 

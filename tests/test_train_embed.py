@@ -115,3 +115,40 @@ def test_cuda_training_and_embedding(tiny):
     m = CellNiche(config=TrainConfig(n_steps=20)).fit(a, device="cuda")
     m.embed(a, device="cuda")
     assert np.isfinite(a.obsm[Keys.EMBEDDING]).all()
+
+
+def test_batch_mixing_separates_mixed_from_apart_samples(monkeypatch):
+    """Two samples on top of each other score near 1, side by side near 0, with or without subsets."""
+    from cellniche_core import metrics
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    mixed = rng.normal(size=(n, 8)).astype(np.float32)
+    apart = mixed.copy()
+    apart[: n // 2, 0] += 20.0  # sample A far from sample B
+    samples = np.repeat(["A", "B"], n // 2)
+    for reference in (metrics._MIXING_REFERENCE, 500):  # the whole group, then a random subset of it
+        monkeypatch.setattr(metrics, "_MIXING_REFERENCE", reference)
+        monkeypatch.setattr(metrics, "_MIXING_CELLS", 400)
+        high = metrics.batch_mixing(mixed, samples).loc["cohort", "mixing"]
+        low = metrics.batch_mixing(apart, samples).loc["cohort", "mixing"]
+        assert high > 0.9 and low < 0.1, (reference, high, low)
+
+
+def test_umap_places_unfitted_cells_beside_their_own_cluster():
+    from cellniche_core.layout import compute_umap, nearest_cosine
+
+    rng = np.random.default_rng(4)
+    centres = np.eye(8, dtype=np.float32)[:3] * 5
+    labels = rng.integers(0, 3, 900)
+    emb = centres[labels] + rng.normal(scale=0.3, size=(900, 8)).astype(np.float32)
+    ref, query = emb[:100], emb[100:]
+    expected = np.argsort(-(query / np.linalg.norm(query, axis=1, keepdims=True))
+                          @ (ref / np.linalg.norm(ref, axis=1, keepdims=True)).T, axis=1)[:, :3]
+    assert (nearest_cosine(ref, query, k=3, chunk_size=64) == expected).all()
+
+    xy = compute_umap(emb, seed=0, max_fit_cells=300)
+    assert xy.shape == (900, 2) and np.isfinite(xy).all()
+    centroid = np.stack([xy[labels == c].mean(0) for c in range(3)])
+    nearest = np.argmin(((xy[:, None, :] - centroid[None]) ** 2).sum(-1), axis=1)
+    assert (nearest == labels).mean() > 0.95
