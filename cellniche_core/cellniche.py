@@ -17,7 +17,7 @@ from .features import (FeatureSpec, fit_features, make_features, neighbourhood_p
                        resolve_feature_mode)
 from .graph import GraphSettings, SpatialGraph, build_graph
 from .keys import Keys
-from .train import History, NicheModel, Progress, TrainConfig, resolve_device, train_model
+from .train import History, NicheModel, Progress, TrainConfig, autocast_dtype, resolve_device, train_model
 
 
 @dataclass
@@ -108,6 +108,7 @@ class CellNiche:
         indptr, indices = _csr_tensors(graph, dev)
         encoder = self.model.encoder.to(dev)
         adata.obsm[key_added] = embed_nodes(encoder, torch.from_numpy(x_np).to(dev), indptr, indices,
+                                            dtype=autocast_dtype(self.config.precision, dev),
                                             chunk_size=chunk_size)
         self.model.cpu()
         report["graph"] = {"n_edges": int(graph.n_edges),

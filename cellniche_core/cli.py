@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .graph import DEFAULT_KNN, GraphSettings
 from .keys import Keys
 from .sampling import STRATEGIES
-from .train import TrainConfig
+from .train import PRECISIONS, TrainConfig
 
 if TYPE_CHECKING:
     from .pipeline import RunOptions
@@ -116,6 +116,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--steps", type=_positive_int, default=None,
                    help="training steps (default: grows with the number of cells, ~400 at 10k cells)")
     m.add_argument("--dim", type=_positive_int, default=32, help="embedding dimension (default: %(default)s)")
+    m.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto = bfloat16 mixed precision on CUDA GPUs that support it, float32 on CPUs "
+                        "(default: %(default)s)")
     m.add_argument("--seed", type=int, default=0, help="random seed; same seed, same run on CPU (default: 0)")
     m.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = CUDA when available, else CPU (default: %(default)s)")
@@ -313,7 +316,7 @@ def options_from_args(args) -> RunOptions:
 
     graph = GraphSettings(n_neighbors=args.knn or DEFAULT_KNN, radius=args.radius)
     train = TrainConfig(strategy=args.strategy, hard_weight=args.hard_weight, n_steps=args.steps,
-                        out_channels=args.dim, seed=args.seed)
+                        out_channels=args.dim, seed=args.seed, precision=args.precision)
     keys = InputKeys(spatial_key=args.spatial_key, sample_key=args.sample_key, cell_type_key=args.cell_type_key)
     return RunOptions(features=args.features, n_niches=args.n_niches, graph=graph, train=train, keys=keys,
                       patient_key=args.patient_key, device=args.device, umap=not args.no_umap)

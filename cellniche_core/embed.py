@@ -23,11 +23,14 @@ def embed_nodes(
     indices: torch.Tensor,
     *,
     chunk_size: int = 32_768,
+    dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """L2-normalised embedding of every node, (n, out_channels) float32 numpy array.
 
     ``x``, ``indptr``, ``indices`` and ``encoder`` must share a device. The result does
-    not depend on ``chunk_size``.
+    not depend on ``chunk_size``. ``dtype`` (e.g. ``torch.bfloat16``) runs the layers
+    under autocast and keeps the intermediate (n, hidden) arrays in that type, halving
+    their memory; None keeps float32.
     """
     was_training = encoder.training
     encoder.eval()
@@ -39,10 +42,13 @@ def embed_nodes(
             targets = torch.arange(start, min(start + chunk_size, n), device=x.device)
             src, tgt = sample_neighbours(indptr, indices, targets, 0, generator=None)
             edge_index = torch.stack([src, tgt - start])
-            part = encoder.layer(layer, (h, h[targets]), edge_index, size=(n, targets.numel()))
+            with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                part = encoder.layer(layer, (h, h[targets]), edge_index, size=(n, targets.numel()))
+            if dtype is not None:
+                part = part.to(dtype)
             if out is None:
                 out = torch.empty(n, part.shape[1], dtype=part.dtype, device=part.device)
             out[targets] = part
         h = out
     encoder.train(was_training)
-    return F.normalize(h, dim=1).float().cpu().numpy()
+    return F.normalize(h.float(), dim=1).cpu().numpy()

@@ -113,8 +113,31 @@ def test_cuda_training_and_embedding(tiny):
         pytest.skip("no CUDA GPU")
     a = tiny.copy()
     m = CellNiche(config=TrainConfig(n_steps=20)).fit(a, device="cuda")
+    assert m.history.precision == ("bfloat16" if torch.cuda.is_bf16_supported() else "float32")
     m.embed(a, device="cuda")
     assert np.isfinite(a.obsm[Keys.EMBEDDING]).all()
+    b = tiny.copy()
+    m.embed(b, device="cpu")  # float32 on the CPU: bfloat16 on the GPU stays close to it
+    cos = (a.obsm[Keys.EMBEDDING] * b.obsm[Keys.EMBEDDING]).sum(1)
+    assert np.median(cos) > 0.99
+
+
+def test_bfloat16_training_and_embedding_stay_close_to_float32(tiny):
+    """The mixed-precision path (used on GPUs) also runs on the CPU, where it can be checked."""
+    from cellniche_core.train import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        autocast_dtype("fp8", torch.device("cpu"))
+    a, b = tiny.copy(), tiny.copy()
+    m = CellNiche(config=TrainConfig(n_steps=30, seed=0, precision="bf16")).fit(a, device="cpu")
+    assert m.history.precision == "bfloat16" and np.isfinite(m.history.loss).all()
+    m.embed(a, device="cpu")
+    m.config.precision = "fp32"
+    m.embed(b, device="cpu")
+    cos = (a.obsm[Keys.EMBEDDING] * b.obsm[Keys.EMBEDDING]).sum(1)
+    assert np.median(cos) > 0.99 and cos.min() > 0.9
 
 
 def test_batch_mixing_separates_mixed_from_apart_samples(monkeypatch):
