@@ -185,10 +185,9 @@ def sample_walk_batch(
     if compiled_kernels(seeds.device):
         from . import sampling_cpu as k
 
-        k.seed_from(generator)
         count, local = k.SCRATCH.arrays(indptr.numel() - 1)
         ip, ix = indptr.numpy(), indices.numpy()
-        walks = k.walks_kernel(ip, ix, start.numpy(), walk_length)
+        walks = k.walks_kernel(ip, ix, start.numpy(), walk_length, k.rng_state(generator))
         co = CoVisits(*(torch.from_numpy(a) for a in k.co_visits_kernel(walks, seeds.numpy(), count, local)))
     else:
         walks = random_walks(indptr, indices, start, walk_length, generator=generator)
@@ -309,11 +308,10 @@ def sample_neighbourhood(
     if compiled_kernels(targets.device) and (generator is not None or all(f <= 0 for f in fanouts)):
         from . import sampling_cpu as k
 
-        if generator is not None:
-            k.seed_from(generator)
+        state = k.rng_state(generator) if generator is not None else np.ones(1, dtype=np.uint64)
         _, local = k.SCRATCH.arrays(indptr.numel() - 1)
         n_id, src, tgt, nodes_per_hop, edges_per_hop = k.neighbourhood_kernel(
-            indptr.numpy(), indices.numpy(), targets.numpy(), np.asarray(fanouts, dtype=np.int64), local)
+            indptr.numpy(), indices.numpy(), targets.numpy(), np.asarray(fanouts, dtype=np.int64), local, state)
         return Neighbourhood(n_id=torch.from_numpy(n_id), edge_index=torch.from_numpy(np.stack([src, tgt])),
                              n_targets=targets.numel(), nodes_per_hop=tuple(int(v) for v in nodes_per_hop),
                              edges_per_hop=tuple(int(v) for v in edges_per_hop))

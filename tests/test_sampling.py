@@ -214,3 +214,19 @@ def test_samplers_draw_capped_distinct_neighbours(monkeypatch, mode):
     assert (per_target <= np.minimum(degree, 5)).all() and (per_target >= 1).all()
     for s, t in pairs:
         assert s in set(g.indices[g.indptr[t]:g.indptr[t + 1]].tolist())
+
+
+def test_compiled_walk_steps_are_uniform_and_seeded():
+    """The kernels' own generator: each neighbour equally likely, same generator seed -> same walks."""
+    from cellniche_core import sampling_cpu as k
+
+    # a star: centre 0 linked to cells 1..7
+    indptr = np.array([0, 7, 8, 9, 10, 11, 12, 13, 14], dtype=np.int64)
+    indices = np.array([1, 2, 3, 4, 5, 6, 7, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64)
+    start = np.zeros(70_000, dtype=np.int64)
+    walks = k.walks_kernel(indptr, indices, start, 1, k.rng_state(torch.Generator().manual_seed(0)))
+    counts = np.bincount(walks[:, 1], minlength=8)[1:]
+    assert counts.sum() == 70_000 and np.abs(counts / 10_000 - 1).max() < 0.05
+    again = k.walks_kernel(indptr, indices, start, 1, k.rng_state(torch.Generator().manual_seed(0)))
+    other = k.walks_kernel(indptr, indices, start, 1, k.rng_state(torch.Generator().manual_seed(1)))
+    assert (walks == again).all() and not (walks == other).all()
