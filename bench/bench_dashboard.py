@@ -1,6 +1,7 @@
 """Time from navigation to a painted niche map of a 100k-cell slide, in headless Chromium.
 
     python bench/bench_dashboard.py [--cells 100000] [--steps 20] [--repeats 4]
+    python bench/bench_dashboard.py --run /path/to/runs/big_run     # an existing run, e.g. 1M cells
 
 1. Builds (once, kept in ``bench/out/dashboard``) a run on one simulated slide of exactly
    ``--cells`` cells, trained for ``--steps`` steps without UMAP: the map only needs
@@ -13,6 +14,9 @@
    points); later visits are "warm" (cached on the server, as for any second user). The
    time to the page title (Streamlit booting in the browser and running the script) and to
    the map's canvas are printed too.
+
+With ``--run``, an existing run is opened instead and its largest slide is mapped; the
+time to a painted UMAP on the Embedding page is measured too.
 
 Prints one line per visit and a median per budget. Needs Debian's ``chromium`` and the
 ``playwright`` Python package (never ``playwright install``).
@@ -95,7 +99,8 @@ def start_server(runs_dir: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("the dashboard did not start within 60 s")
 
 
-def time_to_painted_map(browser, url: str, *, timeout_s: float = 180.0) -> dict[str, float]:
+def time_to_painted_map(browser, url: str, *, timeout_s: float = 180.0,
+                        selector: str = '[data-testid="stDeckGlJsonChart"] canvas') -> dict[str, float]:
     """Seconds from navigation to: the page title, the map's canvas, a painted map.
 
     "Painted" is the first screenshot of the map element with at least ``MIN_COLORS``
@@ -109,8 +114,7 @@ def time_to_painted_map(browser, url: str, *, timeout_s: float = 180.0) -> dict[
         page.goto(url, wait_until="commit")
         page.wait_for_selector("h1", state="attached", timeout=timeout_s * 1000)
         marks = {"title": time.perf_counter() - t0}
-        chart = page.wait_for_selector('[data-testid="stDeckGlJsonChart"] canvas', state="attached",
-                                       timeout=timeout_s * 1000)
+        chart = page.wait_for_selector(selector, state="attached", timeout=timeout_s * 1000)
         marks["canvas"] = time.perf_counter() - t0
         while time.perf_counter() - t0 < timeout_s:
             n = count_saturated_colors(chart.screenshot())
@@ -133,6 +137,7 @@ def main(argv=None) -> int:
                         help="comma-separated points-per-map budgets to time (the map page offers "
                              "10000, 25000, 50000, 100000)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "dashboard")
+    parser.add_argument("--run", type=Path, help="time an existing run folder (its largest slide) instead")
     args = parser.parse_args(argv)
 
     try:
@@ -144,10 +149,14 @@ def main(argv=None) -> int:
         print(f"{CHROMIUM} not found (apt-get install chromium)", file=sys.stderr)
         return 2
 
-    run_dir = build_run(args.out, cells=args.cells, steps=args.steps)
     import anndata as ad
 
-    slide = str(ad.read_h5ad(run_dir / "cohort.h5ad", backed="r").obs["sample"].iloc[0])
+    run_dir = args.run.resolve() if args.run else build_run(args.out, cells=args.cells, steps=args.steps)
+    run_name = run_dir.name
+    obs = ad.read_h5ad(run_dir / "cohort.h5ad", backed="r").obs
+    sizes = obs["sample"].astype(str).value_counts()
+    slide, slide_cells = str(sizes.index[0]), int(sizes.iloc[0])
+    print(f"run {run_name}: {len(obs):,} cells; largest slide {slide}: {slide_cells:,} cells", flush=True)
     print(f"load average before the visits: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     port = free_port()
     server = start_server(run_dir.parent, port)
@@ -156,21 +165,27 @@ def main(argv=None) -> int:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             for budget in [int(b) for b in args.budgets.split(",")]:
-                url = f"http://127.0.0.1:{port}/maps?run={RUN_NAME}&slides={slide}&points={budget}"
+                url = f"http://127.0.0.1:{port}/maps?run={run_name}&slides={slide}&points={budget}"
                 for i in range(args.repeats):
                     marks = time_to_painted_map(browser, url)
                     kind = "cold" if i == 0 else "warm"
-                    print(f"{args.cells:,}-cell slide, {budget:,} points drawn, {kind}: "
+                    print(f"{slide_cells:,}-cell slide, {budget:,} points drawn, {kind}: "
                           f"{marks['painted']:.2f} s to a painted map ({marks['colors']} colours; "
                           f"title at {marks['title']:.2f} s, canvas at {marks['canvas']:.2f} s)", flush=True)
                     results.setdefault(budget, []).append(marks["painted"])
+            if args.run:
+                url = f"http://127.0.0.1:{port}/embedding?run={run_name}"
+                for i in range(2):
+                    marks = time_to_painted_map(browser, url, selector=".js-plotly-plot .gl-container canvas")
+                    print(f"UMAP of {len(obs):,} cells, {'cold' if i == 0 else 'warm'}: {marks['painted']:.2f} s "
+                          f"to a painted plot ({marks['colors']} colours)", flush=True)
             browser.close()
     finally:
         server.kill()
         server.wait()
     for budget, times in results.items():
         warm = times[1:] or times
-        print(f"navigation -> painted map, {budget:,} of {args.cells:,} cells drawn: "
+        print(f"navigation -> painted map, {min(budget, slide_cells):,} of {slide_cells:,} cells drawn: "
               f"cold {times[0]:.2f} s, warm median {statistics.median(warm):.2f} s")
     return 0
 
