@@ -22,6 +22,8 @@ PAGES = {
                        url_path="compare"),
     "transfer": st.Page("pages/transfer.py", title="Label transfer", icon=":material/label:",
                         url_path="transfer"),
+    "train": st.Page("pages/train.py", title="Train a run", icon=":material/model_training:",
+                     url_path="train"),
 }
 
 # signed out (hosted use): the sign-in form alone, no page names, runs or content

@@ -157,8 +157,12 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
 
 
 def fit_run(paths, out: str | Path, options: RunOptions, *, group_keys=(), overwrite: bool = False,
-            on_stage: StageCallback | None = None, should_stop=None) -> Path:
-    """Read a cohort, analyse it and write the run folder ``out`` atomically."""
+            on_stage: StageCallback | None = None, should_stop=None, input_names=None) -> Path:
+    """Read a cohort, analyse it and write the run folder ``out`` atomically.
+
+    ``input_names`` replaces ``paths`` in the manifest's ``inputs`` (e.g. the names of
+    uploaded files, when ``paths`` are temporary copies).
+    """
     from .io import read_cohort, write_run
 
     on_stage = on_stage or _quiet
@@ -178,7 +182,8 @@ def fit_run(paths, out: str | Path, options: RunOptions, *, group_keys=(), overw
     if manifest is None:  # a torchrun rank other than 0: rank 0 writes the run
         return Path(out)
     manifest["timings_s"]["read"] = round(read_s, 3)
-    manifest["inputs"] = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    shown = input_names if input_names is not None else ([paths] if isinstance(paths, (str, Path)) else paths)
+    manifest["inputs"] = [str(p) for p in shown]
     on_stage("write", 0.0, "writing run")
     t = time.perf_counter()
     manifest["timings_s"]["total"] = round(time.perf_counter() - t0, 3)

@@ -198,6 +198,11 @@ def select_run(runs: dict[str, RunRef]) -> RunRef | None:
     return runs[name]
 
 
+def show_run(name: str) -> None:
+    """Make ``name`` the selected run from the next run of the script (e.g. a run just trained)."""
+    st.session_state.setdefault(_STATE, {})["run"] = name
+
+
 def current_run() -> Current:
     """The selected run for a page; shows an error and stops the page when there is none."""
     runs = st.session_state.get(_RUNS) or {}
