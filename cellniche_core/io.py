@@ -219,7 +219,33 @@ def _h5ad_keys(path: Path) -> list[str]:
                                f"{_CONVERT_HINT}") from exc
         raise
     with f:
+        refuse_outside_data(f, path)
         return list(f.keys())
+
+
+def refuse_outside_data(f: h5py.File, path: Path) -> None:
+    """Refuse an HDF5 file that reads data from outside itself.
+
+    HDF5 lets a dataset keep its bytes in another file (external storage, virtual
+    datasets) and a group link to an object in another file; h5py follows them when
+    reading, so such a file could make the server read, and show, any file it can open.
+    An AnnData file never needs them.
+    """
+    found: list[str] = []
+
+    def link(name: str, obj) -> None:
+        if isinstance(obj, h5py.ExternalLink):
+            found.append(f"'{name}' links to another file")
+
+    def dataset(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
+            found.append(f"'{name}' stores its data in another file")
+
+    f.visititems_links(link)
+    f.visititems(dataset)
+    if found:
+        raise _error(path, f"refers to data outside itself ({'; '.join(found[:3])}); an .h5ad file must "
+                           "hold its own data: write it again with anndata")
 
 
 def _text_start(path: Path, size: int = 1024) -> str | None:

@@ -28,7 +28,7 @@ import pandas as pd
 import zarr
 
 from .cellniche import CellNiche
-from .io import CohortError, load_run
+from .io import CohortError, load_run, refuse_outside_data
 from .keys import Keys
 
 
@@ -53,8 +53,11 @@ def open_backed(path: str | os.PathLike, *, spatial_key: str = Keys.SPATIAL) -> 
             if suffix == ".h5ad":
                 handle = h5py.File(path, "r")
                 group = handle
+                refuse_outside_data(handle, path)
             else:
                 group = zarr.open_group(str(path), mode="r")
+        except CohortError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
             kind = "an HDF5 (.h5ad) file" if suffix == ".h5ad" else "a zarr store"
             raise CohortError(f"{path}: cannot be opened as {kind} ({type(exc).__name__})") from exc

@@ -31,11 +31,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import pandas as pd
 
 from cellniche_core.cellniche import InputKeys
 from cellniche_core.features import FEATURE_MODES, resolve_feature_mode
-from cellniche_core.io import INPUT_UNS_KEY, CohortError, read_cohort
+from cellniche_core.io import INPUT_UNS_KEY, CohortError, read_cohort, refuse_outside_data
 from cellniche_core.keys import Keys
 from cellniche_core.pipeline import RunOptions, fit_run
 from cellniche_core.train import TrainConfig, steps_for
@@ -188,8 +189,14 @@ def preview_upload(upload: Upload, uploads_dir: Path, *, rows: int = PREVIEW_ROW
 
 
 def _lazy_preview(path: Path, name: str, rows: int) -> FilePreview | None:
-    """The preview read with ``X`` left on disk, or None when anndata cannot open the file so."""
+    """The preview read with ``X`` left on disk, or None when anndata cannot open the file so.
+
+    A file that refers to data outside itself is never opened by anndata here (it could
+    make the server read any file); the core's read refuses it with a message.
+    """
     try:
+        with h5py.File(path, "r") as f:
+            refuse_outside_data(f, path)
         adata = ad.read_h5ad(path, backed="r")
     except Exception:  # read again by the core, whose message says what is wrong
         return None

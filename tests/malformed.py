@@ -146,6 +146,26 @@ def _latin1_column_name(f: h5py.File) -> None:
     f["obs"].attrs["column-order"] = np.array([b"cell_type_\xe9"])
 
 
+def _external_link(path: Path) -> None:
+    # obsm['spatial'] borrowed from another file: reading it would read that file
+    other = path.parent / "elsewhere.h5"
+    with h5py.File(other, "w") as f:
+        f["coords"] = np.zeros((N_CELLS, 2))
+    valid_file(path)
+    with h5py.File(path, "r+") as f:
+        del f["obsm/spatial"]
+        f["obsm/spatial"] = h5py.ExternalLink(str(other), "/coords")
+
+
+def _external_storage(path: Path) -> None:
+    # an obs column whose bytes live in another (raw) file, e.g. a file of the server
+    raw = path.parent / "elsewhere.bin"
+    raw.write_bytes(bytes(range(N_CELLS)))
+    valid_file(path)
+    with h5py.File(path, "r+") as f:
+        f["obs"].create_dataset("leak", shape=(N_CELLS,), dtype="u1", external=[(str(raw), 0, N_CELLS)])
+
+
 def _truncated(path: Path) -> None:
     valid_file(path)
     data = path.read_bytes()
@@ -247,6 +267,8 @@ CASES: list[Case] = [
          filename="tumour.txt"),
     Case("directory-named-h5ad", lambda p: p.mkdir(), "it is a directory"),
     Case("non-utf8-column-name", _h5(_latin1_column_name), "not valid utf-8"),
+    Case("external-link", _external_link, "links to another file"),
+    Case("external-storage", _external_storage, "stores its data in another file"),
     Case("zarr-empty", lambda p: p.mkdir(), "a .zarr store with no files", filename="tumour.zarr"),
     Case("zarr-junk", _junk_zarr, "not a zarr store", filename="tumour.zarr"),
     Case("zarr-not-anndata", _zarr_not_anndata, "a zarr group but not an anndata",

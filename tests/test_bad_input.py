@@ -167,3 +167,15 @@ def test_negative_intensities_and_long_column_names_are_accepted(tmp_path):
     out = read_cohort([valid_file(tmp_path / "ok.h5ad", adata)], features="pheno_expr")
     assert out.n_obs == N_CELLS
     assert (out.X < 0).any()
+
+
+def test_a_file_pointing_outside_itself_is_never_read(tmp_path):
+    """An .h5ad whose obs column is stored in another file must not show that file's bytes."""
+    from explorer.training import Upload, preview_upload
+
+    case = next(c for c in CASES if c.name == "external-storage")
+    path = case.write(tmp_path)
+    secret = (tmp_path / "elsewhere.bin").read_bytes()
+    with pytest.raises(CohortError, match="stores its data in another file") as err:
+        preview_upload(Upload(path.name, path.read_bytes()), tmp_path / "uploads")
+    assert secret.hex() not in str(err.value)
