@@ -309,10 +309,12 @@ def sample_neighbourhood(
         from . import sampling_cpu as k
 
         state = k.rng_state(generator) if generator is not None else np.ones(1, dtype=np.uint64)
-        _, local = k.SCRATCH.arrays(indptr.numel() - 1)
-        n_id, src, tgt, nodes_per_hop, edges_per_hop = k.neighbourhood_kernel(
-            indptr.numpy(), indices.numpy(), targets.numpy(), np.asarray(fanouts, dtype=np.int64), local, state)
-        return Neighbourhood(n_id=torch.from_numpy(n_id), edge_index=torch.from_numpy(np.stack([src, tgt])),
+        scratch = k.SCRATCH
+        _, local = scratch.arrays(indptr.numel() - 1)
+        n_id, edges, nodes_per_hop, edges_per_hop, scratch.edges = k.neighbourhood_kernel(
+            indptr.numpy(), indices.numpy(), targets.numpy(), np.asarray(fanouts, dtype=np.int64), local,
+            scratch.n_id, scratch.edges, state)
+        return Neighbourhood(n_id=torch.from_numpy(n_id), edge_index=torch.from_numpy(edges),
                              n_targets=targets.numel(), nodes_per_hop=tuple(int(v) for v in nodes_per_hop),
                              edges_per_hop=tuple(int(v) for v in edges_per_hop))
     n = indptr.numel() - 1

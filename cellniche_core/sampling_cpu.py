@@ -171,39 +171,48 @@ def co_visits_kernel(walks, seeds, count, local):
 
 
 @njit(cache=True)
-def neighbourhood_kernel(indptr, indices, targets, fanouts, local, state):
+def neighbourhood_kernel(indptr, indices, targets, fanouts, local, n_id, edges, state):
     """Multi-hop neighbourhood sampling; the rules of :func:`sampling.sample_neighbourhood`.
 
-    ``targets`` must be distinct. ``local`` (int64, -1, one entry per graph cell) is a
-    scratch array, left as it was found. Returns (n_id, src, tgt, nodes_per_hop,
-    edges_per_hop) with ``src``/``tgt`` already relabelled to positions in ``n_id``.
+    ``targets`` must be distinct. ``local`` (int64, -1) and ``n_id`` (int64) have one
+    entry per graph cell and ``edges`` is a (2, capacity) int64 buffer: scratch space,
+    reused from call to call (``local`` is left as it was found). Returns (n_id, edges,
+    nodes_per_hop, edges_per_hop, buffer): copies of the used parts, ``edges`` relabelled
+    to positions in ``n_id`` with row 0 the sources, and the edge buffer (a larger one
+    when it had to grow) for the next call.
     """
-    n_nodes = indptr.shape[0] - 1
     n_hops = fanouts.shape[0]
-    n_id = np.empty(n_nodes, dtype=np.int64)
+    n_nodes = indptr.shape[0] - 1
     for i in range(targets.shape[0]):
-        n_id[i] = targets[i]
-        local[targets[i]] = i
+        t = targets[i]
+        if t < 0 or t >= n_nodes or local[t] != -1:
+            for j in range(i):
+                local[targets[j]] = -1
+            raise ValueError("targets must be distinct cell ids of the graph")
+        n_id[i] = t
+        local[t] = i
     size = targets.shape[0]
-    src_list = []
-    tgt_list = []
     nodes_per_hop = np.empty(n_hops + 1, dtype=np.int64)
     edges_per_hop = np.empty(n_hops, dtype=np.int64)
     nodes_per_hop[0] = size
     lo, hi = 0, size
-    n_edges = 0
+    e = 0
+    widest = 1
+    for h in range(n_hops):
+        widest = max(widest, fanouts[h])
+    drawn = np.empty(widest, dtype=np.int64)
     for h in range(n_hops):
         fanout = fanouts[h]
         if fanout > 0:  # each cell gives at most fanout edges: no counting pass needed
-            max_edges = (hi - lo) * fanout
+            bound = (hi - lo) * fanout
         else:
-            max_edges = 0
+            bound = 0
             for i in range(lo, hi):
-                max_edges += indptr[n_id[i] + 1] - indptr[n_id[i]]
-        src = np.empty(max_edges, dtype=np.int64)
-        tgt = np.empty(max_edges, dtype=np.int64)
-        e = 0
-        drawn = np.empty(max(fanout, 1), dtype=np.int64)
+                bound += indptr[n_id[i] + 1] - indptr[n_id[i]]
+        if e + bound > edges.shape[1]:
+            grown = np.empty((2, 2 * (e + bound)), dtype=np.int64)
+            grown[:, :e] = edges[:, :e]
+            edges = grown
         for i in range(lo, hi):
             node = n_id[i]
             first = indptr[node]
@@ -215,8 +224,8 @@ def neighbourhood_kernel(indptr, indices, targets, fanouts, local, state):
                         local[nb] = size
                         n_id[size] = nb
                         size += 1
-                    src[e] = local[nb]
-                    tgt[e] = i
+                    edges[0, e] = local[nb]
+                    edges[1, e] = i
                     e += 1
             else:
                 for j in range(fanout):
@@ -230,36 +239,28 @@ def neighbourhood_kernel(indptr, indices, targets, fanouts, local, state):
                         local[nb] = size
                         n_id[size] = nb
                         size += 1
-                    src[e] = local[nb]
-                    tgt[e] = i
+                    edges[0, e] = local[nb]
+                    edges[1, e] = i
                     e += 1
-        src_list.append(src[:e])
-        tgt_list.append(tgt[:e])
-        n_edges += e
-        edges_per_hop[h] = n_edges
+        edges_per_hop[h] = e
         nodes_per_hop[h + 1] = size
         lo, hi = hi, size
-    all_src = np.empty(n_edges, dtype=np.int64)
-    all_tgt = np.empty(n_edges, dtype=np.int64)
-    e = 0
-    for h in range(n_hops):
-        k = src_list[h].shape[0]
-        all_src[e:e + k] = src_list[h]
-        all_tgt[e:e + k] = tgt_list[h]
-        e += k
     for i in range(size):
         local[n_id[i]] = -1
-    return n_id[:size].copy(), all_src, all_tgt, nodes_per_hop, edges_per_hop
+    return n_id[:size].copy(), edges[:, :e].copy(), nodes_per_hop, edges_per_hop, edges
 
 
 class Scratch(threading.local):
     """Per-thread scratch arrays sized to the graph (kernels leave them clean)."""
 
     def arrays(self, n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(count, local): int32 zeros and int64 -1, one entry per graph cell."""
         if getattr(self, "n_nodes", None) != n_nodes:
             self.n_nodes = n_nodes
             self.count = np.zeros(n_nodes, dtype=np.int32)
             self.local = np.full(n_nodes, -1, dtype=np.int64)
+            self.n_id = np.empty(n_nodes, dtype=np.int64)
+            self.edges = np.empty((2, 1 << 16), dtype=np.int64)
         return self.count, self.local
 
 

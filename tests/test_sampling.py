@@ -230,3 +230,15 @@ def test_compiled_walk_steps_are_uniform_and_seeded():
     again = k.walks_kernel(indptr, indices, start, 1, k.rng_state(torch.Generator().manual_seed(0)))
     other = k.walks_kernel(indptr, indices, start, 1, k.rng_state(torch.Generator().manual_seed(1)))
     assert (walks == again).all() and not (walks == other).all()
+
+
+def test_neighbourhood_refuses_repeated_or_unknown_targets():
+    from cellniche_core import sampling_cpu as k
+
+    indptr, indices = torch.tensor([0, 1, 2]), torch.tensor([1, 0])
+    for bad in ([0, 0], [0, 5], [-1]):
+        with pytest.raises(ValueError, match="distinct cell ids"):
+            sample_neighbourhood(indptr, indices, torch.tensor(bad), (2,), generator=torch.Generator())
+    assert (k.SCRATCH.arrays(2)[1] == -1).all()  # scratch left clean after a refusal
+    h = sample_neighbourhood(indptr, indices, torch.tensor([1]), (2,), generator=torch.Generator())
+    assert h.n_id.tolist() == [1, 0]
