@@ -3,7 +3,10 @@
 How the dashboard is protected depends on its configuration, checked on every run:
 
 - **OIDC**: ``.streamlit/secrets.toml`` has an ``[auth]`` section. Visitors sign in with
-  Streamlit's ``st.login()`` (Google, Microsoft, Okta, ...); ``st.user`` says who they are.
+  Streamlit's ``st.login()`` (Google, Microsoft, Okta, ...); ``st.user`` says who they are,
+  and only addresses listed in ``allowed_emails`` or under ``allowed_domains`` (top-level
+  secrets) get in. With neither list nobody does: any account of a public provider could
+  otherwise sign in.
 - **Password**: ``st.secrets["password_hash"]`` or ``$CELLNICHE_PASSWORD_HASH`` holds a
   salted scrypt hash made with ``python -m explorer.auth hash``. The plain password is
   never stored: a visitor's signed-in status is kept in ``st.session_state``, and each
@@ -60,7 +63,13 @@ _HASH_BYTES = 32
 #: seconds each wrong password holds the server-wide sign-in lock
 FAILED_ATTEMPT_DELAY_S = 1.0
 
+#: a session's own wait after repeated wrong passwords doubles up to this (seconds)
+MAX_SESSION_DELAY_S = 30.0
+#: longest wait for the server-wide sign-in lock before asking to retry later (seconds)
+LOCK_WAIT_S = 10.0
+
 _SIGNED_IN = "_auth_signed_in"  # fingerprint of the hash the session signed in with
+_FAILURES = "_auth_failures"  # wrong passwords given by this session
 
 Mode = Literal["open", "oidc", "password"]
 
@@ -141,11 +150,12 @@ class Access:
     signed_in: bool
     password_hash: str | None = None  # the configured hash (password mode)
     source: str = ""  # where the hash was found, for messages
+    refused: str = ""  # OIDC: why a signed-in account may not see the views
 
     @property
     def allowed(self) -> bool:
-        """True when the views may be shown: open, or signed in."""
-        return self.mode == "open" or self.signed_in
+        """True when the views may be shown: open, or signed in with an allowed account."""
+        return self.mode == "open" or (self.signed_in and not self.refused)
 
 
 def _secrets() -> Mapping[str, Any]:
@@ -158,7 +168,7 @@ def access() -> Access:
     """The current configuration and this session's status (cheap; call on every run)."""
     found = _secrets()
     if found.get("auth"):
-        return Access("oidc", bool(st.user.get("is_logged_in", False)))
+        return _oidc_access(found)
     encoded, source = found.get(PASSWORD_SECRET), f"st.secrets[{PASSWORD_SECRET!r}]"
     if not encoded:
         encoded, source = os.environ.get(PASSWORD_ENV, "").strip(), f"${PASSWORD_ENV}"
@@ -166,6 +176,35 @@ def access() -> Access:
         return Access("open", True)
     signed_in = st.session_state.get(_SIGNED_IN) == _fingerprint(str(encoded))
     return Access("password", signed_in, str(encoded), source)
+
+
+#: top-level secrets listing who may sign in with OIDC
+ALLOWED_EMAILS, ALLOWED_DOMAINS = "allowed_emails", "allowed_domains"
+
+
+def _oidc_access(found: Mapping[str, Any]) -> Access:
+    if not st.user.get("is_logged_in", False):
+        return Access("oidc", False)
+
+    def listed(key: str) -> set[str]:
+        values = found.get(key) or []
+        values = [values] if isinstance(values, str) else values
+        return {str(v).strip().lower().lstrip("@") for v in values if str(v).strip()}
+
+    emails, domains = listed(ALLOWED_EMAILS), listed(ALLOWED_DOMAINS)
+    email = str(st.user.get("email") or "").strip().lower()
+    if not emails and not domains:
+        refused = (f"no account may sign in yet: the administrator must list {ALLOWED_EMAILS} or "
+                   f"{ALLOWED_DOMAINS} in the secrets")
+    elif not email:
+        refused = "the provider did not give this account's e-mail address"
+    elif st.user.get("email_verified") is False:
+        refused = f"the provider has not verified the address {email}"
+    elif email in emails or email.rpartition("@")[2] in domains:
+        return Access("oidc", True)
+    else:
+        refused = f"{email} is not among the accounts allowed to see this dashboard"
+    return Access("oidc", True, refused=refused)
 
 
 # ----------------------------------------------------------------------------- the gate
@@ -188,7 +227,11 @@ def gate(current: Access | None = None) -> None:
     if current.allowed:
         return
     st.title("CellNiche Explorer")
-    if current.mode == "oidc":
+    if current.refused:
+        st.error(f"Access refused: {current.refused}.")
+        if st.button("Sign out", key="_auth_refused_sign_out"):
+            st.logout()
+    elif current.mode == "oidc":
         _oidc_sign_in()
     else:
         _password_sign_in(current)
@@ -223,17 +266,39 @@ def _password_sign_in(current: Access) -> None:
         submitted = st.form_submit_button("Sign in", type="primary")
     if not submitted:
         return
-    if password and _check(password, current.password_hash or ""):
+    if not password:
+        st.error("Enter the password.")
+        return
+    failures = int(st.session_state.get(_FAILURES, 0))
+    outcome = _check(password, current.password_hash or "", failures)
+    if outcome is None:
+        st.error("Too many sign-in attempts on the server right now; try again in a minute.")
+    elif outcome:
+        st.session_state.pop(_FAILURES, None)
         st.session_state[_SIGNED_IN] = _fingerprint(current.password_hash or "")
         st.rerun()  # a clean run: the linked view, without the form
-    st.error("Wrong password." if password else "Enter the password.")
+    else:
+        st.session_state[_FAILURES] = failures + 1
+        st.error("Wrong password.")
 
 
-def _check(password: str, encoded: str) -> bool:
-    with _sign_in_lock():
+def _check(password: str, encoded: str, failures: int = 0) -> bool | None:
+    """Whether the password is right; None when the server is too busy checking others.
+
+    A wrong password holds the server-wide lock for ``FAILED_ATTEMPT_DELAY_S`` (which
+    bounds guessing across all sessions), then this session waits longer after each of
+    its own failures (up to ``MAX_SESSION_DELAY_S``), outside the lock.
+    """
+    if not _sign_in_lock().acquire(timeout=LOCK_WAIT_S):
+        return None
+    try:
         ok = verify_password(password, encoded)
         if not ok:
             time.sleep(FAILED_ATTEMPT_DELAY_S)
+    finally:
+        _sign_in_lock().release()
+    if not ok and failures:
+        time.sleep(min(MAX_SESSION_DELAY_S, FAILED_ATTEMPT_DELAY_S * 2 ** min(failures, 10)))
     return ok
 
 

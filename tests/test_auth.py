@@ -263,7 +263,7 @@ def test_oidc_named_providers_get_one_button_each(monkeypatch):
 
 
 def test_oidc_signed_in_user_sees_the_views_and_can_sign_out():
-    at = new_app({"run": TINY}, secrets=OIDC,
+    at = new_app({"run": TINY}, secrets={**OIDC, "allowed_domains": ["example.org"]},
                  user={"is_logged_in": True, "email": "ana@example.org", "name": "Ana"}).run()
     assert_clean(at)
     assert at.title[0].value == "Cohort overview"
@@ -275,3 +275,45 @@ def test_oidc_signed_in_user_sees_the_views_and_can_sign_out():
     at.run()
     assert len(at.sidebar.children) == 0
     assert [b.label for b in at.button] == ["Sign in"]
+
+
+@pytest.mark.parametrize("allowed, user, refusal", [
+    ({}, {"email": "ana@example.org"}, "no account may sign in yet"),
+    ({"allowed_emails": ["bo@example.org"]}, {"email": "ana@example.org"}, "is not among the accounts"),
+    ({"allowed_domains": ["example.org"]}, {"email": "eve@example.org.evil.com"}, "is not among the accounts"),
+    ({"allowed_domains": ["example.org"]}, {"email": "ana@example.org", "email_verified": False},
+     "has not verified"),
+    ({"allowed_domains": ["example.org"]}, {}, "did not give this account's e-mail"),
+])
+def test_oidc_accounts_outside_the_allow_list_see_nothing(allowed, user, refusal):
+    at = new_app({"run": TINY}, secrets={**OIDC, **allowed}, user={"is_logged_in": True, **user}).run()
+    assert refusal in at.error[0].value
+    assert len(at.sidebar.children) == 0 and TINY not in rendered_text(at)
+    assert [b.label for b in at.button] == ["Sign out"]
+
+
+def test_oidc_listed_address_gets_in_whatever_its_case():
+    at = new_app({"run": TINY}, secrets={**OIDC, "allowed_emails": ["Ana@Example.org"]},
+                 user={"is_logged_in": True, "email": "ana@example.ORG", "email_verified": True}).run()
+    assert_clean(at)
+    assert at.sidebar.selectbox[0].value == TINY
+
+
+def test_repeated_wrong_passwords_wait_longer_and_a_busy_lock_asks_to_retry(password_hash, monkeypatch):
+    delays = []
+    monkeypatch.setattr(auth.time, "sleep", delays.append)
+    monkeypatch.setattr(auth, "FAILED_ATTEMPT_DELAY_S", 1.0)
+    assert auth._check("guess", password_hash, failures=3) is False
+    assert delays == [1.0, 8.0]  # the server-wide second, then this session's own backoff
+    delays.clear()
+    auth._check("guess", password_hash, failures=40)
+    assert delays == [1.0, auth.MAX_SESSION_DELAY_S]
+
+    monkeypatch.setattr(auth, "LOCK_WAIT_S", 0.01)
+    lock = auth._sign_in_lock()
+    lock.acquire()
+    try:  # another session is being checked: this one is told to come back
+        assert auth._check(PASSWORD, password_hash) is None
+    finally:
+        lock.release()
+    assert auth._check(PASSWORD, password_hash) is True
