@@ -30,7 +30,7 @@ def embed_nodes(
     ``x``, ``indptr``, ``indices`` and ``encoder`` must share a device. The result does
     not depend on ``chunk_size``. ``dtype`` (e.g. ``torch.bfloat16``) runs the layers
     under autocast and keeps the intermediate (n, hidden) arrays in that type, halving
-    their memory; None keeps float32.
+    their memory; the output layer runs in float32. None keeps float32 throughout.
     """
     was_training = encoder.training
     encoder.eval()
@@ -42,10 +42,12 @@ def embed_nodes(
             targets = torch.arange(start, min(start + chunk_size, n), device=x.device)
             src, tgt = sample_neighbours(indptr, indices, targets, 0, generator=None)
             edge_index = torch.stack([src, tgt - start])
-            with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                part = encoder.layer(layer, (h, h[targets]), edge_index, size=(n, targets.numel()))
-            if dtype is not None:
-                part = part.to(dtype)
+            last = layer == encoder.num_layers - 1
+            reduced = dtype is not None and not last  # the output layer always runs in float32
+            src_h = h if (reduced or h.dtype == torch.float32) else h.float()
+            with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=reduced):
+                part = encoder.layer(layer, (src_h, src_h[targets]), edge_index, size=(n, targets.numel()))
+            part = part.to(dtype) if reduced else part.float()
             if out is None:
                 out = torch.empty(n, part.shape[1], dtype=part.dtype, device=part.device)
             out[targets] = part

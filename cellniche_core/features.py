@@ -131,8 +131,10 @@ def fit_features(adata, *, mode: str, cell_type_key: str, seed: int = 0) -> Feat
     return spec
 
 
-#: rows of the expression matrix transformed at a time
+#: rows of the expression matrix transformed at a time (at most)
 FEATURE_CHUNK = 65_536
+#: bytes of one block of expression rows read at once (float64, full width)
+CHUNK_BYTES = 256 * 2**20
 
 
 def make_features(adata, spec: FeatureSpec, *, cell_type_key: str, X=None,
@@ -176,12 +178,14 @@ def make_features(adata, spec: FeatureSpec, *, cell_type_key: str, X=None,
         components = np.asarray(spec.components) if spec.components else None
         source = adata.X if X is None else X
         Z = np.empty((n, len(components) if components is not None else len(spec.genes)), dtype=np.float32)
-        for lo in range(0, n, chunk_size):
-            hi = min(n, lo + chunk_size)
+        # a block of rows is read at full width: keep it near CHUNK_BYTES whatever the gene count
+        rows = max(1, min(chunk_size, CHUNK_BYTES // (8 * max(1, len(var)))))
+        for lo in range(0, n, rows):
+            hi = min(n, lo + rows)
             block = np.empty((hi - lo, len(spec.genes)))
             block[:, ~have] = mean[~have]  # a missing gene sits at the training mean: z = 0
             if have.any():
-                block[:, have] = _transform(_dense_rows(source[lo:hi])[:, pos[have]], spec)
+                block[:, have] = _transform(source[lo:hi][:, pos[have]], spec)  # genes picked before densifying
             z = np.clip((block - mean) / scale, -_CLIP, _CLIP)
             Z[lo:hi] = z @ components.T if components is not None else z
         parts.append(Z)

@@ -71,6 +71,8 @@ def open_backed(path: str | os.PathLike, *, spatial_key: str = Keys.SPATIAL) -> 
         coords = np.asarray(ad.io.read_elem(group["obsm"][spatial_key]))
         if coords.ndim != 2 or coords.shape[0] != len(obs) or coords.shape[1] < 2:
             raise CohortError(f"{path}: obsm[{spatial_key!r}] has shape {coords.shape}; expected ({len(obs)}, 2)")
+        if not np.issubdtype(coords.dtype, np.number):
+            raise CohortError(f"{path}: obsm[{spatial_key!r}] is not numeric (dtype {coords.dtype})")
         if not np.isfinite(coords[:, :2]).all():
             raise CohortError(f"{path}: obsm[{spatial_key!r}] has missing or infinite coordinates")
         X = None
@@ -144,7 +146,7 @@ def embed_file(run_dir: str | os.PathLike, path: str | os.PathLike, out: str | o
         if model.spec.uses_expression and X is None:
             raise CohortError(f"{path}: has no X; the run's model reads expression")
         timings["read"] = time.perf_counter() - t
-        say("embed", f"embedding {cells.n_obs:,} cells (X read {chunk_size:,} rows at a time)")
+        say("embed", f"embedding {cells.n_obs:,} cells (X read from disk a block of rows at a time)")
         t = time.perf_counter()
         alignment = model.embed(cells, device=device, X=X, chunk_size=chunk_size)
         timings["embed"] = time.perf_counter() - t

@@ -76,7 +76,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
     if precision == "bf16":
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    # native bfloat16 from compute capability 8 (A100, H100, RTX 30xx on); older GPUs only
+    # emulate it, slower than float32
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
         return torch.bfloat16
     return None
 
