@@ -47,12 +47,15 @@ def compute_umap(emb: np.ndarray, *, seed: int = 0, max_fit_cells: int = UMAP_FI
 
 
 def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: str | torch.device = "cpu",
-                   chunk_size: int = 16_384) -> np.ndarray:
+                   chunk_bytes: int = 256 * 2**20) -> np.ndarray:
     """(len(query), k) indices of the ``k`` most cosine-similar ``reference`` rows of each query.
 
     A chunked matrix product and top-k on ``device``: exact, and on a GPU far faster than
-    a tree search, which does not help in 32 dimensions anyway.
+    a tree search, which does not help in 32 dimensions anyway. Queries go in chunks whose
+    similarity block stays near ``chunk_bytes``. ``k`` is capped at ``len(reference)``.
     """
+    k = min(k, len(reference))
+    chunk_size = max(1, chunk_bytes // (4 * max(1, len(reference))))
     device = torch.device(device)
     ref = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(reference, np.float32)).to(device), dim=1)
     out = np.empty((len(query), k), dtype=np.int64)
