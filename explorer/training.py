@@ -554,8 +554,9 @@ class JobRegistry:
         if job.status != QUEUED:
             return 0
         with self._lock:
-            waiting = sorted((j.submitted, j.id) for j in self._jobs.values() if j.status == QUEUED)
-        return 1 + [i for _, i in waiting].index(job.id)
+            waiting = [i for _, i in sorted((j.submitted, j.id) for j in self._jobs.values() if j.status == QUEUED)]
+        # the job may have started between the two looks
+        return 1 + waiting.index(job.id) if job.id in waiting else 0
 
     def taken(self, runs_dir: Path) -> set[str]:
         """Names of the runs that active jobs will write into ``runs_dir``."""
@@ -588,9 +589,8 @@ class JobRegistry:
             job = self._queue.get()
             try:
                 job.run()
-            except BaseException as exc:  # never leave a job looking active
+            except BaseException as exc:  # never leave a job looking active, never lose the worker
                 job.error = f"{type(exc).__name__}: {exc}"
                 job._finish(FAILED, "failed")
-                raise
             finally:
                 self._queue.task_done()
