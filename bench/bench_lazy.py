@@ -1,0 +1,99 @@
+"""Memory of embedding a wide cohort from disk: the expression matrix is never held whole.
+
+    python bench/bench_lazy.py [--cells 1000000] [--genes 500]
+
+1. Writes (once, to ``bench/out/lazy/``) a simulated cohort of ``--cells`` cells whose X has
+   ``--genes`` genes: the simulator's 30 marker genes plus noise genes, dense float32.
+2. Trains an expression-mode run (``--features expr``) on one slide of it.
+3. Runs ``python -m cellniche_core embed RUN COHORT --out OUT`` in its own process and
+   prints its wall time and peak resident memory next to the size of X; then, for
+   comparison, the same embedding with the cohort read whole into memory first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def wide_cohort(path: Path, n_cells: int, n_genes: int) -> Path:
+    import anndata as ad
+    import numpy as np
+
+    from cellniche_core.simulate import simulate_cohort
+
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_patients = max(2, n_cells // 50_000)
+    base = simulate_cohort(n_patients=n_patients, cells_per_slide=n_cells // n_patients, slides_per_patient=1,
+                           seed=0)
+    rng = np.random.default_rng(0)
+    X = np.empty((base.n_obs, n_genes), dtype=np.float32)
+    X[:, :base.n_vars] = np.asarray(base.X, dtype=np.float32)
+    for lo in range(0, base.n_obs, 100_000):  # noise genes, a block at a time
+        hi = min(base.n_obs, lo + 100_000)
+        X[lo:hi, base.n_vars:] = rng.poisson(1.0, (hi - lo, n_genes - base.n_vars))
+    names = list(map(str, base.var_names)) + [f"noise{i}" for i in range(n_genes - base.n_vars)]
+    wide = ad.AnnData(X=X, obs=base.obs, obsm={"spatial": base.obsm["spatial"]})
+    wide.var_names = names
+    tmp = path.with_suffix(".tmp.h5ad")
+    wide.write_h5ad(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", type=int, default=1_000_000)
+    p.add_argument("--genes", type=int, default=500)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "lazy")
+    args = p.parse_args()
+    import anndata as ad
+
+    cohort = wide_cohort(args.out / f"wide_{args.cells}x{args.genes}.h5ad", args.cells, args.genes)
+    backed = ad.read_h5ad(cohort, backed="r")
+    n_cells, n_genes = backed.shape
+    one_slide = args.out / "one_slide.h5ad"
+    if not one_slide.exists():
+        first = backed.obs["sample"].astype(str).iloc[0]
+        backed[(backed.obs["sample"].astype(str) == first).to_numpy()].to_memory().write_h5ad(one_slide)
+    backed.file.close()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = args.out / "runs" / "expr"
+    if not (run / "manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "cellniche_core", "fit", str(one_slide), "--out", str(run),
+                        "--features", "expr", "--n-niches", "6", "--no-umap", "--steps", "300", "--quiet",
+                        "--overwrite"], check=True, env=env)
+    out = args.out / "embedded.h5ad"
+    t = time.perf_counter()
+    # GNU time reports the embed process's own peak RSS (kB) on the last line of stderr
+    res = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "cellniche_core", "embed", str(run),
+                          str(cohort), "--out", str(out), "--overwrite", "--quiet"],
+                         check=True, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    peak = int(res.stderr.strip().splitlines()[-1]) / 1e6
+    x_gb = n_cells * n_genes * 4 / 1e9
+    print(f"{n_cells:,} cells x {n_genes} genes (X {x_gb:.1f} GB dense float32 on disk): embedded from disk in "
+          f"{wall:.1f} s, peak RSS {peak:.2f} GB")
+    eager = ("import sys, anndata as ad; from cellniche_core.io import load_run; "
+             "from cellniche_core.cellniche import CellNiche; run = load_run(sys.argv[1]); "
+             "m = CellNiche.from_state(run.model_config, run.state_dict); del run; "
+             "a = ad.read_h5ad(sys.argv[2]); m.embed(a)")
+    t = time.perf_counter()
+    res = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-c", eager, str(run), str(cohort)],
+                         check=True, env=env, capture_output=True, text=True)
+    print(f"the same with the cohort read whole into memory: {time.perf_counter() - t:.1f} s, peak RSS "
+          f"{int(res.stderr.strip().splitlines()[-1]) / 1e6:.2f} GB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
