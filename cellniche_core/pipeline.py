@@ -135,6 +135,7 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
         "n_niches": niche_info["n_niches"],
         "niche_rule": niche_info["rule"],
         "niche_stability": niche_info.get("stability"),
+        "niche_clustering": niche_info.get("clustering"),
         "params": {"graph": options.graph.to_dict(), "train": options.train.to_dict(),
                    "keys": vars(options.keys).copy(), "patient_key": options.patient_key,
                    "n_niches": options.n_niches, "features": options.features},

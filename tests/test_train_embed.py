@@ -179,3 +179,38 @@ def test_umap_places_unfitted_cells_beside_their_own_cluster():
     centroid = np.stack([xy[labels == c].mean(0) for c in range(3)])
     nearest = np.argmin(((xy[:, None, :] - centroid[None]) ** 2).sum(-1), axis=1)
     assert (nearest == labels).mean() > 0.95
+
+
+def test_niche_calling_keeps_rare_niches_apart_when_a_large_one_has_two_parts():
+    """KMeans splits a large two-part niche and merges two rare ones; the merge candidate wins."""
+    from cellniche_core.metrics import agreement
+    from cellniche_core.niches import _kmeans, call_niches
+
+    rng = np.random.default_rng(0)
+
+    def blob(n, centre):
+        return np.asarray(centre + [0] * (8 - len(centre)), float) + rng.normal(scale=0.03, size=(n, 8))
+
+    emb = np.vstack([blob(4500, [1, 0.1]), blob(4500, [1, -0.1]),  # one large niche, two close parts
+                     blob(300, [0, 0, 1]), blob(300, [0, 0, 1, 0.6])]).astype(np.float32)  # two rare niches
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    truth = np.repeat([0, 1, 2], [9000, 300, 300])
+    assert agreement(truth, _kmeans(emb, 3, 0).predict(emb))["ari"] < 0.5
+    labels, info = call_niches(emb, 3, seed=0)
+    assert agreement(truth, labels)["ari"] > 0.99
+    assert info["clustering"]["method"].startswith("merged")
+    silhouettes = info["clustering"]["silhouette"]
+    assert silhouettes[info["clustering"]["method"]] == max(silhouettes.values())
+
+
+def test_niche_calling_keeps_kmeans_for_compact_balanced_niches():
+    from cellniche_core.metrics import agreement
+    from cellniche_core.niches import call_niches
+
+    rng = np.random.default_rng(1)
+    centres = np.eye(8, dtype=np.float32)[:4]
+    truth = rng.integers(0, 4, 4000)
+    emb = centres[truth] + rng.normal(scale=0.05, size=(4000, 8)).astype(np.float32)
+    labels, info = call_niches(emb, 4, seed=0)
+    assert agreement(truth, labels)["ari"] > 0.99
+    assert sorted(np.unique(labels)) == ["N1", "N2", "N3", "N4"]
