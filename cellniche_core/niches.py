@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import sklearn
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
@@ -131,10 +132,11 @@ def _cluster(emb: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, dict]:
         return candidates["kmeans"], {"method": "kmeans"}
     sample = rng.choice(len(emb), min(len(emb), _SILHOUETTE_CELLS), replace=False)
     scores = {}
-    for name, codes in candidates.items():
-        used = np.unique(codes[sample])
-        scores[name] = (float(silhouette_score(emb[sample], codes[sample], metric="cosine"))
-                        if 1 < len(used) < len(sample) else -1.0)
+    with sklearn.config_context(working_memory=128):  # MB of pairwise distances at a time
+        for name, codes in candidates.items():
+            used = np.unique(codes[sample])
+            scores[name] = (float(silhouette_score(emb[sample], codes[sample], metric="cosine"))
+                            if 1 < len(used) < len(sample) else -1.0)
     best = max(scores, key=lambda name: (scores[name], name == "kmeans"))
     return candidates[best], {"method": best, "silhouette": {n: round(v, 4) for n, v in scores.items()}}
 
