@@ -249,15 +249,22 @@ def _add_transfer_parser(sub) -> None:
     transfer.add_argument("--quiet", action="store_true", help="no progress lines (alignment warnings still show)")
 
 
+def _stage_lines(quiet: bool):
+    """An on_stage callback printing "[seconds] stage: message" lines on stderr (nothing when quiet)."""
+    t0 = time.perf_counter()
+
+    def say(stage: str, message: str) -> None:
+        if not quiet:
+            print(f"[{time.perf_counter() - t0:7.1f}s] {stage}: {message}", file=sys.stderr)
+
+    return say
+
+
 def run_transfer(args) -> Path:
     """The ``transfer`` command: annotate the query, report alignment and outcome on stderr."""
     from .transfer import describe_alignment, transfer_file
 
-    t0 = time.perf_counter()
-
-    def say(stage: str, message: str) -> None:
-        if not args.quiet:
-            print(f"[{time.perf_counter() - t0:7.1f}s] {stage}: {message}", file=sys.stderr)
+    say = _stage_lines(args.quiet)
 
     path, report = transfer_file(args.run, args.query, args.out, label_key=args.label_key, device=args.device,
                                  overwrite=args.overwrite, on_stage=say, n_neighbors=args.n_neighbors,
@@ -285,8 +292,9 @@ def _add_embed_parser(sub) -> None:
     embed.add_argument("run", metavar="RUN_DIR", help="run folder written by 'fit' or 'demo'")
     embed.add_argument("input", metavar="INPUT", help=".h5ad file or .zarr store")
     embed.add_argument("--out", required=True, metavar="OUT.h5ad", help="file to write")
-    embed.add_argument("--chunk-size", type=_positive_int, default=65_536, metavar="ROWS",
-                       help="rows of X read at a time (default: %(default)s)")
+    embed.add_argument("--chunk-size", type=_positive_int, default=65_536, metavar="CELLS",
+                       help="cells embedded at a time (X itself is read in blocks of ~256 MB; "
+                            "default: %(default)s)")
     embed.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="auto = CUDA when available (default: %(default)s)")
     embed.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -298,10 +306,7 @@ def run_embed(args) -> Path:
     from .lazy import embed_file
 
     t0 = time.perf_counter()
-
-    def say(stage: str, message: str) -> None:
-        if not args.quiet:
-            print(f"[{time.perf_counter() - t0:7.1f}s] {stage}: {message}", file=sys.stderr)
+    say = _stage_lines(args.quiet)
 
     path, report = embed_file(args.run, args.input, args.out, device=args.device, chunk_size=args.chunk_size,
                               overwrite=args.overwrite, on_stage=say)

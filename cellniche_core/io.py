@@ -865,6 +865,30 @@ def _move_into_place(tmp: Path, run_dir: Path, *, overwrite: bool) -> None:
         old.unlink(missing_ok=True)
 
 
+def check_output(out: Path, source: Path, *, overwrite: bool, what: str = "input") -> None:
+    """Refuse an output that is not an .h5ad, would replace ``source`` (named ``what`` in the
+    message), or exists (unless ``overwrite``)."""
+    if out.suffix.lower() != ".h5ad":
+        raise ValueError(f"{out}: the output must be an .h5ad file")
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"{out}: the output would overwrite the {what}; choose another --out")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+
+
+def write_h5ad_atomic(adata: ad.AnnData, out: Path) -> Path:
+    """Write ``adata`` to a hidden temporary file beside ``out``, then rename it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
 def load_run(run_dir: str | os.PathLike, *, with_weights: bool = True) -> Run:
     """Load a run folder written by :func:`write_run`.
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -28,7 +27,7 @@ import pandas as pd
 import zarr
 
 from .cellniche import CellNiche
-from .io import CohortError, load_run, refuse_outside_data
+from .io import CohortError, check_output, load_run, refuse_outside_data, write_h5ad_atomic
 from .keys import Keys
 
 
@@ -126,12 +125,7 @@ def embed_file(run_dir: str | os.PathLike, path: str | os.PathLike, out: str | o
     """
     say = on_stage or (lambda stage, message: None)
     out, path = Path(out), Path(path)
-    if out.suffix.lower() != ".h5ad":
-        raise ValueError(f"{out}: the output must be an .h5ad file")
-    if out.exists() and path.exists() and out.resolve() == path.resolve():
-        raise ValueError(f"{out}: the output would overwrite the input; choose another --out")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    check_output(out, path, overwrite=overwrite)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     say("read", f"loading the run {run_dir}")
@@ -160,14 +154,7 @@ def embed_file(run_dir: str | os.PathLike, path: str | os.PathLike, out: str | o
     cells.uns["cellniche_embed"] = _plain(report)
 
     say("write", f"writing {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        cells.write_h5ad(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_h5ad_atomic(cells, out)
     return out, report
 
 

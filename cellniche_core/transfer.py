@@ -50,7 +50,6 @@ found by chunked matrix products on the chosen torch device (a 10^6-cell query a
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -61,7 +60,7 @@ import torch
 
 from .cellniche import CellNiche
 from .features import FeatureSpec
-from .io import CohortError, load_run, read_cohort, to_plain, validate_cohort
+from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import UNKNOWN, Keys
 from .train import resolve_device
 
@@ -512,12 +511,7 @@ def transfer_file(run_dir: str | os.PathLike, query_path: str | os.PathLike, out
     """
     say = on_stage or (lambda stage, message: None)
     out, query_path = Path(out), Path(query_path)
-    if out.exists() and query_path.exists() and out.resolve() == query_path.resolve():
-        raise ValueError(f"{out}: the output would overwrite the query file; choose another --out")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
-    if out.suffix.lower() != ".h5ad":
-        raise ValueError(f"{out}: the output must be an .h5ad file")
+    check_output(out, query_path, overwrite=overwrite, what="query file")
 
     say("read", f"loading the reference run {run_dir}")
     run = load_run(run_dir)
@@ -527,12 +521,5 @@ def transfer_file(run_dir: str | os.PathLike, query_path: str | os.PathLike, out
     report = annotate_query(run, query, label_key=label_key, device=device, source=query_path, **options)
 
     say("write", f"writing {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        query.write_h5ad(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_h5ad_atomic(query, out)
     return out, report
