@@ -213,6 +213,8 @@ def neighbourhood_kernel(indptr, indices, targets, fanouts, local, n_id, edges, 
             grown = np.empty((2, 2 * (e + bound)), dtype=np.int64)
             grown[:, :e] = edges[:, :e]
             edges = grown
+        # the edge-adding lines are written out in both branches: a helper function, even
+        # inlined by numba, made this loop about 2.5x slower
         for i in range(lo, hi):
             node = n_id[i]
             first = indptr[node]
