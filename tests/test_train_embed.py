@@ -214,3 +214,14 @@ def test_niche_calling_keeps_kmeans_for_compact_balanced_niches():
     labels, info = call_niches(emb, 4, seed=0)
     assert agreement(truth, labels)["ari"] > 0.99
     assert sorted(np.unique(labels)) == ["N1", "N2", "N3", "N4"]
+
+
+def test_training_runs_on_the_torch_sampler_used_on_gpus(tiny, monkeypatch):
+    """The vectorised torch sampler (the GPU path) trains too; forced here on the CPU."""
+    from cellniche_core import sampling
+
+    monkeypatch.setenv("CELLNICHE_SAMPLER", "torch")
+    assert not sampling.compiled_kernels(torch.device("cpu"))
+    m = CellNiche(config=TrainConfig(n_steps=40, seed=0, strategy="and")).fit(tiny.copy(), device="cpu")
+    assert np.isfinite(m.history.loss).all() and np.mean(m.history.loss[-10:]) < np.mean(m.history.loss[:10])
+    assert m.history.mean_positives_per_cell > 0
