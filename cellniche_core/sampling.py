@@ -186,7 +186,7 @@ def sample_walk_batch(
         from . import sampling_cpu as k
 
         count, local = k.SCRATCH.arrays(indptr.numel() - 1)
-        ip, ix = indptr.numpy(), indices.numpy()
+        ip, ix = k.SCRATCH.graph(indptr, indices)
         walks = k.walks_kernel(ip, ix, start.numpy(), walk_length, k.rng_state(generator))
         co = CoVisits(*(torch.from_numpy(a) for a in k.co_visits_kernel(walks, seeds.numpy(), count, local)))
     else:
@@ -310,11 +310,12 @@ def sample_neighbourhood(
 
         state = k.rng_state(generator) if generator is not None else np.ones(1, dtype=np.uint64)
         scratch = k.SCRATCH
-        _, local = scratch.arrays(indptr.numel() - 1)
+        scratch.arrays(indptr.numel() - 1)
+        ip, ix = scratch.graph(indptr, indices)
         n_id, edges, nodes_per_hop, edges_per_hop, scratch.edges = k.neighbourhood_kernel(
-            indptr.numpy(), indices.numpy(), targets.numpy(), np.asarray(fanouts, dtype=np.int64), local,
+            ip, ix, targets.numpy(), np.asarray(fanouts, dtype=np.int64), scratch.local32,
             scratch.n_id, scratch.edges, state)
-        return Neighbourhood(n_id=torch.from_numpy(n_id), edge_index=torch.from_numpy(edges),
+        return Neighbourhood(n_id=torch.from_numpy(n_id.astype(np.int64)), edge_index=torch.from_numpy(edges),
                              n_targets=targets.numel(), nodes_per_hop=tuple(int(v) for v in nodes_per_hop),
                              edges_per_hop=tuple(int(v) for v in edges_per_hop))
     n = indptr.numel() - 1

@@ -190,6 +190,8 @@ def test_compiled_and_torch_samplers_agree(monkeypatch):
         return sorted(zip(h.n_id[h.edge_index[0]].tolist(), h.n_id[h.edge_index[1]].tolist()))
 
     assert edges(fast) == edges(slow)
+    assert fast.n_id.dtype == slow.n_id.dtype == torch.int64
+    assert (k.SCRATCH.local32 == -1).all()
     for h in (fast, slow):
         for hop in range(1, 3):  # each hop's new cells are reached at that hop
             before = set(h.n_id[:h.nodes_per_hop[hop - 1]].tolist())
@@ -239,6 +241,7 @@ def test_neighbourhood_refuses_repeated_or_unknown_targets():
     for bad in ([0, 0], [0, 5], [-1]):
         with pytest.raises(ValueError, match="distinct cell ids"):
             sample_neighbourhood(indptr, indices, torch.tensor(bad), (2,), generator=torch.Generator())
-    assert (k.SCRATCH.arrays(2)[1] == -1).all()  # scratch left clean after a refusal
+    k.SCRATCH.arrays(2)
+    assert (k.SCRATCH.local32 == -1).all()  # scratch left clean after a refusal
     h = sample_neighbourhood(indptr, indices, torch.tensor([1]), (2,), generator=torch.Generator())
     assert h.n_id.tolist() == [1, 0]
