@@ -80,7 +80,7 @@ class CellNiche:
         self.spec = fit_features(adata, mode=self._mode(adata), cell_type_key=self.keys.cell_type_key,
                                  seed=self.config.seed)
         x_np, _ = make_features(adata, self.spec, cell_type_key=self.keys.cell_type_key)
-        graph = graph or spatial_graph(adata, self.graph, self.keys)
+        graph = graph if graph is not None else spatial_graph(adata, self.graph, self.keys)
         profiles = None
         if self.config.strategy != "freq":
             profiles = torch.from_numpy(neighbourhood_profiles(x_np, graph.indptr, graph.indices)).to(dev)
@@ -104,7 +104,7 @@ class CellNiche:
             raise RuntimeError("the model is not trained: call fit() or load a run first")
         dev = resolve_device(device)
         x_np, report = make_features(adata, self.spec, cell_type_key=self.keys.cell_type_key, X=X)
-        graph = graph or spatial_graph(adata, self.graph, self.keys)
+        graph = graph if graph is not None else spatial_graph(adata, self.graph, self.keys)
         indptr, indices = _csr_tensors(graph, dev)
         encoder = self.model.encoder.to(dev)
         adata.obsm[key_added] = embed_nodes(encoder, torch.from_numpy(x_np).to(dev), indptr, indices,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -14,6 +13,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from malformed import valid_file
 
 from cellniche_core import io
 from cellniche_core.io import CohortError, list_runs, load_run, read_cohort, validate_cohort
@@ -42,13 +42,7 @@ def make_adata(
 
 
 def write(adata: ad.AnnData, path: Path) -> Path:
-    if path.suffix == ".zarr":
-        with warnings.catch_warnings():  # anndata's notice about the zarr format default
-            warnings.simplefilter("ignore", UserWarning)
-            adata.write_zarr(path)
-    else:
-        adata.write_h5ad(path)
-    return path
+    return valid_file(path, adata)  # .h5ad or .zarr by suffix
 
 
 def digest(path: Path) -> str:
