@@ -33,7 +33,7 @@ def measure(n_cells: int, device: str, steps: int, threads: int) -> dict:
     from cellniche_core.layout import compute_umap
     from cellniche_core.metrics import agreement
     from cellniche_core.niches import call_niches
-    from cellniche_core.sampling import sample_neighbourhood, sample_walk_batch
+    from cellniche_core.sampling import sample_batch
     from cellniche_core.simulate import simulate_cohort
     from cellniche_core.train import TrainConfig, resolve_device
 
@@ -62,9 +62,8 @@ def measure(n_cells: int, device: str, steps: int, threads: int) -> dict:
 
     def one_batch():
         seeds = torch.randint(0, n, (cfg.seeds_per_batch,), generator=gen, device=dev)
-        b = sample_walk_batch(indptr, indices, seeds, walks_per_seed=cfg.walks_per_seed,
-                              walk_length=cfg.walk_length, generator=gen)
-        return sample_neighbourhood(indptr, indices, b.nodes, cfg.fanouts, generator=gen)
+        return sample_batch(indptr, indices, seeds, walks_per_seed=cfg.walks_per_seed,
+                            walk_length=cfg.walk_length, fanouts=cfg.fanouts, generator=gen)[1]
 
     for _ in range(3):
         one_batch()

@@ -2,10 +2,10 @@
 
 Tensor-only and device-agnostic: every function works on whatever device its CSR tensors
 live on, with a ``torch.Generator`` on that device. There is no loop over cells: the only
-Python loops run over walk steps and GNN layers. On a CPU, :func:`sample_walk_batch` and
-:func:`sample_neighbourhood` run compiled kernels (:mod:`cellniche_core.sampling_cpu`)
-that apply the same rules several times faster; set ``CELLNICHE_SAMPLER=torch`` to use
-the torch code there too.
+Python loops run over walk steps and GNN layers. On a CPU, :func:`sample_walk_batch`,
+:func:`sample_neighbourhood` and :func:`sample_batch` (both at once, as training uses
+them) run compiled kernels (:mod:`cellniche_core.sampling_cpu`) that apply the same rules
+several times faster; set ``CELLNICHE_SAMPLER=torch`` to use the torch code there too.
 
 CSR convention: the neighbours of node ``i`` are ``indices[indptr[i]:indptr[i + 1]]``.
 """
@@ -21,15 +21,26 @@ import torch
 STRATEGIES = ("freq", "sim", "and", "or")
 
 
+_KERNELS: object = False  # the compiled kernels' module once imported; None without numba
+
+
+def _kernels(device: torch.device):
+    """The compiled CPU kernels' module for tensors on ``device``, or None (torch code)."""
+    global _KERNELS
+    if device.type != "cpu" or os.environ.get("CELLNICHE_SAMPLER", "auto") == "torch":
+        return None
+    if _KERNELS is False:  # imported once: an import statement per batch costs ~10 us
+        try:
+            from . import sampling_cpu
+        except ImportError:  # numba missing: the torch code does the same work
+            sampling_cpu = None
+        _KERNELS = sampling_cpu
+    return _KERNELS
+
+
 def compiled_kernels(device: torch.device) -> bool:
     """Whether the sampler runs the compiled CPU kernels for tensors on ``device``."""
-    if device.type != "cpu" or os.environ.get("CELLNICHE_SAMPLER", "auto") == "torch":
-        return False
-    try:
-        from . import sampling_cpu  # noqa: F401
-    except ImportError:  # numba missing: the torch code does the same work
-        return False
-    return True
+    return _kernels(device) is not None
 
 
 def random_walks(
@@ -181,22 +192,23 @@ def sample_walk_batch(
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy != "freq" and profiles is None:
         raise ValueError(f"strategy {strategy!r} needs expression profiles")
-    start = seeds.repeat_interleave(walks_per_seed)
-    if compiled_kernels(seeds.device):
-        from . import sampling_cpu as k
-
-        count, local = k.SCRATCH.arrays(indptr.numel() - 1)
-        ip, ix = k.SCRATCH.graph(indptr, indices)
-        walks = k.walks_kernel(ip, ix, start.numpy(), walk_length, k.rng_state(generator))
-        co = CoVisits(*(torch.from_numpy(a) for a in k.co_visits_kernel(walks, seeds.numpy(), count, local)))
+    k = _kernels(seeds.device)
+    if k is not None:
+        ip, ix, count, local = _kernel_inputs(k, indptr, indices, walks_per_seed, walk_length)
+        nodes, first, second, shared = k.walk_batch_kernel(ip, ix, seeds.numpy(), walks_per_seed, walk_length,
+                                                           count, local, k.rng_state(generator))
+        if strategy == "freq":
+            return WalkBatch(nodes=torch.from_numpy(nodes), pairs=torch.from_numpy(k.frequent_pairs(first, second,
+                                                                                                    shared)))
+        co = CoVisits(*(torch.from_numpy(a) for a in (nodes, first, second, shared)))
     else:
-        walks = random_walks(indptr, indices, start, walk_length, generator=generator)
+        walks = random_walks(indptr, indices, seeds.repeat_interleave(walks_per_seed), walk_length, generator=generator)
         co = co_visits(walks, seeds, indptr.numel() - 1)
     nodes, m, device = co.nodes, co.nodes.numel(), seeds.device
 
     frequent = torch.zeros(0, dtype=torch.bool, device=device)
-    if strategy in ("freq", "and", "or"):
-        frequent = co.walks.float() > co.walks.float().mean() if co.walks.numel() else co.walks.bool()
+    if strategy in ("freq", "and", "or"):  # shared by more walks than the mean pair (exact in integers)
+        frequent = co.walks * co.walks.numel() > co.walks.sum()
     if strategy == "freq":
         return WalkBatch(nodes=nodes, pairs=torch.stack([co.first[frequent], co.second[frequent]]))
 
@@ -305,19 +317,13 @@ def sample_neighbourhood(
     All sampled edges are returned together, so running a ``len(fanouts)``-layer GNN on
     the subgraph gives the targets exactly the receptive field that was sampled.
     """
-    if compiled_kernels(targets.device) and (generator is not None or all(f <= 0 for f in fanouts)):
-        from . import sampling_cpu as k
-
+    k = _kernels(targets.device)
+    if k is not None and (generator is not None or all(f <= 0 for f in fanouts)):
         state = k.rng_state(generator) if generator is not None else np.ones(1, dtype=np.uint64)
-        scratch = k.SCRATCH
-        scratch.arrays(indptr.numel() - 1)
-        ip, ix = scratch.graph(indptr, indices)
-        n_id, edges, nodes_per_hop, edges_per_hop, scratch.edges = k.neighbourhood_kernel(
-            ip, ix, targets.numpy(), np.asarray(fanouts, dtype=np.int64), scratch.local32,
-            scratch.n_id, scratch.edges, state)
-        return Neighbourhood(n_id=torch.from_numpy(n_id.astype(np.int64)), edge_index=torch.from_numpy(edges),
-                             n_targets=targets.numel(), nodes_per_hop=tuple(int(v) for v in nodes_per_hop),
-                             edges_per_hop=tuple(int(v) for v in edges_per_hop))
+        ip, ix, _, local = _kernel_inputs(k, indptr, indices)
+        n_id, edges, nodes_per_hop, edges_per_hop = k.neighbourhood_kernel(
+            ip, ix, targets.numpy(), np.asarray(fanouts, dtype=np.int64), local, k.SCRATCH.edge_guess(), state)
+        return _neighbourhood(k, n_id, edges, nodes_per_hop, edges_per_hop)
     n = indptr.numel() - 1
     device = targets.device
     reached = torch.zeros(n, dtype=torch.bool, device=device)
@@ -346,3 +352,50 @@ def sample_neighbourhood(
     edge_index = torch.stack([local[src], local[tgt]])
     return Neighbourhood(n_id=n_id, edge_index=edge_index, n_targets=targets.numel(),
                          nodes_per_hop=tuple(nodes_per_hop), edges_per_hop=tuple(edges_per_hop))
+
+
+def sample_batch(
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    seeds: torch.Tensor,
+    *,
+    walks_per_seed: int,
+    walk_length: int,
+    fanouts: tuple[int, ...],
+    generator: torch.Generator,
+    strategy: str = "freq",
+    profiles: torch.Tensor | None = None,
+) -> tuple[WalkBatch, Neighbourhood]:
+    """A training batch: :func:`sample_walk_batch` from ``seeds``, then
+    :func:`sample_neighbourhood` of the batch cells, with the same rules.
+
+    On a CPU with the ``freq`` strategy both run in one compiled call, which saves the
+    per-call costs that dominate small batches.
+    """
+    k = _kernels(seeds.device)
+    if k is None or strategy != "freq":
+        batch = sample_walk_batch(indptr, indices, seeds, walks_per_seed=walks_per_seed, walk_length=walk_length,
+                                  generator=generator, strategy=strategy, profiles=profiles)
+        return batch, sample_neighbourhood(indptr, indices, batch.nodes, fanouts, generator=generator)
+    ip, ix, count, local = _kernel_inputs(k, indptr, indices, walks_per_seed, walk_length)
+    nodes, pairs, *hood = k.batch_kernel(ip, ix, seeds.numpy(), walks_per_seed, walk_length,
+                                         np.asarray(fanouts, dtype=np.int64), count, local,
+                                         k.SCRATCH.edge_guess(), k.rng_state(generator))
+    return WalkBatch(nodes=torch.from_numpy(nodes), pairs=torch.from_numpy(pairs)), _neighbourhood(k, *hood)
+
+
+def _kernel_inputs(k, indptr: torch.Tensor, indices: torch.Tensor, walks_per_seed: int = 0, walk_length: int = 0):
+    """(indptr, indices, count, local) numpy arrays for the compiled kernels."""
+    count, local = k.SCRATCH.arrays(indptr.numel() - 1)
+    if walks_per_seed * (walk_length + 1) > np.iinfo(count.dtype).max:  # more visits per seed than it holds
+        count = np.zeros(count.size, dtype=np.int64)
+    return (*k.SCRATCH.graph(indptr, indices), count, local)
+
+
+def _neighbourhood(k, n_id: np.ndarray, edges: np.ndarray, nodes_per_hop: np.ndarray,
+                   edges_per_hop: np.ndarray) -> Neighbourhood:
+    """A :class:`Neighbourhood` from the neighbourhood kernel's arrays."""
+    k.SCRATCH.hood_edges = edges.shape[1]
+    return Neighbourhood(n_id=torch.from_numpy(n_id), edge_index=torch.from_numpy(edges),
+                         n_targets=int(nodes_per_hop[0]), nodes_per_hop=tuple(nodes_per_hop.tolist()),
+                         edges_per_hop=tuple(edges_per_hop.tolist()))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .model import LearnableTemperature, NicheEncoder, ProjectionHead, multi_positive_info_nce
-from .sampling import Neighbourhood, sample_neighbourhood, sample_walk_batch
+from .sampling import Neighbourhood, sample_batch
 
 #: progress callback: (step, n_steps, loss)
 Progress = Callable[[int, int, float], None]
@@ -196,10 +196,9 @@ def train_model(
     model.train()
     for step in range(n_steps):
         seeds = torch.randint(0, n, (config.seeds_per_batch,), generator=gen, device=device)
-        batch = sample_walk_batch(indptr, indices, seeds, walks_per_seed=config.walks_per_seed,
-                                  walk_length=config.walk_length, generator=gen,
-                                  strategy=config.strategy, profiles=profiles)
-        hood = sample_neighbourhood(indptr, indices, batch.nodes, config.fanouts, generator=gen)
+        batch, hood = sample_batch(indptr, indices, seeds, walks_per_seed=config.walks_per_seed,
+                                   walk_length=config.walk_length, fanouts=config.fanouts, generator=gen,
+                                   strategy=config.strategy, profiles=profiles)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             z = ddp_model(x[hood.n_id], hood)
         # the loss (exponentials over the batch) stays in float32

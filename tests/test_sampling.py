@@ -191,7 +191,7 @@ def test_compiled_and_torch_samplers_agree(monkeypatch):
 
     assert edges(fast) == edges(slow)
     assert fast.n_id.dtype == slow.n_id.dtype == torch.int64
-    assert (k.SCRATCH.local32 == -1).all()
+    assert (k.SCRATCH.local == -1).all()
     for h in (fast, slow):
         for hop in range(1, 3):  # each hop's new cells are reached at that hop
             before = set(h.n_id[:h.nodes_per_hop[hop - 1]].tolist())
@@ -242,6 +242,114 @@ def test_neighbourhood_refuses_repeated_or_unknown_targets():
         with pytest.raises(ValueError, match="distinct cell ids"):
             sample_neighbourhood(indptr, indices, torch.tensor(bad), (2,), generator=torch.Generator())
     k.SCRATCH.arrays(2)
-    assert (k.SCRATCH.local32 == -1).all()  # scratch left clean after a refusal
+    assert (k.SCRATCH.local == -1).all()  # scratch left clean after a refusal
     h = sample_neighbourhood(indptr, indices, torch.tensor([1]), (2,), generator=torch.Generator())
     assert h.n_id.tolist() == [1, 0]
+
+
+class XorShift:
+    """The compiled kernels' generator, written out in Python."""
+
+    def __init__(self, state: int):
+        self.x = state
+
+    def below(self, bound: int) -> int:
+        m = (1 << 64) - 1
+        x = self.x
+        x ^= x >> 12
+        x = (x ^ (x << 25)) & m
+        x ^= x >> 27
+        self.x = x
+        r = ((x * 0x2545F4914F6CDD1D) & m) >> 32
+        return (r * bound) >> 32
+
+
+def reference_neighbourhood(indptr, indices, targets, fanouts, state: int):
+    """The neighbourhood rules cell by cell, with the kernels' draws: a cell with more
+    neighbours than the fanout keeps the distinct drawn slots in slot order, and new
+    cells are numbered in the order their edges are listed."""
+    rng = XorShift(state)
+    n_id = list(targets)
+    local = {c: i for i, c in enumerate(n_id)}
+    edges, lo = [], 0
+    for fanout in fanouts:
+        hi = len(n_id)
+        for i in range(lo, hi):
+            row = indices[indptr[n_id[i]]:indptr[n_id[i] + 1]]
+            if fanout <= 0 or len(row) <= fanout:
+                slots = range(len(row))
+            else:
+                slots = sorted({rng.below(len(row)) for _ in range(fanout)})
+            for j in slots:
+                nb = int(row[j])
+                if nb not in local:
+                    local[nb] = len(n_id)
+                    n_id.append(nb)
+                edges.append((local[nb], i))
+        lo = hi
+    return n_id, edges
+
+
+def test_neighbourhood_kernel_matches_a_cell_by_cell_reference():
+    """Same generator state -> exactly the reference's cells and edges, for cells with
+    few neighbours (all taken), more than the fanout (bit-mask draws) and over 64 (sorted draws)."""
+    from cellniche_core import sampling_cpu as k
+    from cellniche_core.graph import build_knn_graph
+
+    g = build_knn_graph(np.random.default_rng(4).uniform(0, 300, (1500, 2)))
+    # a hub linked to 150 cells: its degree passes the 64 slots of the bit mask
+    hub_links = [(0, int(c)) for c in range(1, 151)]
+    edges = [(int(a), int(b)) for a in range(1500) for b in g.indices[g.indptr[a]:g.indptr[a + 1]] if a < b]
+    indptr, indices = csr(edges + hub_links, 1500)
+    ip, ix = indptr.numpy(), indices.numpy()
+    assert np.diff(ip).max() > 64 and np.diff(ip).min() <= 15  # fanout 15 takes some cells whole
+    local = np.full(1500, -1, dtype=np.int32)
+    targets = np.array([0, 7, 300, 301, 1200], dtype=np.int64)
+    for fanouts in ([15, 10], [6, 6, 3], [0, 4]):
+        for seed in (1, 99, 2**40 + 3):
+            state = np.array([seed], dtype=np.uint64)
+            n_id, e, nodes_per_hop, edges_per_hop = k.neighbourhood_kernel(
+                ip, ix, targets, np.array(fanouts, dtype=np.int64), local, 0, state)
+            want_ids, want_edges = reference_neighbourhood(ip, ix, targets.tolist(), fanouts, seed)
+            assert n_id.tolist() == want_ids
+            assert list(zip(e[0].tolist(), e[1].tolist())) == want_edges
+            assert nodes_per_hop[-1] == len(want_ids) and edges_per_hop[-1] == len(want_edges)
+            assert (local == -1).all()
+
+
+def test_sample_batch_is_a_walk_batch_and_its_neighbourhood(monkeypatch):
+    """The fused training call: positives within the batch, the batch cells as the
+    neighbourhood's targets, and sampled edges that are real, distinct and capped; on the
+    compiled path and the torch path."""
+    from cellniche_core.graph import build_knn_graph
+    from cellniche_core.sampling import sample_batch
+
+    g = build_knn_graph(np.random.default_rng(5).uniform(0, 400, (3000, 2)))
+    indptr, indices = torch.from_numpy(g.indptr), torch.from_numpy(g.indices)
+    for mode in ("compiled", "torch"):
+        if mode == "torch":
+            monkeypatch.setenv("CELLNICHE_SAMPLER", "torch")
+        seeds = torch.tensor([10, 500, 501, 2999])
+        batch, hood = sample_batch(indptr, indices, seeds, walks_per_seed=10, walk_length=3, fanouts=(15, 5),
+                                   generator=torch.Generator().manual_seed(0))
+        nodes = batch.nodes.tolist()
+        assert set(seeds.tolist()) <= set(nodes) and len(set(nodes)) == len(nodes)
+        assert batch.pairs.shape[1] > 0 and (batch.pairs[0] < batch.pairs[1]).all()
+        assert int(batch.pairs.max()) < len(nodes)
+        assert hood.n_id[:hood.n_targets].tolist() == nodes and hood.n_id.dtype == torch.int64
+        src, tgt = hood.n_id[hood.edge_index[0]].tolist(), hood.n_id[hood.edge_index[1]].tolist()
+        assert len(set(zip(src, tgt))) == len(src)
+        for s, t in zip(src, tgt):
+            assert s in g.indices[g.indptr[t]:g.indptr[t + 1]]
+        per_target = np.bincount(hood.edge_index[1].numpy())
+        assert per_target[:hood.n_targets].max() <= 15 and per_target[hood.n_targets:].max() <= 5
+
+
+def test_compiled_walk_batch_counts_past_the_scratch_counter():
+    """More visits per seed than the 16-bit visit counter holds: counted exactly all the same."""
+    # a star: centre 0, leaves 1..3; walks 1 -> 0 -> leaf -> 0 visit the centre twice
+    # per walk, more than the mean cell (once per walk), so it joins the batch
+    indptr, indices = csr([(0, 1), (0, 2), (0, 3)], 4)
+    batch = sample_walk_batch(indptr, indices, torch.tensor([1]), walks_per_seed=40_000, walk_length=3,
+                              generator=torch.Generator().manual_seed(0))
+    assert 0 in batch.nodes.tolist()
