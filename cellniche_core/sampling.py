@@ -105,7 +105,8 @@ class CoVisits:
     Attributes
     ----------
     nodes
-        (m,) sorted global ids of the batch cells.
+        (m,) distinct global ids of the batch cells: sorted on the torch path, in the
+        kernels' cell order on the compiled CPU path.
     first, second
         (p,) local ids (into ``nodes``, ``first < second``) of every pair of batch cells
         that share at least one walk.
@@ -194,9 +195,10 @@ def sample_walk_batch(
         raise ValueError(f"strategy {strategy!r} needs expression profiles")
     k = _kernels(seeds.device)
     if k is not None:
-        ip, ix, count, local = _kernel_inputs(k, indptr, indices, walks_per_seed, walk_length)
-        nodes, first, second, shared = k.walk_batch_kernel(ip, ix, seeds.numpy(), walks_per_seed, walk_length,
-                                                           count, local, k.rng_state(generator))
+        ip, ix, order, rank, count, local = _kernel_inputs(k, indptr, indices, walks_per_seed, walk_length)
+        nodes, first, second, shared = k.walk_batch_kernel(ip, ix, k.to_inner(rank, seeds.numpy()), walks_per_seed,
+                                                           walk_length, count, local, k.rng_state(generator))
+        nodes = order[nodes]  # sorted in the kernels' order, not by id
         if strategy == "freq":
             return WalkBatch(nodes=torch.from_numpy(nodes), pairs=torch.from_numpy(k.frequent_pairs(first, second,
                                                                                                     shared)))
@@ -320,10 +322,11 @@ def sample_neighbourhood(
     k = _kernels(targets.device)
     if k is not None and (generator is not None or all(f <= 0 for f in fanouts)):
         state = k.rng_state(generator) if generator is not None else np.ones(1, dtype=np.uint64)
-        ip, ix, _, local = _kernel_inputs(k, indptr, indices)
+        ip, ix, order, rank, _, local = _kernel_inputs(k, indptr, indices)
         n_id, edges, nodes_per_hop, edges_per_hop = k.neighbourhood_kernel(
-            ip, ix, targets.numpy(), np.asarray(fanouts, dtype=np.int64), local, k.SCRATCH.edge_guess(), state)
-        return _neighbourhood(k, n_id, edges, nodes_per_hop, edges_per_hop)
+            ip, ix, k.to_inner(rank, targets.numpy()), np.asarray(fanouts, dtype=np.int64), local,
+            k.SCRATCH.edge_guess(), state)
+        return _neighbourhood(k, order[n_id], edges, nodes_per_hop, edges_per_hop)
     n = indptr.numel() - 1
     device = targets.device
     reached = torch.zeros(n, dtype=torch.bool, device=device)
@@ -377,15 +380,16 @@ def sample_batch(
         batch = sample_walk_batch(indptr, indices, seeds, walks_per_seed=walks_per_seed, walk_length=walk_length,
                                   generator=generator, strategy=strategy, profiles=profiles)
         return batch, sample_neighbourhood(indptr, indices, batch.nodes, fanouts, generator=generator)
-    ip, ix, count, local = _kernel_inputs(k, indptr, indices, walks_per_seed, walk_length)
-    nodes, pairs, *hood = k.batch_kernel(ip, ix, seeds.numpy(), walks_per_seed, walk_length,
+    ip, ix, order, rank, count, local = _kernel_inputs(k, indptr, indices, walks_per_seed, walk_length)
+    nodes, pairs, *hood = k.batch_kernel(ip, ix, order, rank, seeds.numpy(), walks_per_seed, walk_length,
                                          np.asarray(fanouts, dtype=np.int64), count, local,
                                          k.SCRATCH.edge_guess(), k.rng_state(generator))
     return WalkBatch(nodes=torch.from_numpy(nodes), pairs=torch.from_numpy(pairs)), _neighbourhood(k, *hood)
 
 
 def _kernel_inputs(k, indptr: torch.Tensor, indices: torch.Tensor, walks_per_seed: int = 0, walk_length: int = 0):
-    """(indptr, indices, count, local) numpy arrays for the compiled kernels."""
+    """(indptr, indices, order, rank, count, local) for the compiled kernels: the graph in
+    their own cell order (see :meth:`sampling_cpu.Scratch.graph`) and their scratch tables."""
     count, local = k.SCRATCH.arrays(indptr.numel() - 1)
     if walks_per_seed * (walk_length + 1) > np.iinfo(count.dtype).max:  # more visits per seed than it holds
         count = np.zeros(count.size, dtype=np.int64)
