@@ -106,7 +106,7 @@ class CoVisits:
     ----------
     nodes
         (m,) distinct global ids of the batch cells: sorted on the torch path, in the
-        kernels' cell order on the compiled CPU path.
+        order they joined on the compiled CPU path.
     first, second
         (p,) local ids (into ``nodes``, ``first < second``) of every pair of batch cells
         that share at least one walk.
@@ -198,7 +198,7 @@ def sample_walk_batch(
         ip, ix, order, rank, count, local = _kernel_inputs(k, indptr, indices, walks_per_seed, walk_length)
         nodes, first, second, shared = k.walk_batch_kernel(ip, ix, k.to_inner(rank, seeds.numpy()), walks_per_seed,
                                                            walk_length, count, local, k.rng_state(generator))
-        nodes = order[nodes]  # sorted in the kernels' order, not by id
+        nodes = order[nodes]
         if strategy == "freq":
             return WalkBatch(nodes=torch.from_numpy(nodes), pairs=torch.from_numpy(k.frequent_pairs(first, second,
                                                                                                     shared)))

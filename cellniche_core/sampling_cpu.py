@@ -78,9 +78,9 @@ def co_visits_kernel(walks, seeds, count, local):
     ``count`` (zeros, wide enough for one seed's visits) and ``local`` (int32, -1) are
     scratch arrays with one entry per graph cell; they are left as they were found.
 
-    Returns (nodes, first, second, shared): sorted batch cell ids, and for every pair of
-    batch cells sharing a walk their local ids (first < second) and the number of walks
-    they share, pairs ordered by (first, second).
+    Returns (nodes, first, second, shared): the batch cell ids in the order they joined,
+    and for every pair of batch cells sharing a walk their local ids (first < second) and
+    the number of walks they share, pairs grouped by first.
     """
     n_seeds = seeds.shape[0]
     per_seed = walks.shape[0] // max(n_seeds, 1)
@@ -111,7 +111,7 @@ def co_visits_kernel(walks, seeds, count, local):
                 members[m] = c
                 m += 1
             count[c] = 0
-    nodes = np.sort(members[:m])
+    nodes = members[:m].copy()  # in the order they joined: sorting them bought nothing
     for i in range(m):
         local[nodes[i]] = i
 
@@ -156,19 +156,23 @@ def co_visits_kernel(walks, seeds, count, local):
     first = np.empty(p, dtype=np.int64)
     second = np.empty(p, dtype=np.int64)
     shared = np.empty(p, dtype=np.int64)
+    # count each bucket's repeats through two small tables: where each second cell was
+    # last seen (``mark``) and at which output row (``row``); no sorting
+    mark = np.full(m, -1, dtype=np.int32)
+    row = np.empty(m, dtype=np.int64)
     out = 0
     for lo in range(m):
-        _insertion_sort(bucket, start[lo], start[lo + 1])
-        i, end = start[lo], start[lo + 1]
-        while i < end:
-            j = i + 1
-            while j < end and bucket[j] == bucket[i]:
-                j += 1
-            first[out] = lo
-            second[out] = bucket[i]
-            shared[out] = j - i
-            out += 1
-            i = j
+        for q in range(start[lo], start[lo + 1]):
+            hi = bucket[q]
+            if mark[hi] != lo:
+                mark[hi] = lo
+                row[hi] = out
+                first[out] = lo
+                second[out] = hi
+                shared[out] = 1
+                out += 1
+            else:
+                shared[row[hi]] += 1
     for i in range(m):
         local[nodes[i]] = -1
     return nodes, first[:out], second[:out], shared[:out]

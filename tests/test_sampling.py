@@ -174,8 +174,14 @@ def test_compiled_and_torch_samplers_agree(monkeypatch):
     ours = co_visits(walks, seeds, 800)
     count, local = k.SCRATCH.arrays(800)
     compiled = k.co_visits_kernel(walks.numpy(), seeds.numpy(), count, local)
-    for a, b in zip((ours.nodes, ours.first, ours.second, ours.walks), compiled):
-        assert a.tolist() == b.tolist()
+
+    def by_id(nodes, first, second, shared):
+        nodes = np.asarray(nodes)
+        return {(min(a, b), max(a, b)): int(c) for a, b, c in zip(nodes[first], nodes[second], shared)}
+
+    assert sorted(compiled[0].tolist()) == ours.nodes.tolist()
+    assert (compiled[1] < compiled[2]).all() and len(compiled[1]) == len(ours.first)
+    assert by_id(*compiled) == by_id(ours.nodes, ours.first, ours.second, ours.walks)
     assert (count == 0).all() and (local == -1).all()  # scratch left clean
 
     # every neighbour taken (fanout 0): both paths reach the same cells by the same edges
