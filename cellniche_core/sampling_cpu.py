@@ -2,11 +2,14 @@
 
 On a GPU the vectorised torch code in :mod:`cellniche_core.sampling` is fast: each
 operation covers the whole batch. On a CPU the same code pays for many full passes over
-intermediate tensors and for sorting; these kernels do the work in one pass per stage,
-with lookup tables instead of sorts. They implement the same rules as the torch code (a
-test checks that both give identical co-visit results on the same walks), and draw their
-random numbers from a small xorshift generator seeded from the caller's
-``torch.Generator``, so a seeded run is reproducible.
+intermediate tensors and for sorting; these kernels do the work in one or two passes per
+stage, with lookup tables and bit masks instead of sorts. What is left is bound by random
+memory reads, so the kernels run on a copy of the graph renumbered for locality
+(:meth:`Scratch.graph`) with compact scratch tables. They implement the same rules as the
+torch code (tests check identical co-visit counts on the same walks, and the
+neighbourhood against a cell-by-cell reference), and draw their random numbers from a
+small xorshift generator seeded from the caller's ``torch.Generator``, so a seeded run is
+reproducible.
 
 Every kernel compiles on first use (a few seconds, cached on disk afterwards).
 """
