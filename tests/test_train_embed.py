@@ -216,34 +216,6 @@ def test_niche_calling_keeps_kmeans_for_compact_balanced_niches():
     assert sorted(np.unique(labels)) == ["N1", "N2", "N3", "N4"]
 
 
-def test_auto_k_stops_where_stability_first_drops():
-    """The last k of the first stable run, not a later k that happens to look stable."""
-    import pandas as pd
-
-    from cellniche_core.niches import pick_stable_k
-
-    def table(values):
-        return pd.DataFrame({"k": range(3, 3 + len(values)), "stability": values})
-
-    assert pick_stable_k(table([0.95, 0.99, 0.97, 0.80, 0.70, 0.93, 0.60])) == 5  # 8 is stable again: ignored
-    assert pick_stable_k(table([0.80, 0.99, 0.96, 0.85, 0.91])) == 5  # the run starts at the first stable k
-    assert pick_stable_k(table([0.95, 0.96, 0.97])) == 5
-    assert pick_stable_k(table([0.50, 0.70, 0.60])) == 4  # none stable: the most stable
-
-
-def test_auto_k_finds_separated_niches():
-    from cellniche_core.metrics import agreement
-    from cellniche_core.niches import call_niches
-
-    rng = np.random.default_rng(2)
-    centres = np.eye(10, dtype=np.float32)[:5] * 3
-    truth = rng.integers(0, 5, 6000)
-    emb = centres[truth] + rng.normal(scale=0.3, size=(6000, 10)).astype(np.float32)
-    labels, info = call_niches(emb, "auto", seed=0)
-    assert info["n_niches"] == 5 and agreement(truth, labels)["ari"] > 0.99
-    assert [row["k"] for row in info["stability"]][0] == 3
-
-
 def test_training_runs_on_the_torch_sampler_used_on_gpus(tiny, monkeypatch):
     """The vectorised torch sampler (the GPU path) trains too; forced here on the CPU."""
     from cellniche_core import sampling
