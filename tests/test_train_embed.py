@@ -216,6 +216,19 @@ def test_niche_calling_keeps_kmeans_for_compact_balanced_niches():
     assert sorted(np.unique(labels)) == ["N1", "N2", "N3", "N4"]
 
 
+def test_auto_k_finds_separated_niches():
+    from cellniche_core.metrics import agreement
+    from cellniche_core.niches import call_niches
+
+    rng = np.random.default_rng(2)
+    centres = np.eye(10, dtype=np.float32)[:5] * 3
+    truth = rng.integers(0, 5, 6000)
+    emb = centres[truth] + rng.normal(scale=0.3, size=(6000, 10)).astype(np.float32)
+    labels, info = call_niches(emb, "auto", seed=0)
+    assert info["n_niches"] == 5 and agreement(truth, labels)["ari"] > 0.99
+    assert [row["k"] for row in info["stability"]][0] == 3
+
+
 def test_training_runs_on_the_torch_sampler_used_on_gpus(tiny, monkeypatch):
     """The vectorised torch sampler (the GPU path) trains too; forced here on the CPU."""
     from cellniche_core import sampling
