@@ -216,6 +216,21 @@ def test_niche_calling_keeps_kmeans_for_compact_balanced_niches():
     assert sorted(np.unique(labels)) == ["N1", "N2", "N3", "N4"]
 
 
+def test_auto_k_stops_where_stability_first_drops():
+    """The last k of the first stable run, not a later k that happens to look stable."""
+    import pandas as pd
+
+    from cellniche_core.niches import pick_stable_k
+
+    def table(values):
+        return pd.DataFrame({"k": range(3, 3 + len(values)), "stability": values})
+
+    assert pick_stable_k(table([0.95, 0.99, 0.97, 0.80, 0.70, 0.93, 0.60])) == 5  # 8 is stable again: ignored
+    assert pick_stable_k(table([0.80, 0.99, 0.96, 0.85, 0.91])) == 5  # the run starts at the first stable k
+    assert pick_stable_k(table([0.95, 0.96, 0.97])) == 5
+    assert pick_stable_k(table([0.50, 0.70, 0.60])) == 4  # none stable: the most stable
+
+
 def test_auto_k_finds_separated_niches():
     from cellniche_core.metrics import agreement
     from cellniche_core.niches import call_niches
