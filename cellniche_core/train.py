@@ -141,6 +141,7 @@ class History:
     loss: list[float] = field(default_factory=list)
     temperature: float = float("nan")
     seconds: float = 0.0
+    sample_seconds: float = 0.0  # of ``seconds``, spent drawing batches (on a GPU: queueing them)
     steps: int = 0
     mean_batch_cells: float = 0.0
     mean_positives_per_cell: float = 0.0
@@ -190,15 +191,17 @@ def train_model(
     gen.manual_seed(config.seed * 1_000_003 + rank)
     history = History()
     t0 = time.perf_counter()
-    batch_cells = positives = 0.0
+    batch_cells = positives = sampling = 0.0
     amp = autocast_dtype(config.precision, device)
     history.precision = str(amp).replace("torch.", "") if amp else "float32"
     model.train()
     for step in range(n_steps):
+        t_sample = time.perf_counter()
         seeds = torch.randint(0, n, (config.seeds_per_batch,), generator=gen, device=device)
         batch, hood = sample_batch(indptr, indices, seeds, walks_per_seed=config.walks_per_seed,
                                    walk_length=config.walk_length, fanouts=config.fanouts, generator=gen,
                                    strategy=config.strategy, profiles=profiles)
+        sampling += time.perf_counter() - t_sample
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             z = ddp_model(x[hood.n_id], hood)
         # the loss (exponentials over the batch) stays in float32
@@ -219,6 +222,7 @@ def train_model(
     model.eval()
     history.steps = len(history.loss)
     history.seconds = time.perf_counter() - t0
+    history.sample_seconds = sampling
     history.temperature = float(model.temperature().detach())
     history.mean_batch_cells = batch_cells / max(history.steps, 1)
     history.mean_positives_per_cell = positives / max(history.steps, 1)

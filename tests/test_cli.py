@@ -48,6 +48,7 @@ def test_run_folder_from_the_pipeline_is_complete(small_run, small_cohort_path):
     for key in ("params", "seed", "versions", "device", "timings_s", "metrics", "training"):
         assert key in m
     assert m["versions"]["torch"].startswith("2.13")
+    assert 0 < m["training"]["sampling_seconds"] <= m["training"]["seconds"] <= m["timings_s"]["train"]
     assert set(run.state_dict) and all(hasattr(v, "shape") for v in run.state_dict.values())
     assert run.model_config["train"]["seed"] == 0
     assert a.uns[Keys.UNS]["n_cells"] == a.n_obs

@@ -68,6 +68,8 @@ def test_training_lowers_the_loss_and_reports_progress(tiny):
     loss = m.history.loss
     assert np.mean(loss[-10:]) < np.mean(loss[:10])
     assert seen[0] == (1, 60) and seen[-1] == (60, 60)
+    # the time spent drawing batches is measured, and is part of the training time
+    assert 0 < m.history.sample_seconds < m.history.seconds
 
 
 def test_training_can_be_stopped(tiny):
