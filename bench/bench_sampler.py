@@ -72,7 +72,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=[64, 256, 1024, 4096],
                    help="seed cells per batch (training uses 64)")
-    p.add_argument("--repeats", type=int, default=9, help="batches per size")
+    p.add_argument("--repeats", type=int, default=25, help="timed batches per size")
+    p.add_argument("--warm-up", type=float, default=1.0, help="seconds our sampler runs before it is timed")
     args = p.parse_args()
     dev = resolve_device(args.device)
     rng_np = np.random.default_rng(0)
@@ -93,7 +94,6 @@ def main() -> None:
     def per_batch(run, batches) -> tuple[float, object]:
         """Median seconds per batch over ``batches`` run back to back, and the last result."""
         times = []
-        gc.collect()
         gc.disable()
         try:
             for i, seeds in enumerate(batches):
@@ -106,13 +106,19 @@ def main() -> None:
 
     print(f"graph: {args.cells:,} cells, {g.n_edges:,} directed edges; device {dev}; torch threads "
           f"{torch.get_num_threads()}; {cfg.walks_per_seed} walks x {cfg.walk_length} steps per seed, "
-          f"fanouts {cfg.fanouts}; medians over {args.repeats} batches run back to back")
+          f"fanouts {cfg.fanouts}; medians over {args.repeats} batches run back to back, ours after "
+          f"{args.warm_up:g} s of warm-up on other seeds")
     print("| seeds per batch | batch cells (ours / loop) | 2-hop cells (ours / loop) | ours ms | "
           "per-cell loop ms | speed ratio |")
     print("|---|---|---|---|---|---|")
     for n_seeds in args.seeds:
         batches = [rng_np.choice(args.cells, n_seeds, replace=False) for _ in range(args.repeats)]
-        per_batch(lambda i, s: ours(s), batches[:2])  # warm-up: compilation, first-touch buffers
+        gc.collect()  # here, not between our warm-up and its timing: a long pause slows the next batches
+        warm = [rng_np.choice(args.cells, n_seeds, replace=False) for _ in range(2)]
+        per_batch(lambda i, s: loop_sampler(adj, s.tolist(), cfg, random.Random(i)), warm)
+        until = time.perf_counter() + args.warm_up
+        while time.perf_counter() < until:  # compilation, first-touch buffers, then caches; fresh seeds
+            ours(np.unique(rng_np.integers(0, args.cells, n_seeds)))  # each time, as training draws them
         t_ours, (b, h) = per_batch(lambda i, s: ours(s), batches)
         t_loop, (batch, _, hood) = per_batch(
             lambda i, s: loop_sampler(adj, s.tolist(), cfg, random.Random(i)), batches)
