@@ -26,17 +26,23 @@ from numba import njit
 
 
 @njit(cache=True, inline="always")
-def _uniform_below(state, bound):
-    """An integer in [0, bound) from a xorshift64* generator whose state is ``state[0]``.
+def _xorshift(x):
+    """The next state of a xorshift64* generator (``x`` nonzero uint64).
 
-    A few cycles per draw, against ~8 ns for numba's Mersenne Twister: the draws are a
-    large part of the sampler's work. Multiply-shift maps the 32 high bits to the range.
+    Kernels hold the state in a local variable (loaded from their ``state`` array once,
+    stored back at the end), so the compiler can keep it in a register across draws
+    instead of storing and reloading it around the kernel's other array writes.
     """
-    x = state[0]
     x ^= x >> np.uint64(12)
     x ^= x << np.uint64(25)
     x ^= x >> np.uint64(27)
-    state[0] = x
+    return x
+
+
+@njit(cache=True, inline="always")
+def _below(x, bound):
+    """An integer in [0, bound) from generator state ``x``: the 32 high bits of the
+    xorshift64* output, mapped to the range by multiply-shift."""
     r = (x * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(32)
     return np.int64((r * np.uint64(bound)) >> np.uint64(32))
 
@@ -63,14 +69,17 @@ def walks_kernel(indptr, indices, start, walk_length, state):
     n_walks = start.shape[0]
     out = np.empty((n_walks, walk_length + 1), dtype=np.int64)
     out[:, 0] = start
+    x = state[0]
     for step in range(1, walk_length + 1):
         for w in range(n_walks):
             cur = out[w, step - 1]
             first = indptr[cur]
             degree = indptr[cur + 1] - first
             if degree > 0:
-                cur = indices[first + _uniform_below(state, degree)]
+                x = _xorshift(x)
+                cur = indices[first + _below(x, degree)]
             out[w, step] = cur
+    state[0] = x
     return out
 
 
@@ -92,27 +101,29 @@ def co_visits_kernel(walks, seeds, count, local):
     members = np.empty(n_seeds * (visits + 1), dtype=np.int64)
     distinct = np.empty(visits, dtype=np.int64)
     m = 0
+    # Branch-free: whether a cell is new or joins is data, not control flow (the outcomes
+    # are random, so branches on them are mispredicted about half the time). A cell is
+    # written at ``members[m]`` / ``distinct[k]`` always and kept when the index advances.
     for s in range(n_seeds):
         seed = seeds[s]
-        if local[seed] == -1:
-            local[seed] = 0
-            members[m] = seed
-            m += 1
+        joins = np.int32(local[seed] == -1)  # seeds may repeat
+        members[m] = seed
+        m += joins
+        local[seed] += joins  # -1 -> 0: a member; its number comes below
         k = 0
         for i in range(s * per_seed, (s + 1) * per_seed):
             for j in range(cols):
                 c = walks[i, j]
-                if count[c] == 0:
-                    distinct[k] = c
-                    k += 1
+                distinct[k] = c
+                k += np.int64(count[c] == 0)
                 count[c] += 1
         # visited more often than the mean cell (visits / k), compared in integers
         for q in range(k):
             c = distinct[q]
-            if np.int64(count[c]) * k > visits and local[c] == -1:
-                local[c] = 0
-                members[m] = c
-                m += 1
+            joins = np.int32((np.int64(count[c]) * k > visits) & (local[c] == -1))
+            members[m] = c
+            m += joins
+            local[c] += joins
             count[c] = 0
     nodes = members[:m].copy()  # in the order they joined: sorting them bought nothing
     for i in range(m):
@@ -125,29 +136,25 @@ def co_visits_kernel(walks, seeds, count, local):
     pair_lo = np.empty(max_pairs, dtype=np.int32)
     pair_hi = np.empty(max_pairs, dtype=np.int32)
     start = np.zeros(m + 1, dtype=np.int64)
-    cells = np.empty(cols, dtype=np.int32)
+    cells = np.zeros(cols, dtype=np.int32)
     p = 0
     for w in range(n_walks):
-        k = 0
+        k = 0  # the walk's distinct batch cells go to cells[:k]
         for j in range(cols):
             c = local[walks[w, j]]
-            if c < 0:
-                continue
-            seen = False
-            for q in range(k):
-                if cells[q] == c:
-                    seen = True
-                    break
-            if not seen:
-                cells[k] = c
-                k += 1
-        for a in range(k):
-            for b in range(a + 1, k):
+            skip = c < 0
+            for q in range(j):  # j, not k: a fixed trip count the branch predictor learns
+                skip |= (q < k) & (cells[q] == c)
+            cells[k] = max(c, 0)
+            k += np.int64(not skip)
+        for a in range(cols):  # every slot pair, kept when both slots are filled
+            for b in range(a + 1, cols):
+                keep = np.int64(b < k)
                 lo, hi = min(cells[a], cells[b]), max(cells[a], cells[b])
                 pair_lo[p] = lo
                 pair_hi[p] = hi
-                start[lo + 1] += 1
-                p += 1
+                start[lo + 1] += keep
+                p += keep
     for i in range(m):
         start[i + 1] += start[i]
     fill = start[:-1].copy()
@@ -158,24 +165,23 @@ def co_visits_kernel(walks, seeds, count, local):
         fill[lo] += 1
     first = np.empty(p, dtype=np.int64)
     second = np.empty(p, dtype=np.int64)
-    shared = np.empty(p, dtype=np.int64)
+    shared = np.zeros(p, dtype=np.int64)
     # count each bucket's repeats through two small tables: where each second cell was
-    # last seen (``mark``) and at which output row (``row``); no sorting
+    # last seen (``mark``) and at which output row (``row``); no sorting, no branches
     mark = np.full(m, -1, dtype=np.int32)
-    row = np.empty(m, dtype=np.int64)
+    row = np.zeros(m, dtype=np.int64)
     out = 0
     for lo in range(m):
         for q in range(start[lo], start[lo + 1]):
             hi = bucket[q]
-            if mark[hi] != lo:
-                mark[hi] = lo
-                row[hi] = out
-                first[out] = lo
-                second[out] = hi
-                shared[out] = 1
-                out += 1
-            else:
-                shared[row[hi]] += 1
+            new = np.int64(mark[hi] != lo)
+            at = row[hi] + new * (out - row[hi])  # a new row, or the pair's row
+            mark[hi] = lo
+            row[hi] = at
+            first[out] = lo  # kept when new (``out`` advances past it)
+            second[out] = hi
+            shared[at] += 1
+            out += new
     for i in range(m):
         local[nodes[i]] = -1
     return nodes, first[:out], second[:out], shared[:out]
@@ -299,6 +305,7 @@ def neighbourhood_kernel(indptr, indices, targets, fanouts, local, capacity, sta
         widest = max(widest, fanouts[h])
     drawn = np.empty(widest, dtype=np.int64)
     lo, hi, e = 0, size, 0
+    x = state[0]
     for h in range(n_hops):
         fanout = fanouts[h]
         bound = 0  # edges this hop can add: every neighbour of the frontier at most
@@ -326,14 +333,16 @@ def neighbourhood_kernel(indptr, indices, targets, fanouts, local, capacity, sta
             elif degree <= 64:
                 mask = np.uint64(0)
                 for j in range(fanout):
-                    mask |= np.uint64(1) << np.uint64(_uniform_below(state, degree))
+                    x = _xorshift(x)
+                    mask |= np.uint64(1) << np.uint64(_below(x, degree))
                 for j in range(degree):  # written always, kept (e advances) only when drawn
                     found[e] = indices[first + j]
                     edges[1, e] = i
                     e += np.int64((mask >> np.uint64(j)) & np.uint64(1))
             else:
                 for j in range(fanout):
-                    drawn[j] = _uniform_below(state, degree)
+                    x = _xorshift(x)
+                    drawn[j] = _below(x, degree)
                 _insertion_sort(drawn, 0, fanout)
                 for j in range(fanout):
                     if j == 0 or drawn[j] != drawn[j - 1]:
@@ -353,6 +362,7 @@ def neighbourhood_kernel(indptr, indices, targets, fanouts, local, capacity, sta
         edges_per_hop[h] = e
         nodes_per_hop[h + 1] = size
         lo, hi = hi, size
+    state[0] = x
     for i in range(size):
         local[n_id[i]] = -1
     return n_id[:size], edges[:, :e], nodes_per_hop, edges_per_hop
