@@ -73,7 +73,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[64, 256, 1024, 4096],
                    help="seed cells per batch (training uses 64)")
     p.add_argument("--repeats", type=int, default=25, help="timed batches per size")
-    p.add_argument("--warm-up", type=float, default=1.0, help="seconds our sampler runs before it is timed")
+    p.add_argument("--rounds", type=int, default=5, help="rounds the timed batches are split into")
+    p.add_argument("--warm-up", type=float, default=0.25,
+                   help="seconds our sampler runs before it is timed, in each round")
     args = p.parse_args()
     dev = resolve_device(args.device)
     rng_np = np.random.default_rng(0)
@@ -91,39 +93,48 @@ def main() -> None:
             torch.cuda.synchronize()
         return b, h
 
-    def per_batch(run, batches) -> tuple[float, object]:
-        """Median seconds per batch over ``batches`` run back to back, and the last result."""
+    def timed(run, batches, offset: int = 0) -> tuple[list[float], object]:
+        """Seconds per batch over ``batches`` run back to back, and the last result."""
         times = []
         gc.disable()
         try:
             for i, seeds in enumerate(batches):
                 t = time.perf_counter()
-                out = run(i, seeds)
+                out = run(offset + i, seeds)
                 times.append(time.perf_counter() - t)
         finally:
             gc.enable()
-        return statistics.median(times), out
+        return times, out
+
+    def loop(i: int, seeds: np.ndarray):
+        return loop_sampler(adj, seeds.tolist(), cfg, random.Random(i))
 
     print(f"graph: {args.cells:,} cells, {g.n_edges:,} directed edges; device {dev}; torch threads "
           f"{torch.get_num_threads()}; {cfg.walks_per_seed} walks x {cfg.walk_length} steps per seed, "
-          f"fanouts {cfg.fanouts}; medians over {args.repeats} batches run back to back, ours after "
-          f"{args.warm_up:g} s of warm-up on other seeds")
+          f"fanouts {cfg.fanouts}; medians over {args.repeats} batches in {args.rounds} rounds, ours after "
+          f"{args.warm_up:g} s of warm-up on other seeds in each round")
     print("| seeds per batch | batch cells (ours / loop) | 2-hop cells (ours / loop) | ours ms | "
           "per-cell loop ms | speed ratio |")
     print("|---|---|---|---|---|---|")
     for n_seeds in args.seeds:
         batches = [rng_np.choice(args.cells, n_seeds, replace=False) for _ in range(args.repeats)]
         gc.collect()  # here, not between our warm-up and its timing: a long pause slows the next batches
-        warm = [rng_np.choice(args.cells, n_seeds, replace=False) for _ in range(2)]
-        per_batch(lambda i, s: loop_sampler(adj, s.tolist(), cfg, random.Random(i)), warm)
-        until = time.perf_counter() + args.warm_up
-        while time.perf_counter() < until:  # compilation, first-touch buffers, then caches; fresh seeds
-            ours(np.unique(rng_np.integers(0, args.cells, n_seeds)))  # each time, as training draws them
-        t_ours, (b, h) = per_batch(lambda i, s: ours(s), batches)
-        t_loop, (batch, _, hood) = per_batch(
-            lambda i, s: loop_sampler(adj, s.tolist(), cfg, random.Random(i)), batches)
+        timed(loop, [rng_np.choice(args.cells, n_seeds, replace=False) for _ in range(2)])  # warm-up
+        ours(batches[0])  # compilation (or loading the compiled kernels), outside the warm-up time
+        t_ours, t_loop = [], []
+        for r in range(args.rounds):  # both samplers in every round: load changes on the machine hit both
+            part = batches[r::args.rounds]
+            until = time.perf_counter() + args.warm_up
+            while time.perf_counter() < until:  # first-touch buffers, then caches; fresh seeds each
+                ours(rng_np.integers(0, args.cells, n_seeds))  # time, drawn as training draws them
+            times, (b, h) = timed(lambda i, s: ours(s), part)
+            t_ours += times
+            times, (batch, _, hood) = timed(loop, part, offset=r * len(batches))
+            t_loop += times
+        m_ours, m_loop = statistics.median(t_ours), statistics.median(t_loop)
         print(f"| {n_seeds:,} | {b.nodes.numel():,} / {len(batch):,} | {h.n_id.numel():,} / {len(hood):,} | "
-              f"{t_ours * 1e3:.2f} | {t_loop * 1e3:.1f} | {t_loop / t_ours:.1f}x |", flush=True)
+              f"{m_ours * 1e3:.2f} | {m_loop * 1e3:.1f} | {m_loop / m_ours:.1f}x |", flush=True)
+
 
 if __name__ == "__main__":
     main()
