@@ -3,9 +3,16 @@
 Both do the same work on the same graph and the same seed cells: random walks from every
 seed, batch membership by visit frequency, co-visit positives, then the 2-hop
 neighbourhood of the batch. Ours is :func:`sample_batch`, as training calls it (compiled
-kernels on a CPU, torch on a GPU). Each sampler runs the same list of batches back to
-back, as in training, with the garbage collector paused (as ``timeit`` does); the table
-gives the median time per batch and the speed ratio.
+kernels on a CPU, torch on a GPU). Batches run back to back with the garbage collector
+paused (as ``timeit`` does); the table gives the median time per batch and the speed ratio.
+
+Training calls the sampler thousands of times in a row, so ours is timed in that steady
+state: before its timed batches it runs on fresh seed sets for ``--warm-up`` seconds. After
+~15 ms spent elsewhere (a sleep, a busy Python loop, a collector pass) its first batch runs
+2-4x slower and the next twenty or so stay slower while they recover. The loop, bound by
+the interpreter, gets two warm-up batches; its time per batch does not drift. The timed
+batches are split into rounds, each timing ours then the loop on the same seeds, so that
+changes in the machine's load hit both.
 
 Training draws 64 seeds per batch (``TrainConfig.seeds_per_batch``); the larger batches
 show how the cost grows with the batch.
