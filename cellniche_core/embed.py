@@ -37,16 +37,16 @@ def embed_nodes(
     n = x.shape[0]
     h = x
     for layer in range(encoder.num_layers):
+        reduced = dtype is not None and layer < encoder.num_layers - 1  # the output layer runs in float32
+        if not reduced and h.dtype != torch.float32:
+            h = h.float()  # once per layer (the reduced-type array is freed), not once per chunk
         out = None
         for start in range(0, n, chunk_size):
             targets = torch.arange(start, min(start + chunk_size, n), device=x.device)
             src, tgt = sample_neighbours(indptr, indices, targets, 0, generator=None)
             edge_index = torch.stack([src, tgt - start])
-            last = layer == encoder.num_layers - 1
-            reduced = dtype is not None and not last  # the output layer always runs in float32
-            src_h = h if (reduced or h.dtype == torch.float32) else h.float()
             with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=reduced):
-                part = encoder.layer(layer, (src_h, src_h[targets]), edge_index, size=(n, targets.numel()))
+                part = encoder.layer(layer, (h, h[targets]), edge_index, size=(n, targets.numel()))
             part = part.to(dtype) if reduced else part.float()
             if out is None:
                 out = torch.empty(n, part.shape[1], dtype=part.dtype, device=part.device)

@@ -38,16 +38,21 @@ def test_trimmed_forward_equals_full_forward_on_targets():
     np.testing.assert_allclose(trimmed.numpy(), full_graph[targets].numpy(), atol=1e-5)
 
 
-def test_chunked_inference_does_not_depend_on_chunk_size():
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_chunked_inference_does_not_depend_on_chunk_size(dtype):
     indptr, indices = random_graph()
     torch.manual_seed(1)
     enc = NicheEncoder(5, 16, 8)
     x = torch.randn(500, 5)
-    a = embed_nodes(enc, x, indptr, indices, chunk_size=64)
-    b = embed_nodes(enc, x, indptr, indices, chunk_size=10_000)
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    a = embed_nodes(enc, x, indptr, indices, chunk_size=64, dtype=dtype)
+    b = embed_nodes(enc, x, indptr, indices, chunk_size=10_000, dtype=dtype)
+    np.testing.assert_allclose(a, b, atol=1e-5 if dtype is None else 1e-2)
+    assert a.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     assert enc.training  # the mode is restored
+    if dtype is not None:  # the reduced type stays close to float32
+        full = embed_nodes(enc, x, indptr, indices, chunk_size=64)
+        assert np.median((a * full).sum(1)) > 0.99
 
 
 def test_same_seed_same_embedding_on_cpu(tiny):
