@@ -138,6 +138,8 @@ def multi_positive_info_nce(
     n_pos = positives.sum(1)
     has = n_pos > 0
     if not bool(has.any()):
-        return z.sum() * 0.0
+        # zero, but still a function of every input, so that every parameter gets a
+        # (zero) gradient: DDP fails on the next step when one (the temperature) has none
+        return (z.sum() + (tau.sum() if torch.is_tensor(tau) else 0.0)) * 0.0
     per_anchor = (log_prob * positives).sum(1)[has] / n_pos[has]
     return -per_anchor.mean()

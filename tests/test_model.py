@@ -55,6 +55,11 @@ def test_no_positives_gives_zero_with_gradient():
     loss = multi_positive_info_nce(z, torch.zeros(4, 4, dtype=torch.bool), 0.1)
     loss.backward()
     assert loss.item() == 0.0 and z.grad is not None
+    # a learnable temperature gets a gradient too (DDP needs one for every parameter)
+    t = LearnableTemperature(0.1, min_tau=0.05, max_tau=1.0)
+    loss = multi_positive_info_nce(z, torch.zeros(4, 4, dtype=torch.bool), t())
+    loss.backward()
+    assert loss.item() == 0.0 and all(p.grad is not None and (p.grad == 0).all() for p in t.parameters())
 
 
 def test_temperature_is_learnable_and_bounded():
