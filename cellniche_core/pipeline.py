@@ -72,8 +72,8 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
 
     Writes ``obsm["X_cellniche"]``, ``obs["niche"]`` (categorical), ``obsm["X_umap"]`` and
     ``uns["cellniche"]`` (the manifest, also returned). Under ``torchrun`` (``context``
-    with several processes) every rank trains; only rank 0 goes on to annotate ``adata``,
-    the others return ``(model, None)``.
+    with several processes) every rank trains, then all leave the process group; only
+    rank 0 goes on to annotate ``adata``, the others return ``(model, None)``.
     """
     on_stage = on_stage or _quiet
     context = context or Context()
@@ -92,6 +92,10 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
               world_size=context.world_size, graph=graph,
               progress=lambda s, n, loss: on_stage("train", s / n, f"step {s}/{n}, loss {loss:.3f}"))
     timings["train"] = time.perf_counter() - t
+    # Training is the only work the ranks share: leave the process group now. Otherwise
+    # the other ranks would wait in its closing barrier while rank 0 embeds and clusters,
+    # and NCCL ends a wait after 10 minutes by aborting the run.
+    stop()
     if not context.is_main:
         return model, None
 

@@ -70,3 +70,31 @@ def test_torchrun_fit_writes_the_run_once(tmp_path, small_cohort_path):
     manifest = json.loads((out / RUN_MANIFEST).read_text())
     assert manifest["processes"] == 2 and manifest["training"]["steps"] == 10
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]  # written once, no temp left
+
+
+def test_ranks_leave_the_group_before_rank0_goes_on(monkeypatch):
+    """Rank 0's embedding, clustering and UMAP can take longer than NCCL lets a barrier
+    wait, so every rank leaves the process group as soon as training ends."""
+    import cellniche_core.pipeline as pipeline
+    from cellniche_core.cellniche import CellNiche
+    from cellniche_core.distributed import Context
+    from cellniche_core.simulate import simulate_cohort
+
+    events = []
+    monkeypatch.setattr(pipeline, "start", lambda context, device: events.append("start") or "cpu")
+    monkeypatch.setattr(pipeline, "stop", lambda: events.append("stop"))
+    fit, embed = CellNiche.fit, CellNiche.embed
+    def one_process_fit(self, *a, **k):  # no process group here: train as one process
+        events.append("fit")
+        return fit(self, *a, **{**k, "world_size": 1})
+
+    monkeypatch.setattr(CellNiche, "fit", one_process_fit)
+    monkeypatch.setattr(CellNiche, "embed", lambda self, *a, **k: events.append("embed") or embed(self, *a, **k))
+    adata = simulate_cohort(n_patients=2, cells_per_slide=300, seed=0)
+    options = pipeline.RunOptions(train=TrainConfig(n_steps=3, seed=0), n_niches=3, umap=False, device="cpu")
+    _, manifest = pipeline.analyse_cohort(adata, options, context=Context(rank=0, world_size=2))
+    assert events == ["start", "fit", "stop", "embed"] and manifest["processes"] == 2
+    events.clear()
+    adata = simulate_cohort(n_patients=2, cells_per_slide=300, seed=0)
+    model, manifest = pipeline.analyse_cohort(adata, options, context=Context(rank=1, world_size=2))
+    assert events == ["start", "fit", "stop"] and manifest is None and model.model is not None
