@@ -123,10 +123,12 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
     metrics: dict = {}
     sample_key = options.keys.sample_key
     if sample_key in adata.obs and adata.obs[sample_key].nunique() > 1:
+        t = time.perf_counter()
         mix = batch_mixing(adata.obsm[Keys.EMBEDDING], adata.obs[sample_key], adata.obs[Keys.NICHE],
-                           seed=options.train.seed)
+                           seed=options.train.seed, device=device)
         metrics["batch_mixing_per_niche"] = {str(k): (None if pd.isna(v) else float(v))
                                              for k, v in mix["mixing"].items()}
+        timings["mixing"] = time.perf_counter() - t
     if Keys.TRUE_NICHE in adata.obs:
         metrics["vs_true_niche"] = agreement(adata.obs[Keys.TRUE_NICHE], adata.obs[Keys.NICHE])
 

@@ -169,6 +169,20 @@ def test_batch_mixing_separates_mixed_from_apart_samples(monkeypatch):
     assert same.loc["cohort", "mixing"] > 0.8
 
 
+def test_batch_mixing_on_the_run_device_matches_the_cpu(device):
+    from cellniche_core import metrics
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(2000, 16)).astype(np.float32)
+    samples = rng.choice(["A", "B", "C"], 2000)
+    emb[samples == "C", 0] += 3.0  # one sample partly apart, so the score is neither 0 nor 1
+    groups = rng.choice(["n1", "n2"], 2000)
+    on_device = metrics.batch_mixing(emb, samples, groups, device=device)
+    on_cpu = metrics.batch_mixing(emb, samples, groups)
+    assert 0.2 < on_cpu["mixing"].min() and on_cpu["mixing"].max() < 0.95
+    np.testing.assert_allclose(on_device["mixing"], on_cpu["mixing"], atol=0.02)
+
+
 def test_umap_places_unfitted_cells_beside_their_own_cluster():
     from cellniche_core.layout import compute_umap, nearest_cosine
 
