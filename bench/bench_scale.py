@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-STAGES = ("read", "graph", "train", "embed", "niches", "umap")
+STAGES = ("read", "graph", "train", "embed", "niches", "umap", "mixing")
 CELLS_PER_SLIDE = 50_000
 
 
@@ -130,14 +130,15 @@ def main() -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
     print(f"device: {rows[0]['device']} ({rows[0]['name']}); {args.threads} threads; times in seconds; "
           "total = the whole command, start-up included")
-    print("| cells | slides | read | graph | train (steps) | embed | niches (k) | UMAP | start-up, write | total | "
-          "peak RSS | ARI (auto k) | ARI (planted k) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| cells | slides | read | graph | train (steps) | embed | niches (k) | UMAP | mixing score | "
+          "start-up, write | total | peak RSS | ARI (auto k) | ARI (planted k) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = {s: (f"{r[s]:.1f}" if r[s] is not None else "-") for s in STAGES}
         ari = " | ".join(f"{r[key]:.2f}" if r[key] is not None else "-" for key in ("ari", "ari_k"))
         print(f"| {r['cells']:,} | {r['slides']} | {t['read']} | {t['graph']} | {t['train']} ({r['steps']}) | "
-              f"{t['embed']} | {t['niches']} ({r['k']}) | {t['umap']} | {r['other']:.1f} | {r['total']:.1f} | "
+              f"{t['embed']} | {t['niches']} ({r['k']}) | {t['umap']} | {t['mixing']} | {r['other']:.1f} | "
+              f"{r['total']:.1f} | "
               f"{r['rss']:.2f} GB | {ari} |")
     return 0
 
