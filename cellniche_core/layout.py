@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -20,7 +22,7 @@ def compute_umap(emb: np.ndarray, *, seed: int = 0, max_fit_cells: int = UMAP_FI
     costs a nearest-neighbour search on ``device`` instead of a UMAP fit (fitting grows
     superlinearly with n).
     """
-    import umap  # imported here: its first import compiles numba code (~20 s)
+    import umap  # imported here: ~2 s, only needed by runs that map their cells
 
     emb = np.asarray(emb, dtype=np.float32)
     n = len(emb)
@@ -28,13 +30,23 @@ def compute_umap(emb: np.ndarray, *, seed: int = 0, max_fit_cells: int = UMAP_FI
         return np.zeros((n, 2), dtype=np.float32)
     rng = np.random.default_rng(seed)
     fit_idx = np.sort(rng.choice(n, size=min(n, max_fit_cells), replace=False))
-    reducer = umap.UMAP(n_neighbors=min(15, len(fit_idx) - 1), metric="cosine", random_state=seed,
-                        n_jobs=1, min_dist=0.3, n_epochs=UMAP_EPOCHS)
+    fit = emb[fit_idx]
+    k = min(15, len(fit_idx) - 1)
+    # The fitted cells' exact cosine neighbours, by the same matrix product as below, given
+    # to umap-learn: it then skips its approximate search (NN-descent), whose numba code
+    # took ~20 s to compile in every new process (the fit itself takes ~4 s).
+    knn = nearest_cosine(fit, fit, k=k, device=device)
+    unit = fit / np.maximum(np.linalg.norm(fit, axis=1, keepdims=True), 1e-12)
+    dist = np.clip(1.0 - np.einsum("ij,ikj->ik", unit, unit[knn]), 0.0, 2.0).astype(np.float32)
+    reducer = umap.UMAP(n_neighbors=k, metric="cosine", random_state=seed, n_jobs=1, min_dist=0.3,
+                        n_epochs=UMAP_EPOCHS, precomputed_knn=(knn, dist, None))
     # umap-learn's numba/threadpool set-up can leave torch on every core afterwards, which
     # makes later small-tensor training steps spin on a busy machine: restore the setting
     threads = torch.get_num_threads()
     try:
-        fitted = reducer.fit_transform(emb[fit_idx]).astype(np.float32)
+        with warnings.catch_warnings():  # we place new cells ourselves, never by umap's transform
+            warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+            fitted = reducer.fit_transform(fit).astype(np.float32)
     finally:
         torch.set_num_threads(threads)
     if len(fit_idx) == n:
