@@ -273,7 +273,7 @@ def ensure_demo_run(directory: Path, *, poll_s: float = 0.5) -> bool:
         return True
     build.start()
     if build.error is None:
-        st.info(f"No run found in `{directory}`: building the demo run once (about 1–3 minutes "
+        st.info(f"No run found in `{directory}`: building the demo run once (under a minute "
                 "on a laptop CPU). It is kept on disk for next time.")
         bar = st.progress(build.progress, text=build.text)
         while build.running:
