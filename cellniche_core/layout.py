@@ -59,16 +59,21 @@ def compute_umap(emb: np.ndarray, *, seed: int = 0, max_fit_cells: int = UMAP_FI
 
 
 def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: str | torch.device = "cpu",
-                   chunk_bytes: int = 256 * 2**20) -> np.ndarray:
+                   chunk_bytes: int | None = None) -> np.ndarray:
     """(len(query), k) indices of the ``k`` most cosine-similar ``reference`` rows of each query.
 
     A chunked matrix product and top-k on ``device``: exact, and on a GPU far faster than
     a tree search, which does not help in 32 dimensions anyway. Queries go in chunks whose
-    similarity block stays near ``chunk_bytes``. ``k`` is capped at ``len(reference)``.
+    similarity block stays near ``chunk_bytes``: by default 8 MB on a CPU, where a block
+    that stays in the processor's caches makes the search ~3x faster than 256 MB (the
+    top-k then reads it from cache, not from memory), and 256 MB on a GPU, where larger
+    blocks keep it busy. ``k`` is capped at ``len(reference)``.
     """
     k = min(k, len(reference))
-    chunk_size = max(1, chunk_bytes // (4 * max(1, len(reference))))
     device = torch.device(device)
+    if chunk_bytes is None:
+        chunk_bytes = (256 if device.type == "cuda" else 8) * 2**20
+    chunk_size = max(1, chunk_bytes // (4 * max(1, len(reference))))
     ref = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(reference, np.float32)).to(device), dim=1)
     out = np.empty((len(query), k), dtype=np.int64)
     for lo in range(0, len(query), chunk_size):
