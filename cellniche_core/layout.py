@@ -35,9 +35,7 @@ def compute_umap(emb: np.ndarray, *, seed: int = 0, max_fit_cells: int = UMAP_FI
     # The fitted cells' exact cosine neighbours, by the same matrix product as below, given
     # to umap-learn: it then skips its approximate search (NN-descent), whose numba code
     # took ~20 s to compile in every new process (the fit itself takes ~4 s).
-    knn = nearest_cosine(fit, fit, k=k, device=device)
-    unit = fit / np.maximum(np.linalg.norm(fit, axis=1, keepdims=True), 1e-12)
-    dist = np.clip(1.0 - np.einsum("ij,ikj->ik", unit, unit[knn]), 0.0, 2.0).astype(np.float32)
+    knn, dist = fitted_neighbours(fit, k, device=device)
     reducer = umap.UMAP(n_neighbors=k, metric="cosine", random_state=seed, n_jobs=1, min_dist=0.3,
                         n_epochs=UMAP_EPOCHS, precomputed_knn=(knn, dist, None))
     # umap-learn's numba/threadpool set-up can leave torch on every core afterwards, which
@@ -58,6 +56,21 @@ def compute_umap(emb: np.ndarray, *, seed: int = 0, max_fit_cells: int = UMAP_FI
     return out
 
 
+def fitted_neighbours(emb: np.ndarray, k: int, *, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(indices, cosine distances) of each row's ``k`` nearest rows of ``emb``, itself
+    included, in umap-learn's ``precomputed_knn`` form (both (n, k), nearest first).
+
+    A cell's distance to itself (and to an identical cell) is set to exactly 0: computed
+    in float32 it can come out at ~1e-7, and umap-learn would then take that, instead of
+    the nearest other cell, as the cell's local distance scale.
+    """
+    knn = nearest_cosine(emb, emb, k=k, device=device)
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    dist = np.clip(1.0 - np.einsum("ij,ikj->ik", unit, unit[knn]), 0.0, 2.0).astype(np.float32)
+    dist[(knn == np.arange(len(emb))[:, None]) | (dist < 1e-6)] = 0.0
+    return knn, dist
+
+
 def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: str | torch.device = "cpu",
                    chunk_bytes: int | None = None) -> np.ndarray:
     """(len(query), k) indices of the ``k`` most cosine-similar ``reference`` rows of each query.
@@ -71,6 +84,8 @@ def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: 
     GPU, where larger blocks keep it busy. ``k`` is capped at ``len(reference)``.
     """
     k = min(k, len(reference))
+    if k == 0 or len(query) == 0:
+        return np.empty((len(query), k), dtype=np.int64)
     device = torch.device(device)
     if chunk_bytes is None:
         chunk_bytes = (256 if device.type == "cuda" else 8) * 2**20

@@ -195,6 +195,17 @@ def test_umap_places_unfitted_cells_beside_their_own_cluster():
                           @ (ref / np.linalg.norm(ref, axis=1, keepdims=True)).T, axis=1)[:, :3]
     assert (nearest_cosine(ref, query, k=3, chunk_bytes=64 * 4 * 100) == expected).all()
 
+    # umap-learn gets exact neighbours; a cell's distance to itself is exactly 0
+    from cellniche_core.layout import fitted_neighbours
+
+    knn, dist = fitted_neighbours(emb[:300], 15)
+    assert knn.shape == dist.shape == (300, 15) and (knn[:, 0] == np.arange(300)).all()
+    assert (dist[:, 0] == 0).all() and (dist[:, 1:] > 0).all() and (np.diff(dist, axis=1) >= -1e-6).all()
+    unit = emb[:300] / np.linalg.norm(emb[:300], axis=1, keepdims=True)
+    brute = np.sort(1 - unit @ unit.T, axis=1)[:, :15]
+    np.testing.assert_allclose(dist[:, 1:], brute[:, 1:], atol=1e-5)
+    assert nearest_cosine(emb[:0], emb[:3], k=3).shape == (3, 0)
+
     xy = compute_umap(emb, seed=0, max_fit_cells=300)
     assert xy.shape == (900, 2) and np.isfinite(xy).all()
     centroid = np.stack([xy[labels == c].mean(0) for c in range(3)])
