@@ -126,6 +126,8 @@ def co_visits_kernel(walks, seeds, count, local):
             local[c] += joins
             count[c] = 0
     nodes = members[:m].copy()  # in the order they joined: sorting them bought nothing
+    if m == 0:  # no seeds: no pairs (and the tables below would have no room)
+        return nodes, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     for i in range(m):
         local[nodes[i]] = i
 

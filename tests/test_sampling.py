@@ -183,6 +183,18 @@ def test_compiled_and_torch_samplers_agree(monkeypatch):
     assert (compiled[1] < compiled[2]).all() and len(compiled[1]) == len(ours.first)
     assert by_id(*compiled) == by_id(ours.nodes, ours.first, ours.second, ours.walks)
     assert (count == 0).all() and (local == -1).all()  # scratch left clean
+    # a seed drawn twice (training draws seeds with replacement) joins once
+    seeds = torch.tensor([5, 99, 5])
+    walks = random_walks(indptr, indices, seeds.repeat_interleave(8), 3, generator=torch.Generator().manual_seed(1))
+    ours, compiled = co_visits(walks, seeds, 800), k.co_visits_kernel(walks.numpy(), seeds.numpy(), count, local)
+    assert sorted(compiled[0].tolist()) == ours.nodes.tolist() and compiled[0].tolist().count(5) == 1
+    assert by_id(*compiled) == by_id(ours.nodes, ours.first, ours.second, ours.walks)
+    # no seeds: nothing, even with walks given
+    empty = k.co_visits_kernel(walks.numpy()[:0], seeds.numpy()[:0], count, local)
+    assert all(a.size == 0 for a in empty)
+    empty = k.co_visits_kernel(walks.numpy(), seeds.numpy()[:0], count, local)
+    assert all(a.size == 0 for a in empty)
+    assert (count == 0).all() and (local == -1).all()
 
     # every neighbour taken (fanout 0): both paths reach the same cells by the same edges
     targets = torch.tensor([3, 50, 600])
