@@ -43,19 +43,22 @@ def niche_stability(emb: np.ndarray, ks, *, seed: int = 0) -> pd.DataFrame:
     -------
     DataFrame with columns ``k``, ``stability`` (mean ARI), ``stability_min``.
     """
+    return pd.DataFrame(list(_stability_rows(emb, ks, seed=seed)))
+
+
+def _stability_rows(emb: np.ndarray, ks, *, seed: int):
+    """The rows of :func:`niche_stability`, one k at a time (the same subsamples for every k)."""
     rng = np.random.default_rng(seed)
     n = len(emb)
     size = min(_STABILITY_CELLS, max(n // 2, 1))
     evaluation = emb[rng.choice(n, size=min(n, _STABILITY_CELLS), replace=False)]
     subsamples = [rng.choice(n, size=size, replace=False) for _ in range(_STABILITY_REPEATS)]
-    rows = []
     for k in ks:
         labels = [_kmeans(emb[idx], k, seed + r, n_init=_STABILITY_RESTARTS).predict(evaluation)
                   for r, idx in enumerate(subsamples)]
         aris = [adjusted_rand_score(labels[i], labels[j])
                 for i in range(len(labels)) for j in range(i + 1, len(labels))]
-        rows.append({"k": k, "stability": float(np.mean(aris)), "stability_min": float(np.min(aris))})
-    return pd.DataFrame(rows)
+        yield {"k": k, "stability": float(np.mean(aris)), "stability_min": float(np.min(aris))}
 
 
 def choose_n_niches(emb: np.ndarray, *, max_k: int = DEFAULT_MAX_K, seed: int = 0) -> tuple[int, pd.DataFrame]:
@@ -63,7 +66,9 @@ def choose_n_niches(emb: np.ndarray, *, max_k: int = DEFAULT_MAX_K, seed: int = 
 
     Rule: measure the stability (see :func:`niche_stability`) of k = 3 … ``max_k``; from
     the first k whose stability is at least ``STABLE_ARI``, go up while the next k is
-    stable too, and take the last one. If no k is stable, take the most stable.
+    stable too, and take the last one. If no k is stable, take the most stable. Larger k
+    are not measured once the first stable run has ended (they cannot change the choice),
+    so the returned table ends at the first drop.
 
     While k stays at or below the number of groups the data hold, clusterings of
     different subsamples agree; the first k that splits a real group arbitrarily shows up
@@ -74,7 +79,14 @@ def choose_n_niches(emb: np.ndarray, *, max_k: int = DEFAULT_MAX_K, seed: int = 
     drop is only as good as the stability estimate, hence the restarts of each fit.
     """
     max_k = int(min(max_k, max(len(emb) // 50, 3)))
-    table = niche_stability(emb, range(3, max_k + 1), seed=seed)
+    rows, seen_stable = [], False
+    for row in _stability_rows(emb, range(3, max_k + 1), seed=seed):
+        rows.append(row)
+        if row["stability"] >= STABLE_ARI:
+            seen_stable = True
+        elif seen_stable:  # the first stable run has ended: the choice is made
+            break
+    table = pd.DataFrame(rows)
     return pick_stable_k(table), table
 
 

@@ -265,7 +265,7 @@ def test_auto_k_stops_where_stability_first_drops():
 
 def test_auto_k_finds_separated_niches():
     from cellniche_core.metrics import agreement
-    from cellniche_core.niches import call_niches
+    from cellniche_core.niches import STABLE_ARI, call_niches, niche_stability, pick_stable_k
 
     rng = np.random.default_rng(2)
     centres = np.eye(10, dtype=np.float32)[:5] * 3
@@ -273,7 +273,13 @@ def test_auto_k_finds_separated_niches():
     emb = centres[truth] + rng.normal(scale=0.3, size=(6000, 10)).astype(np.float32)
     labels, info = call_niches(emb, "auto", seed=0)
     assert info["n_niches"] == 5 and agreement(truth, labels)["ari"] > 0.99
-    assert [row["k"] for row in info["stability"]][0] == 3
+    measured = [row["k"] for row in info["stability"]]
+    assert measured[0] == 3 and measured[-1] == 6  # stops at the first drop, after the chosen k
+    assert info["stability"][-1]["stability"] < STABLE_ARI <= info["stability"][-2]["stability"]
+    # the same rows, and the same choice, as measuring every k
+    full = niche_stability(emb, range(3, 10), seed=0)
+    assert pick_stable_k(full) == 5
+    assert full.head(len(measured)).to_dict(orient="records") == info["stability"]
 
 
 def test_training_runs_on_the_torch_sampler_used_on_gpus(tiny, monkeypatch):
