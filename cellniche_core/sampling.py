@@ -390,9 +390,7 @@ def sample_batch(
 def _kernel_inputs(k, indptr: torch.Tensor, indices: torch.Tensor, walks_per_seed: int = 0, walk_length: int = 0):
     """(indptr, indices, order, rank, count, local) for the compiled kernels: the graph in
     their own cell order (see :meth:`sampling_cpu.Scratch.graph`) and their scratch tables."""
-    count, local = k.SCRATCH.arrays(indptr.numel() - 1)
-    if walks_per_seed * (walk_length + 1) > np.iinfo(count.dtype).max:  # more visits per seed than it holds
-        count = np.zeros(count.size, dtype=np.int64)
+    count, local = k.SCRATCH.arrays(indptr.numel() - 1, visits=walks_per_seed * (walk_length + 1))
     return (*k.SCRATCH.graph(indptr, indices), count, local)
 
 

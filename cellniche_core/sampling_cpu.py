@@ -373,17 +373,23 @@ def neighbourhood_kernel(indptr, indices, targets, fanouts, local, capacity, sta
 class Scratch(threading.local):
     """Per-thread scratch arrays sized to the graph (kernels leave them clean)."""
 
-    def arrays(self, n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
-        """(count, local): uint16 zeros and int32 -1, one entry per graph cell.
+    def arrays(self, n_nodes: int, visits: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(count, local): zeros and int32 -1, one entry per graph cell.
 
         Both kernels share ``local``; small types keep the tables the kernels read at
-        random (with the graph) in the processor's caches.
+        random (with the graph) in the processor's caches. ``count`` is uint16, or int64
+        (made once) when one seed's walks make more ``visits`` than uint16 holds.
         """
         if getattr(self, "n_nodes", None) != n_nodes:
             self.n_nodes = n_nodes
             self.count = np.zeros(n_nodes, dtype=np.uint16)
+            self.wide_count = None
             self.local = np.full(n_nodes, -1, dtype=np.int32)
             self.hood_edges = 0  # edges of the last neighbourhood: the next one's buffer size
+        if visits > np.iinfo(np.uint16).max:
+            if self.wide_count is None:
+                self.wide_count = np.zeros(n_nodes, dtype=np.int64)
+            return self.wide_count, self.local
         return self.count, self.local
 
     def edge_guess(self) -> int:
