@@ -64,16 +64,17 @@ def fitted_neighbours(emb: np.ndarray, k: int, *, device: str | torch.device = "
     in float32 it can come out at ~1e-7, and umap-learn would then take that, instead of
     the nearest other cell, as the cell's local distance scale.
     """
-    knn = nearest_cosine(emb, emb, k=k, device=device)
-    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    dist = np.clip(1.0 - np.einsum("ij,ikj->ik", unit, unit[knn]), 0.0, 2.0).astype(np.float32)
+    knn, sim = nearest_cosine(emb, emb, k=k, device=device, similarity=True)
+    dist = np.clip(1.0 - sim, 0.0, 2.0)
     dist[(knn == np.arange(len(emb))[:, None]) | (dist < 1e-6)] = 0.0
     return knn, dist
 
 
 def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: str | torch.device = "cpu",
-                   chunk_bytes: int | None = None) -> np.ndarray:
-    """(len(query), k) indices of the ``k`` most cosine-similar ``reference`` rows of each query.
+                   chunk_bytes: int | None = None, similarity: bool = False):
+    """(len(query), k) indices of the ``k`` most cosine-similar ``reference`` rows of each
+    query, most similar first; with ``similarity``, also their (len(query), k) float32
+    cosine similarities.
 
     Blocked matrix products and top-k on ``device``: exact, and on a GPU far faster than a
     tree search, which does not help in 32 dimensions anyway. Queries go in chunks of at
@@ -84,8 +85,10 @@ def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: 
     GPU, where larger blocks keep it busy. ``k`` is capped at ``len(reference)``.
     """
     k = min(k, len(reference))
+    out = np.empty((len(query), k), dtype=np.int64)
+    sims = np.empty((len(query), k), dtype=np.float32)
     if k == 0 or len(query) == 0:
-        return np.empty((len(query), k), dtype=np.int64)
+        return (out, sims) if similarity else out
     device = torch.device(device)
     if chunk_bytes is None:
         chunk_bytes = (256 if device.type == "cuda" else 8) * 2**20
@@ -93,7 +96,6 @@ def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: 
     chunk_size = max(256, chunk_bytes // (4 * n_ref))  # queries per chunk
     block = max(k, chunk_bytes // (4 * chunk_size))  # reference rows per block
     ref = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(reference, np.float32)).to(device), dim=1)
-    out = np.empty((len(query), k), dtype=np.int64)
     for lo in range(0, len(query), chunk_size):
         q = torch.from_numpy(np.ascontiguousarray(query[lo:lo + chunk_size], np.float32)).to(device)
         q = torch.nn.functional.normalize(q, dim=1)
@@ -108,4 +110,5 @@ def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: 
                 merged = torch.cat([best, top.values], dim=1).topk(k, dim=1)
                 best, best_at = merged.values, torch.cat([best_at, at], dim=1).gather(1, merged.indices)
         out[lo:lo + chunk_size] = best_at.cpu().numpy()
-    return out
+        sims[lo:lo + chunk_size] = best.cpu().numpy()
+    return (out, sims) if similarity else out
