@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv and start the dashboard; the first launch builds the demo run (about a minute on 2 cores).
+# Set up .venv and start the dashboard; the first launch builds the demo run (about 25 s on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
