@@ -12,17 +12,14 @@ import pandas as pd
 import streamlit as st
 
 from cellniche_core import compare
+from cellniche_core.transitions import BORDER_THRESHOLD
 
 from . import comparison, state
 from .state import RunRef
 
-#: border rule of the transition map (see cellniche_core.transitions.transition_scores)
-BORDER_THRESHOLD = 0.25
-
 
 def _keys(ref: RunRef) -> dict[str, str]:
-    keys = state.run_keys(ref)
-    return {"niche_key": keys.niche, "sample_key": keys.sample, "patient_key": keys.patient}
+    return state.run_keys(ref).table_kwargs()
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -53,10 +50,10 @@ def patients_by_slide(ref: RunRef) -> dict[str, list[str]]:
     return comparison.patients_by_slide(state.load(ref).adata, state.run_keys(ref))
 
 
-@st.cache_resource(max_entries=4, show_spinner="Rebuilding the run's spatial graph…")
+@st.cache_resource(max_entries=4, show_spinner="Loading the run's spatial graph…")
 def graph(ref: RunRef):
     """The spatial graph the run was trained on (shared, read-only)."""
-    return compare.run_graph(state.load(ref))
+    return state.load(ref).graph()
 
 
 @st.cache_resource(max_entries=4, show_spinner="Scoring transition zones…")

@@ -19,11 +19,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from cellniche_core.io import CohortError, Run, load_weights, safe_child
-from cellniche_core.keys import RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys
+from cellniche_core.keys import RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
 from cellniche_core.transfer import annotate_query, read_query
 
 from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale, rgba_css
-from .tables import RunKeys, labels
+from .tables import labels
 
 #: folders of the data directory that never hold query files
 SKIP_DIRS = ("runs", "uploads")

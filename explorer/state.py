@@ -19,13 +19,13 @@ import streamlit as st
 
 from cellniche_core import cli
 from cellniche_core.io import Run, list_runs, load_run
+from cellniche_core.keys import RunKeys
 from cellniche_core.keys import RUN_ADATA, RUN_MANIFEST
 from cellniche_core.metrics import batch_mixing
 from cellniche_core.niches import enrichment, marker_scores
 
 from . import tables
 from .palette import ColorScale, color_scale
-from .tables import RunKeys
 
 APP_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS_DIR = APP_DIR / "data" / "runs"
@@ -79,7 +79,7 @@ def load(ref: RunRef) -> Run:
 
 def run_keys(ref: RunRef) -> RunKeys:
     """Column names recorded in the run's manifest."""
-    return RunKeys.from_manifest(load(ref).manifest)
+    return load(ref).keys
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

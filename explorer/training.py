@@ -34,10 +34,9 @@ import anndata as ad
 import h5py
 import pandas as pd
 
-from cellniche_core.cellniche import InputKeys
 from cellniche_core.features import FEATURE_MODES, resolve_feature_mode
-from cellniche_core.io import INPUT_UNS_KEY, CohortError, read_cohort, refuse_outside_data
-from cellniche_core.keys import Keys
+from cellniche_core.io import CohortError, read_cohort, refuse_outside_data
+from cellniche_core.keys import INPUT_UNS_KEY, CohortKeys, Keys
 from cellniche_core.pipeline import RunOptions, fit_run
 from cellniche_core.train import TrainConfig, steps_for
 
@@ -220,25 +219,6 @@ def _describe(adata: ad.AnnData, name: str, rows: int) -> FilePreview:
 # ----------------------------------------------------------------------------- keys and checks
 
 
-@dataclass(frozen=True)
-class CohortKeys:
-    """The columns a cohort is read with (as :func:`~cellniche_core.io.read_cohort` takes them).
-
-    A default name that is not a column means "derive it": one slide per file, patient =
-    slide. Every field is only ever compared with the file's columns, never used as a path.
-    """
-
-    spatial: str = Keys.SPATIAL
-    sample: str = Keys.SAMPLE
-    patient: str = Keys.PATIENT
-    cell_type: str = Keys.CELL_TYPE
-    groups: tuple[str, ...] = ()
-
-    def read_kwargs(self) -> dict:
-        return {"spatial_key": self.spatial, "sample_key": self.sample, "patient_key": self.patient,
-                "cell_type_key": self.cell_type, "group_keys": tuple(self.groups)}
-
-
 def column_union(previews: Iterable[FilePreview]) -> list[str]:
     """Every obs column of the uploads, in order of first appearance."""
     return list(dict.fromkeys(c for p in previews for c in p.columns))
@@ -345,8 +325,7 @@ def run_options(keys: CohortKeys, *, features: str = "auto", n_niches: int | Non
         raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
     return RunOptions(features=features, n_niches="auto" if n_niches is None else int(n_niches),
                       train=TrainConfig(n_steps=None if n_steps is None else int(n_steps), seed=int(seed)),
-                      keys=InputKeys(spatial_key=keys.spatial, sample_key=keys.sample,
-                                     cell_type_key=keys.cell_type),
+                      keys=keys.input_keys(),
                       patient_key=keys.patient, umap=umap)
 
 

@@ -405,7 +405,7 @@ def test_write_run_interrupt_leaves_nothing(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io, "_move_into_place", interrupted)
+    monkeypatch.setattr(io.files, "move_into_place", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_run(tmp_path / "run1", **run_parts())
     assert list(tmp_path.iterdir()) == []

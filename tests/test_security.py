@@ -215,7 +215,7 @@ def _torch_load_calls() -> list[tuple[str, int, ast.Call]]:
 
 def test_every_torch_load_is_weights_only():
     calls = _torch_load_calls()
-    assert any(where == "cellniche_core/io.py" for where, _, _ in calls)
+    assert any(where == "cellniche_core/io/runs.py" for where, _, _ in calls)
     unsafe = [f"{where}:{line}" for where, line, call in calls
               if not any(k.arg == "weights_only" and isinstance(k.value, ast.Constant)
                          and k.value.value is True for k in call.keywords)]
