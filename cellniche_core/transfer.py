@@ -62,6 +62,7 @@ from .cellniche import CellNiche
 from .features import FeatureSpec
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
+from .layout import nearest_cosine
 from .train import resolve_device
 
 __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_query", "transfer_file",
@@ -72,8 +73,6 @@ __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_que
 _MIN_LABEL_CELLS = 100
 #: a micro-cluster with more than this share of its cells in one group is group-specific
 _OWN_GROUP_MAX = 0.9
-#: entries of one (chunk x index) similarity block, bounds memory (64 MiB of float32)
-_BLOCK_ENTRIES = 1 << 24
 _SHOW = 8
 
 
@@ -87,16 +86,9 @@ def _nearest(points: torch.Tensor, index: torch.Tensor, k: int, *,
     ``groups = (point_groups, index_groups)``: an index row in the point's own group is
     never its neighbour. Returns distances (m, k) float32, ascending, and index rows (m, k).
     """
-    rows = max(1, _BLOCK_ENTRIES // max(index.shape[0], 1))
-    dist, nbr = [], []
-    for start in range(0, points.shape[0], rows):
-        sim = points[start:start + rows] @ index.T
-        if groups is not None:
-            sim.masked_fill_(groups[0][start:start + rows, None] == groups[1][None, :], -np.inf)
-        v, i = sim.topk(k, dim=1)
-        dist.append((1.0 - v).clamp_min(0.0).cpu())
-        nbr.append(i.cpu())
-    return torch.cat(dist).numpy(), torch.cat(nbr).numpy()
+    nbr, sim = nearest_cosine(index, points, k=k, device=points.device, similarity=True,
+                              groups=None if groups is None else tuple(g.cpu().numpy() for g in groups))
+    return np.clip(1.0 - sim, 0.0, None), nbr
 
 
 def _vote(dist: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
