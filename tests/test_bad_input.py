@@ -171,7 +171,7 @@ def test_negative_intensities_and_long_column_names_are_accepted(tmp_path):
 
 def test_a_file_pointing_outside_itself_is_never_read(tmp_path):
     """An .h5ad whose obs column is stored in another file must not show that file's bytes."""
-    from explorer.training import Upload, preview_upload
+    from explorer.uploads import Upload, preview_upload
 
     case = next(c for c in CASES if c.name == "external-storage")
     path = case.write(tmp_path)
