@@ -21,7 +21,7 @@ from pathlib import Path
 from cellniche_core.keys import CohortKeys
 from cellniche_core.pipeline import STAGES, RunOptions, fit_run
 
-from .training import run_name_problem
+from .train import run_name_problem
 from .uploads import JOB_FOLDER_PREFIX, STALE_AFTER_S, Upload, shown_message, stage_uploads
 
 #: jobs training at the same time in one server process; the others wait

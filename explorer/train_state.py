@@ -17,9 +17,9 @@ import streamlit as st
 from cellniche_core.io import CohortError
 from cellniche_core.keys import CohortKeys
 
-from . import training, transfer_state, uploads
+from . import train, transfer_state, uploads
 from .job_queue import JobRegistry
-from .training import CohortCheck
+from .train import CohortCheck
 from .uploads import FilePreview, Upload
 
 _SESSION = "_train_session"
@@ -68,6 +68,6 @@ def check(names: tuple[str, ...], file_ids: tuple[str, ...], staging: str, keys:
     """``(summary, None)`` when the uploads read as one cohort with ``keys``, else ``(None, message)``."""
     uploads = [Upload(n, d) for n, d in zip(names, _data)]
     try:
-        return training.check_cohort(uploads, Path(staging), keys, features=features), None
+        return train.check_cohort(uploads, Path(staging), keys, features=features), None
     except Exception as exc:  # a bad cohort is a message, never a traceback
         return None, _message(names[0] if len(names) == 1 else "upload", exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cellniche_core.keys import CohortKeys, Keys
-from explorer import job_queue, state, train_state, training, view
+from explorer import job_queue, state, train, train_state, view
 from explorer.job_queue import Job
 from explorer.uploads import Upload
 
@@ -124,8 +124,8 @@ if problems:
 # ----------------------------------------------------------------------------- columns
 
 st.subheader("Columns")
-columns = training.column_union(previews)
-obsm_keys, spatial_default = training.spatial_options(training.obsm_union(previews))
+columns = train.column_union(previews)
+obsm_keys, spatial_default = train.spatial_options(train.obsm_union(previews))
 
 
 def select(label: str, options: list, default, key: str, **kwargs):
@@ -163,7 +163,7 @@ with cols[3]:
 chosen = {sample, patient, cell_type}
 groups = st.multiselect("Group columns", [c for c in columns if c not in chosen], key="train_groups",
                         help="Clinical columns (e.g. response) that every file must have; they are kept in the run")
-features = select("Encoder input", list(training.FEATURES), "auto", "train_features",
+features = select("Encoder input", list(train.FEATURES), "auto", "train_features",
                   format_func=FEATURE_LABELS.get)
 keys = CohortKeys(spatial=spatial, sample=sample or Keys.SAMPLE, patient=patient or Keys.PATIENT,
                   cell_type=cell_type or Keys.CELL_TYPE, groups=tuple(groups))
@@ -201,10 +201,10 @@ with cols[3]:
 runs_dir = state.runs_dir()
 taken = registry.taken(runs_dir)
 if "train_name" not in st.session_state:
-    st.session_state["train_name"] = training.default_run_name(uploads, runs_dir, taken)
+    st.session_state["train_name"] = train.default_run_name(uploads, runs_dir, taken)
 run_name = st.text_input("Run name", key="train_name",
                          help=f"The run's folder in {runs_dir}: letters, digits, '_' and '-'")
-name_problem = training.run_name_problem(run_name, runs_dir, taken)
+name_problem = train.run_name_problem(run_name, runs_dir, taken)
 if name_problem:
     st.error(name_problem)
 
@@ -215,7 +215,7 @@ else:
     busy = registry.running()
     st.caption(f"{busy} job(s) training on this server now" + (": yours will wait in the queue." if busy else "."))
 if st.button("Start training", type="primary", disabled=bool(name_problem) or mine, key="train_start"):
-    options = training.run_options(keys, features=features, n_niches=n_niches, n_steps=n_steps, seed=seed,
+    options = train.run_options(keys, features=features, n_niches=n_niches, n_steps=n_steps, seed=seed,
                                    umap=umap)
     spec = job_queue.JobSpec(run_name=run_name, uploads=tuple(uploads), keys=keys, options=options,
                             runs_dir=runs_dir, uploads_dir=train_state.uploads_dir())

@@ -1,4 +1,4 @@
-"""The Train page (AppTest) and its background jobs (:mod:`explorer.training`, no Streamlit)."""
+"""The Train page (AppTest) and its background jobs (:mod:`explorer.train`, no Streamlit)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from cellniche_core.io import CohortError, list_runs
 from cellniche_core.keys import Keys
 from cellniche_core.keys import CohortKeys
-from explorer import job_queue, train_state, training, uploads
+from explorer import job_queue, train, train_state, uploads
 from explorer.job_queue import JobRefused, JobRegistry, JobSpec
 from explorer.uploads import Upload
 
@@ -195,8 +195,8 @@ def test_cancel_leaves_no_run_and_no_upload(data_dir, cohort_file):
 def test_bad_run_names_are_refused_with_a_message(tmp_path, name):
     runs = tmp_path / "runs"
     (runs / "small").mkdir(parents=True)
-    assert training.run_name_problem(name, runs)
-    spec = JobSpec(name, (Upload("a.h5ad", b"x"),), CohortKeys(), training.run_options(CohortKeys()),
+    assert train.run_name_problem(name, runs)
+    spec = JobSpec(name, (Upload("a.h5ad", b"x"),), CohortKeys(), train.run_options(CohortKeys()),
                    runs, tmp_path / "uploads")
     with pytest.raises(JobRefused, match="run"):
         JobRegistry().submit("session", spec)
@@ -205,11 +205,11 @@ def test_bad_run_names_are_refused_with_a_message(tmp_path, name):
 
 def test_good_run_names_are_accepted(tmp_path):
     for name in ("my_run-2", "A" * 64, "run"):
-        assert training.run_name_problem(name, tmp_path) is None
-    first = training.default_run_name([Upload("my cohort.h5ad", b"")], tmp_path, now=0)
-    assert first.startswith("my_cohort_") and training.run_name_problem(first, tmp_path) is None
+        assert train.run_name_problem(name, tmp_path) is None
+    first = train.default_run_name([Upload("my cohort.h5ad", b"")], tmp_path, now=0)
+    assert first.startswith("my_cohort_") and train.run_name_problem(first, tmp_path) is None
     (tmp_path / first).mkdir()
-    assert training.default_run_name([Upload("my cohort.h5ad", b"")], tmp_path, now=0) == f"{first}-2"
+    assert train.default_run_name([Upload("my cohort.h5ad", b"")], tmp_path, now=0) == f"{first}-2"
 
 
 def test_the_page_refuses_a_path_as_run_name(data_dir, cohort_file):
@@ -288,7 +288,7 @@ def test_sessions_browse_while_another_trains(data_dir, cohort_file):
 def test_sessions_submit_at_the_same_time(tmp_path, cohort_file, registries):
     registry = registries(max_running=1, max_waiting=2)
     keys = CohortKeys()
-    options = training.run_options(keys, n_niches=3, n_steps=100_000, umap=False)
+    options = train.run_options(keys, n_niches=3, n_steps=100_000, umap=False)
     data = cohort_file.read_bytes()
     outcomes: dict[str, str] = {}
     start = threading.Barrier(6)
@@ -320,9 +320,9 @@ def test_sessions_submit_at_the_same_time(tmp_path, cohort_file, registries):
 
 
 def test_spatial_key_is_never_guessed_from_an_embedding():
-    assert training.spatial_options(["X_pca", "spatial"]) == (["X_pca", "spatial"], "spatial")
-    assert training.spatial_options(["X_pca", "X_spatial"]) == (["X_pca", "X_spatial"], "X_spatial")
-    assert training.spatial_options(["X_pca", "X_umap"]) == (["spatial", "X_pca", "X_umap"], "spatial")
+    assert train.spatial_options(["X_pca", "spatial"]) == (["X_pca", "spatial"], "spatial")
+    assert train.spatial_options(["X_pca", "X_spatial"]) == (["X_pca", "X_spatial"], "X_spatial")
+    assert train.spatial_options(["X_pca", "X_umap"]) == (["spatial", "X_pca", "X_umap"], "spatial")
 
 
 # ----------------------------------------------------------------------------- logic
@@ -345,11 +345,11 @@ def test_preview_and_check_name_the_upload(tmp_path, cohort_file):
     assert preview.n_obs == 1143 and Keys.SPATIAL in preview.obsm_keys
     assert {Keys.SAMPLE, Keys.PATIENT, Keys.CELL_TYPE, "response"} <= set(preview.columns)
     assert len(preview.head) == uploads.PREVIEW_ROWS
-    check = training.check_cohort([good], tmp_path, CohortKeys(groups=("response",)))
+    check = train.check_cohort([good], tmp_path, CohortKeys(groups=("response",)))
     assert (check.n_cells, check.n_slides, check.n_patients, check.features) == (1143, 4, 2, "pheno")
 
     with pytest.raises(CohortError) as info:
-        training.check_cohort([good], tmp_path, CohortKeys(cell_type="phenotype"), features="pheno")
+        train.check_cohort([good], tmp_path, CohortKeys(cell_type="phenotype"), features="pheno")
     assert str(info.value).startswith("cohort.h5ad: obs['phenotype'] is missing")
     with pytest.raises(CohortError, match=r"^broken.h5ad: .*not an HDF5 file"):
         uploads.preview_upload(Upload("broken.h5ad", b"garbage" * 100), tmp_path)
@@ -359,7 +359,7 @@ def test_preview_and_check_name_the_upload(tmp_path, cohort_file):
 def test_registry_queues_refuses_and_cancels(tmp_path, cohort_file, registries):
     registry = registries(max_running=1, max_waiting=1)
     keys = CohortKeys()
-    options = training.run_options(keys, n_niches=3, n_steps=100_000, umap=False)
+    options = train.run_options(keys, n_niches=3, n_steps=100_000, umap=False)
 
     def spec(name: str) -> JobSpec:
         return JobSpec(name, (Upload(cohort_file.name, cohort_file.read_bytes()),), keys, options,
@@ -394,7 +394,7 @@ def test_a_job_reports_a_failed_run(tmp_path, cohort_file, registries):
     registry = registries()
     keys = CohortKeys(sample="slide")  # not a column of the file
     spec = JobSpec("bad", (Upload("my cohort.h5ad", cohort_file.read_bytes()),), keys,
-                   training.run_options(keys, n_steps=20), tmp_path / "runs", tmp_path / "uploads")
+                   train.run_options(keys, n_steps=20), tmp_path / "runs", tmp_path / "uploads")
     job = registry.submit("s", spec)
     assert job.wait(WAIT_S)
     assert job.status == job_queue.FAILED
