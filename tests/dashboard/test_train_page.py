@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from apptest_support import assert_clean, link_runs_dir, open_app, run_entrypoint_always
+from apptest_support import assert_clean, link_runs_dir, open_app
 from malformed import CASES
 from streamlit.testing.v1 import AppTest
 
@@ -23,11 +23,6 @@ from explorer.uploads import Upload
 #: training settings small enough for a test: a few steps, fixed k, no UMAP
 FAST = {"train_steps": 20, "train_niches": 4}
 WAIT_S = 180
-
-
-@pytest.fixture(autouse=True)
-def _entrypoint_always_runs(monkeypatch):
-    run_entrypoint_always(monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,7 @@ from cellniche_core.keys import RUN_ADATA
 from explorer import compare
 from explorer.tables import RunKeys
 
-from apptest_support import assert_clean, link_runs_dir, open_app, plotly_specs, query, run_entrypoint_always
-
-@pytest.fixture(autouse=True)
-def _entrypoint_always_runs(monkeypatch):
-    run_entrypoint_always(monkeypatch)
-
-
-@pytest.fixture
-def runs_dir(tmp_path, small_run, monkeypatch):
-    return link_runs_dir(tmp_path, small_run, monkeypatch)
-
+from apptest_support import assert_clean, open_app, plotly_specs, query
 
 def open_compare(query: dict | None = None):
     return open_app(query, page="compare")

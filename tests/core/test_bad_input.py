@@ -20,7 +20,7 @@ from malformed import CASES, N_CELLS, Case, make_adata, valid_file
 from cellniche_core.cli import EXIT_BAD_INPUT, main
 from cellniche_core.io import INPUT_UNS_KEY, CohortError, read_cohort, validate_cohort
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BY_NAME = {case.name: case for case in CASES}
 
 

@@ -315,3 +315,18 @@ def test_count_saturated_colors():
     image.paste(Image.new("RGB", (200, 50), "#cfcfcf"), (0, 50))  # dimmed grey does not count
     assert count_saturated_colors(image) == 5
     assert count_saturated_colors(Image.new("RGB", (50, 50), "white")) == 0
+
+
+def test_composition_and_comparison_pages_count_presence_alike(small_run):
+    """The Composition page's niche sizes and the Comparison page's niche summary apply one
+    presence rule, so they report the same slides and patients for every niche."""
+    from cellniche_core.compare import summarise_niches
+    from cellniche_core.io import load_run
+
+    run = load_run(small_run, with_weights=False)
+    sizes = tables.niche_sizes(run.adata, run.keys)
+    summary = summarise_niches(run.adata, n_boot=10, **run.keys.table_kwargs()).set_index("niche")
+    assert list(sizes.index) == list(summary.index)
+    assert sizes["slides"].tolist() == summary["n_samples_present"].tolist()
+    assert sizes["patients"].tolist() == summary["n_patients_present"].tolist()
+    assert sizes["cells"].tolist() == summary["n_cells"].tolist()

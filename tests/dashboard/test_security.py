@@ -22,19 +22,14 @@ import torch
 from apptest_support import APP, query, run_entrypoint_always
 from malformed import CASES
 from streamlit.testing.v1 import AppTest
-from tiny_run import TINY, build_tiny_run
+from tiny_run import TINY
 
 from cellniche_core import io
 from cellniche_core.io import CohortError, load_run, load_weights, safe_child
 from cellniche_core.keys import RUN_WEIGHTS
 from explorer import state, transfer, transfer_state
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    return build_tiny_run(tmp_path_factory.mktemp("tiny"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -13,12 +13,7 @@ from explorer import transfer
 from explorer.palette import UNKNOWN_COLOR, hex_to_rgb
 from explorer.tables import RunKeys
 
-from apptest_support import assert_clean, decks, link_runs_dir, open_app, run_entrypoint_always
-
-@pytest.fixture(autouse=True)
-def _entrypoint_always_runs(monkeypatch):
-    run_entrypoint_always(monkeypatch)
-
+from apptest_support import assert_clean, decks, link_runs_dir, open_app
 
 @pytest.fixture(scope="module")
 def query_bytes(tmp_path_factory):
