@@ -15,6 +15,7 @@ class CohortError(ValueError):
 
 
 def cohort_error(source: object, problem: str) -> CohortError:
+    """``CohortError("<source>: <problem>")``."""
     return CohortError(f"{source}: {problem}")
 
 
@@ -26,8 +27,6 @@ def first_names(names: Sequence[object] | pd.Index) -> list[str]:
     return [str(n) for n in list(names[:SHOW])]
 
 
-# --------------------------------------------------------------------------- reading
-
 _SHAPE_MISMATCH = re.compile(
     r"Value passed for key '(?P<key>[^']*)' is of incorrect shape\. Values of (?P<attr>\w+) must "
     r"match dimensions .*? Value had shape \((?P<had>[^)]*)\) while it should have had "
@@ -37,6 +36,7 @@ _SHAPE_MISMATCH = re.compile(
 
 
 def short_reason(exc: BaseException) -> str:
+    """One readable line for an exception of h5py, zarr, anndata or torch."""
     text = str(exc).strip()
     # h5py / zarr messages are long and technical; translate the common ones
     if "signature not found" in text:
