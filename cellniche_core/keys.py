@@ -27,13 +27,16 @@ class Keys:
     TRANSFERRED = "transferred_label"  # obs, label transferred from a reference
     CONFIDENCE = "transfer_confidence"  # obs, float in [0, 1]
     TRANSFER_DISTANCE = "transfer_distance"  # obs, mean cosine distance to the reference neighbours
+    NICHE_SIMILARITY = "niche_similarity"  # obs, cosine similarity to the nearest niche centre (embed)
     UNS = "cellniche"  # uns, run manifest
     INPUT_UNS = "cellniche_input"  # uns, what read_cohort read: files, keys, derived columns, notes
     TRANSFER_UNS = "cellniche_transfer"  # uns, label transfer parameters and summary
     EMBED_UNS = "cellniche_embed"  # uns, what embedding a cohort with a run did
 
-    # demo ground truth
-    TRUE_NICHE = "true_niche"
+    # the simulated demo cohort
+    TRUE_NICHE = "true_niche"  # obs, the planted niche
+    RESPONSE = "response"  # obs, "responder" / "non-responder" per patient
+    SIMULATION_UNS = "simulation"  # uns, how the cohort was simulated
 
 
 UNKNOWN = "unknown"

@@ -147,7 +147,7 @@ def embed_file(run_dir: str | os.PathLike, path: str | os.PathLike, out: str | o
     t = time.perf_counter()
     niche, similarity = nearest_niche(cells.obsm[Keys.EMBEDDING], names, centres)
     cells.obs[Keys.NICHE] = pd.Categorical(niche, categories=names)
-    cells.obs["niche_similarity"] = similarity
+    cells.obs[Keys.NICHE_SIMILARITY] = similarity
     timings["niches"] = time.perf_counter() - t
     report = {"run": str(run_dir), "input": str(path), "n_cells": int(cells.n_obs), "niche_rule": "nearest centre",
               "alignment": alignment, "timings_s": {k: round(v, 3) for k, v in timings.items()}}

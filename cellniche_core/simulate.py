@@ -50,7 +50,7 @@ __all__ = [
     "simulate_cohort",
 ]
 
-RESPONSE_KEY = "response"  # obs, "responder" / "non-responder" per patient
+RESPONSE_KEY = Keys.RESPONSE  # obs, "responder" / "non-responder" per patient
 RESPONDER, NON_RESPONDER = "responder", "non-responder"
 
 CELL_TYPES = (
@@ -290,7 +290,7 @@ def simulate_cohort(
 
     planted = planted_niches(n_patients)
     counts = np.bincount(cells["niche"], minlength=len(DEMO_NICHES))
-    adata.uns["simulation"] = {
+    adata.uns[Keys.SIMULATION_UNS] = {
         "params": {
             "n_patients": n_patients,
             "cells_per_slide": cells_per_slide,
