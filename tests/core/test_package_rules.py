@@ -9,8 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("cellniche_core", "explorer")
 MODULES = sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))
-#: a module this long is split (simulate's data tables and transfer's rules are the longest)
-MAX_LINES = 520
+#: a module longer than this is split (the longest now: transfer.py, ~510 lines)
+MAX_LINES = 550
 
 
 def _imports(path: Path):
