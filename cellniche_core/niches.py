@@ -8,6 +8,8 @@ import sklearn
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
+from .labels import natural_sorted
+
 #: cells used to fit KMeans; the rest are assigned to the nearest centre
 _FIT_CELLS = 100_000
 #: cells per subsample when measuring stability
@@ -177,8 +179,7 @@ def _cluster(emb: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, dict]:
 
 def niche_categories(labels) -> list[str]:
     """Niche names in natural order (N2 before N10)."""
-    names = pd.unique(pd.Series(labels).astype(str))
-    return sorted(names, key=lambda s: (len(s), s))
+    return natural_sorted(pd.unique(pd.Series(labels).astype(str)))
 
 
 def composition(adata, *, niche_key: str, cell_type_key: str) -> pd.DataFrame:

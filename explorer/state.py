@@ -19,13 +19,13 @@ import streamlit as st
 
 from cellniche_core import cli
 from cellniche_core.io import Run, list_runs, load_run
-from cellniche_core.keys import RUN_ADATA, RUN_MANIFEST
+from cellniche_core.keys import RUN_ADATA, RUN_MANIFEST, RunKeys
 from cellniche_core.metrics import batch_mixing
 from cellniche_core.niches import enrichment, marker_scores
+from cellniche_core.pipeline import STAGES
 
-from . import tables
+from . import job_queue, tables
 from .palette import ColorScale, color_scale
-from .tables import RunKeys
 
 APP_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS_DIR = APP_DIR / "data" / "runs"
@@ -79,7 +79,7 @@ def load(ref: RunRef) -> Run:
 
 def run_keys(ref: RunRef) -> RunKeys:
     """Column names recorded in the run's manifest."""
-    return RunKeys.from_manifest(load(ref).manifest)
+    return load(ref).keys
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -185,16 +185,13 @@ def markers(ref: RunRef) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- demo run
 
-#: share of the progress bar given to each stage of the demo build
-_STAGES = {"simulate": (0.0, 0.03), "read": (0.03, 0.04), "graph": (0.04, 0.05), "train": (0.05, 0.78),
-           "embed": (0.78, 0.83), "niches": (0.83, 0.88), "umap": (0.88, 0.97),
-           "write": (0.97, 1.0)}
+#: the stages of the demo build, whose progress bar :func:`explorer.job_queue.overall_progress` draws
+DEMO_STAGES = ("simulate", *STAGES)
 
 
 def overall_progress(stage: str, fraction: float) -> float:
     """Position on the whole build's progress bar of ``fraction`` of ``stage``."""
-    lo, hi = _STAGES.get(stage, (0.0, 1.0))
-    return lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0)
+    return job_queue.overall_progress(stage, fraction, DEMO_STAGES)
 
 
 def _build_demo(directory: Path, on_stage) -> Path:

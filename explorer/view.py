@@ -16,10 +16,10 @@ from typing import Callable, Sequence
 import streamlit as st
 
 from cellniche_core.io import Run
+from cellniche_core.keys import RunKeys
 
 from . import state
 from .state import RunRef
-from .tables import RunKeys
 
 _STATE = "_view"
 _INITIAL = "_view_initial_query"
