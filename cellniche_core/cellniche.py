@@ -90,7 +90,8 @@ class CellNiche:
         graph = graph if graph is not None else spatial_graph(adata, self.graph, self.keys)
         profiles = None
         if self.config.strategy != "freq":
-            profiles = torch.from_numpy(neighbourhood_profiles(x_np, graph.indptr, graph.indices)).to(dev)
+            profiles = torch.from_numpy(neighbourhood_profiles(x_np, graph.indptr, graph.indices,
+                                                                   hops=self.config.profile_hops)).to(dev)
         indptr, indices = _csr_tensors(graph, dev)
         self.model, self.history = train_model(
             torch.from_numpy(x_np).to(dev), indptr, indices, self.config, profiles=profiles,

@@ -46,6 +46,18 @@ def _radius(value: str):
     return r
 
 
+def _hops(value) -> tuple[int, ...]:
+    if isinstance(value, tuple):
+        return value
+    try:
+        hops = tuple(int(v) for v in str(value).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {value!r}")
+    if not hops or min(hops) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {value!r}")
+    return hops
+
+
 def _positive_int(value: str) -> int:
     try:
         v = int(value)
@@ -110,9 +122,17 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     graph.add_argument("--knn", type=_positive_int, metavar="K",
                        help=f"k-nearest-neighbour graph (default: k={DEFAULT_KNN}; edges longer than 4x the "
                             "slide's median neighbour spacing are cut)")
-    m.add_argument("--strategy", choices=STRATEGIES, default="freq",
-                   help="positive pairs: co-visited by random walks (freq), similar neighbourhood expression "
-                        "(sim), both (and) or either (or) (default: %(default)s)")
+    defaults = TrainConfig()
+    m.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy,
+                   help="positive pairs: co-visited by random walks (freq), similar surroundings at the "
+                        "--profile-hops scales (sim), both (and) or either (or) (default: %(default)s)")
+    m.add_argument("--profile-hops", type=_hops, default=defaults.profile_hops, metavar="H[,H...]",
+                   help="scales, in graph hops, at which surroundings are compared by the sim/and/or "
+                        "strategies (default: %s)" % ",".join(map(str, defaults.profile_hops)))
+    m.add_argument("--walk-length", type=_positive_int, default=defaults.walk_length,
+                   help="steps of each random walk (default: %(default)s = encoder layers + 1)")
+    m.add_argument("--seeds-per-batch", type=_positive_int, default=defaults.seeds_per_batch,
+                   help="seed cells whose walks make one training batch (default: %(default)s)")
     m.add_argument("--hard-weight", type=float, default=0.0, metavar="BETA",
                    help="weight hard negatives by exp(BETA * similarity); 0 = plain InfoNCE (default: 0)")
     m.add_argument("--steps", type=_positive_int, default=None,
@@ -322,7 +342,8 @@ def options_from_args(args) -> RunOptions:
     from .pipeline import RunOptions
 
     graph = GraphSettings(n_neighbors=args.knn or DEFAULT_KNN, radius=args.radius)
-    train = TrainConfig(strategy=args.strategy, hard_weight=args.hard_weight, n_steps=args.steps,
+    train = TrainConfig(strategy=args.strategy, profile_hops=args.profile_hops, walk_length=args.walk_length,
+                        seeds_per_batch=args.seeds_per_batch, hard_weight=args.hard_weight, n_steps=args.steps,
                         out_channels=args.dim, seed=args.seed, precision=args.precision)
     keys = InputKeys(spatial_key=args.spatial_key, sample_key=args.sample_key, cell_type_key=args.cell_type_key)
     return RunOptions(features=args.features, n_niches=args.n_niches, graph=graph, train=train, keys=keys,

@@ -192,14 +192,34 @@ def make_features(adata, spec: FeatureSpec, *, cell_type_key: str, X=None,
     return np.concatenate(parts, axis=1), report
 
 
-def neighbourhood_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Mean of each cell's and its spatial neighbours' feature rows, (n, f) float32.
+def neighbourhood_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+                           hops: tuple[int, ...] = (1,)) -> np.ndarray:
+    """Each cell's surroundings at one or several scales, (n, f * len(hops)) float32.
 
-    The similarity strategies compare these local profiles rather than single cells, so
-    that "similar" means a similar surrounding, not merely the same cell type.
+    The profile at ``h`` hops is the mean of the feature rows of the cell and its
+    neighbours, applied ``h`` times (a random-walk smoothing over roughly the ``h``-hop
+    neighbourhood). With one scale the profile is returned as it is; with several, each
+    scale's profiles are L2-normalised before they are put side by side, so the cosine
+    similarity of two cells' profiles is the mean of their similarities at each scale.
+
+    The similarity strategies compare these profiles rather than single cells, so that
+    "similar" means a similar surrounding, not merely the same cell type; several scales
+    let one setting serve tissues whose structures are a few cells wide (cortical layers)
+    or span hundreds (tumour compartments).
     """
+    hops = tuple(sorted(set(int(h) for h in hops)))
+    if not hops or hops[0] < 1:
+        raise ValueError(f"hops must be positive integers, got {hops}")
     n = len(indptr) - 1
     adj = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(n, n))
     adj = adj + sp.identity(n, dtype=np.float32, format="csr")
-    deg = np.asarray(adj.sum(1)).ravel()
-    return (sp.diags(1.0 / deg) @ adj @ x).astype(np.float32)
+    step = (sp.diags(1.0 / np.asarray(adj.sum(1)).ravel()) @ adj).astype(np.float32).tocsr()
+    profile, parts = np.asarray(x, dtype=np.float32), []
+    for h in range(1, hops[-1] + 1):
+        profile = step @ profile
+        if h in hops:
+            parts.append(profile)
+    if len(parts) == 1:
+        return parts[0].astype(np.float32)
+    norms = [np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
+    return np.concatenate([p / s for p, s in zip(parts, norms)], axis=1).astype(np.float32)

@@ -26,6 +26,7 @@ from .keys import Keys
 from .layout import compute_umap
 from .metrics import agreement, batch_mixing
 from .niches import call_niches, niche_categories
+from .scale import describe_scale
 from .train import TrainConfig, resolve_device
 
 #: on_stage callback: (stage, fraction of that stage done, message)
@@ -104,6 +105,8 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
     t = time.perf_counter()
     report = model.embed(adata, device=str(device), graph=graph)
     store_graph(adata, graph)  # kept with the run, so that no later step rebuilds it
+    scale = describe_scale(graph, options.train, positives_per_cell=model.history.mean_positives_per_cell,
+                           batch_cells=model.history.mean_batch_cells, seed=options.train.seed)
     del graph
     timings["embed"] = time.perf_counter() - t
     on_stage("embed", 1.0, "done")
@@ -159,6 +162,7 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
                      "temperature": hist.temperature, "mean_batch_cells": hist.mean_batch_cells,
                      "mean_positives_per_cell": hist.mean_positives_per_cell,
                      "stopped_early": hist.steps < (options.train.n_steps or hist.steps)},
+        "scale": scale,
         "alignment": report,
         "metrics": metrics,
     }

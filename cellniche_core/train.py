@@ -38,7 +38,13 @@ class TrainConfig:
     # walks of num_layers + 1 steps keep positive pairs inside each other's receptive field
     # (2 layers see 2 hops); longer walks pair cells whose neighbourhoods barely overlap
     walk_length: int = 3
-    strategy: str = "freq"
+    # positives: pairs co-visited by the walks (local, spatially coherent) or whose
+    # surroundings are similar at profile_hops scales (global: the same kind of place
+    # anywhere in the batch, in any slide). With walk pairs alone, same-niche cells of
+    # other seeds' walks are only negatives, and on real tissue (cortical layers, Visium
+    # spots) the embedding did no better than averaging the inputs over neighbours.
+    strategy: str = "or"
+    profile_hops: tuple[int, ...] = (1, 2, 3)
     hard_weight: float = 0.0
     init_temperature: float = 0.1
     lr: float = 2e-3
@@ -51,13 +57,15 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["fanouts"] = list(self.fanouts)
+        d["profile_hops"] = list(self.profile_hops)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
-        if "fanouts" in d:
-            d["fanouts"] = tuple(d["fanouts"])
+        for key in ("fanouts", "profile_hops"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 

@@ -5,6 +5,8 @@ import streamlit as st
 from explorer import figures, state, view
 from explorer.palette import niche_colors
 
+from cellniche_core.scale import scale_lines
+
 view.enter_page("overview")
 st.title("Cohort overview")
 current = view.current_run()
@@ -39,6 +41,7 @@ with right:
                  f"- created: {manifest.get('created', 'n/a')}"]
         if truth:
             lines.append(f"- agreement with planted niches: ARI {truth['ari']:.2f}, NMI {truth['nmi']:.2f}")
+        lines += [f"- {line}" for line in scale_lines(manifest.get("scale"))]
         timings = manifest.get("timings_s") or {}
         if timings:
             lines.append("- timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
