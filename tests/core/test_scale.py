@@ -111,3 +111,22 @@ def test_umap_compiled_code_is_cached_on_disk():
 
     umap = _import_umap()
     assert isinstance(umap.umap_.smooth_knn_dist._cache, FunctionCache)
+
+
+def test_training_makes_the_profiles_it_needs_when_none_are_given():
+    import torch
+
+    from cellniche_core.graph import build_knn_graph
+    from cellniche_core.train import train_model
+
+    rng = np.random.default_rng(0)
+    g = build_knn_graph(rng.uniform(0, 100, (300, 2)), n_neighbors=6)
+    x = torch.nn.functional.one_hot(torch.from_numpy(rng.integers(0, 4, 300)), 4).float()
+    ip, ix = torch.from_numpy(g.indptr), torch.from_numpy(g.indices)
+    config = TrainConfig(n_steps=4, seed=0, strategy="or", profile_hops=(1, 2))
+    own, hist = train_model(x, ip, ix, config)
+    given = torch.from_numpy(neighbourhood_profiles(x.numpy(), g.indptr, g.indices, hops=(1, 2)))
+    ref, _ = train_model(x, ip, ix, config, profiles=given)
+    for a, b in zip(own.state_dict().values(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert hist.mean_positives_per_cell > 0
