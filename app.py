@@ -9,7 +9,9 @@ import streamlit as st
 
 st.set_page_config(page_title="CellNiche Explorer", page_icon=":material/hub:", layout="wide")
 
-from explorer import auth, state, view  # noqa: E402  (set_page_config must come first)
+# light imports only until the title and the navigation are on screen: the library takes
+# seconds to import on a fresh server
+from explorer import auth, startup  # noqa: E402  (set_page_config must come first)
 
 PAGES = {
     "overview": st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
@@ -30,15 +32,16 @@ PAGES = {
 access = auth.access()
 page = st.navigation(list(PAGES.values()), position="sidebar" if access.allowed else "hidden")
 auth.gate(access)
+st.sidebar.markdown("### CellNiche Explorer")
+directory = startup.runs_dir()
+if not startup.has_runs(directory):
+    startup.wait_for_demo(directory)  # title and progress bar; reruns once the demo run exists
+
+from explorer import state, view  # noqa: E402
+
 page_name = next(name for name, p in PAGES.items() if p is page)
 view.start(page_name, PAGES)
-
-st.sidebar.markdown("### CellNiche Explorer")
-directory = state.runs_dir()
-runs = state.find_runs(directory)
-if not runs and state.ensure_demo_run(directory):
-    st.rerun()  # a clean page, without the finished progress bar
-view.select_run(runs)
+view.select_run(state.find_runs(directory))
 auth.sign_out_button(access)
 
 page.run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -81,6 +82,39 @@ class TerminalProgress:
             print(f"[{time.perf_counter() - self.t0:7.1f}s] {stage}: {message}", file=sys.stderr)
 
 
+class ProgressFile:
+    """Progress written to a small JSON file (``{"stage", "fraction", "message"}``) for another process.
+
+    Each write replaces the file atomically; within a stage, writes are at most every
+    ``every_s`` seconds, so a training loop reporting every step costs nothing.
+    """
+
+    def __init__(self, path: str | Path, every_s: float = 0.25):
+        self.path = Path(path)
+        self.every_s = every_s
+        self._last = (None, 0.0)
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        last_stage, last_time = self._last
+        if stage == last_stage and fraction < 1.0 and now - last_time < self.every_s:
+            return
+        self._last = (stage, now)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({"stage": stage, "fraction": float(fraction), "message": message}))
+            os.replace(tmp, self.path)
+        except OSError:  # progress is best effort; the build itself goes on
+            pass
+
+
+def _both(*callbacks):
+    def call(stage: str, fraction: float, message: str) -> None:
+        for callback in callbacks:
+            callback(stage, fraction, message)
+    return call
+
+
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cohort keys")
     g.add_argument("--sample-key", default=Keys.SAMPLE,
@@ -149,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     demo.add_argument("--overwrite", action="store_true", help="rebuild if present")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
+    demo.add_argument("--progress-file", metavar="FILE", help=argparse.SUPPRESS)  # for the dashboard
     _add_compare_parser(sub)
     _add_transfer_parser(sub)
     _add_embed_parser(sub)
@@ -329,17 +364,26 @@ def options_from_args(args) -> RunOptions:
 
 def build_demo(out: str | Path, *, seed: int = 0, device: str = "auto", overwrite: bool = False,
                on_stage=None) -> Path:
-    """Write ``out/demo_cohort.h5ad`` and the run ``out/runs/demo``; returns the run path."""
-    from .pipeline import RunOptions, fit_run
-    from .simulate import simulate_cohort
+    """Write ``out/demo_cohort.h5ad``, the run ``out/runs/demo`` and a query slide; returns the run path.
 
+    The query, ``out/demo_query.h5ad``, is one more patient simulated like the cohort's but
+    left out of the run (:data:`DEMO_QUERY`): a new slide to try label transfer on.
+    """
+    from .pipeline import RunOptions, fit_run
+    from .simulate import simulate_cohort, simulate_query_patient
+
+    say = on_stage or (lambda stage, fraction, message: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cohort = out / "demo_cohort.h5ad"
     if overwrite or not cohort.exists():
-        tmp = out / ".demo_cohort.h5ad.tmp"
-        simulate_cohort(seed=seed).write_h5ad(tmp)
-        os.replace(tmp, cohort)
+        say("simulate", 0.0, "simulating the demo cohort")
+        _write_h5ad(simulate_cohort(seed=seed), cohort)
+    query = out / DEMO_QUERY
+    if overwrite or not query.exists():
+        say("simulate", 0.8, "simulating a query patient left out of the run")
+        _write_h5ad(simulate_query_patient(seed=seed), query)
+    say("simulate", 1.0, "demo cohort ready")
     # the planted number of niches: the demo shows the method at the true k (auto may
     # split a niche whose two sides differ, see the README)
     from .simulate import DEMO_NICHES
@@ -347,6 +391,16 @@ def build_demo(out: str | Path, *, seed: int = 0, device: str = "auto", overwrit
     options = RunOptions(n_niches=len(DEMO_NICHES), train=TrainConfig(seed=seed), device=device)
     return fit_run([cohort], out / "runs" / "demo", options, group_keys=("response",),
                    overwrite=overwrite, on_stage=on_stage)
+
+
+#: the demo's query slide, written next to the demo cohort
+DEMO_QUERY = "demo_query.h5ad"
+
+
+def _write_h5ad(adata, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    adata.write_h5ad(tmp)
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -369,8 +423,9 @@ def main(argv=None) -> int:
         elif args.command == "embed":
             path = run_embed(args)
         else:
+            on_stage = _both(progress, ProgressFile(args.progress_file)) if args.progress_file else progress
             path = build_demo(args.out, seed=args.seed, device=args.device, overwrite=args.overwrite,
-                              on_stage=progress)
+                              on_stage=on_stage)
     except (CohortError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,4 +1,4 @@
-"""Cached access to runs for the dashboard, and the one-time build of the demo run.
+"""Cached access to runs for the dashboard (the demo run's build is in :mod:`explorer.startup`).
 
 A run is addressed by a :class:`RunRef` (name, folder, modification time of its files):
 hashable, so it is the cache key of everything derived from the run, and a run rebuilt
@@ -8,16 +8,12 @@ derived from them are ``st.cache_data``. Every cached function reads only its ar
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 import streamlit as st
 
-from cellniche_core import cli
 from cellniche_core.io import Run, list_runs, load_run
 from cellniche_core.keys import RUN_ADATA, RUN_MANIFEST
 from cellniche_core.metrics import batch_mixing
@@ -26,11 +22,7 @@ from cellniche_core.niches import enrichment, marker_scores
 from . import tables
 from .palette import ColorScale, color_scale
 from .tables import RunKeys
-
-APP_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_RUNS_DIR = APP_DIR / "data" / "runs"
-RUNS_DIR_ENV = "CELLNICHE_RUNS_DIR"
-DEMO_RUN = "demo"
+from .startup import APP_DIR, DEFAULT_RUNS_DIR, DEMO_RUN, RUNS_DIR_ENV, runs_dir  # noqa: F401
 
 #: most cells drawn on one slide map by default; larger slides show a random sample (the
 #: browser paints 25k points of a 56k-cell slide in ~4 s with software WebGL, 50k in ~6 s)
@@ -47,12 +39,6 @@ class RunRef(NamedTuple):
     name: str
     path: str
     stamp: float  # latest modification time of the manifest and the cohort file
-
-
-def runs_dir() -> Path:
-    """The runs folder: ``$CELLNICHE_RUNS_DIR``, else ``data/runs`` next to ``app.py``."""
-    value = os.environ.get(RUNS_DIR_ENV, "").strip()
-    return Path(value).expanduser() if value else DEFAULT_RUNS_DIR
 
 
 def find_runs(directory: Path) -> dict[str, RunRef]:
@@ -181,108 +167,3 @@ def cell_type_enrichment(ref: RunRef) -> pd.DataFrame:
 def markers(ref: RunRef) -> pd.DataFrame:
     """(niches x features) mean z-scored expression."""
     return marker_scores(load(ref).adata, niche_key=run_keys(ref).niche)
-
-
-# ----------------------------------------------------------------------------- demo run
-
-#: share of the progress bar given to each stage of the demo build
-_STAGES = {"simulate": (0.0, 0.03), "read": (0.03, 0.04), "graph": (0.04, 0.05), "train": (0.05, 0.78),
-           "embed": (0.78, 0.83), "niches": (0.83, 0.88), "umap": (0.88, 0.97),
-           "write": (0.97, 1.0)}
-
-
-def overall_progress(stage: str, fraction: float) -> float:
-    """Position on the whole build's progress bar of ``fraction`` of ``stage``."""
-    lo, hi = _STAGES.get(stage, (0.0, 1.0))
-    return lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0)
-
-
-def _build_demo(directory: Path, on_stage) -> Path:
-    """Build the demo run as ``directory/demo``; the simulated cohort is kept beside it."""
-    # data/runs -> the cohort goes to data/demo_cohort.h5ad; another runs folder keeps it hidden
-    out = directory.parent if directory.name == "runs" else directory / ".demo"
-    try:
-        built = cli.build_demo(out, on_stage=on_stage)
-    except FileExistsError:  # built meanwhile by another process
-        built = out / "runs" / DEMO_RUN
-    target = directory / DEMO_RUN
-    if Path(built).resolve() != target.resolve() and not target.exists():
-        os.replace(built, target)
-    return target
-
-
-class DemoBuild:
-    """The demo run being built in a background thread, shared by every session.
-
-    The build runs outside any script run, so a user who clicks or navigates meanwhile
-    does not interrupt it; every session only reads its progress.
-    """
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self.progress = 0.0
-        self.text = "simulating the demo cohort"
-        self.error: str | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        """Start the build unless it is running or has failed (see :meth:`retry`)."""
-        with self._lock:
-            if self.running or self.error is not None:
-                return
-            self._thread = threading.Thread(target=self._run, name="cellniche-demo-build", daemon=True)
-            self._thread.start()
-
-    def retry(self) -> None:
-        """Forget a failed build so that :meth:`start` tries again."""
-        with self._lock:
-            if not self.running:
-                self._thread, self.error, self.progress = None, None, 0.0
-
-    def _on_stage(self, stage: str, fraction: float, message: str) -> None:
-        self.progress = overall_progress(stage, fraction)
-        self.text = f"{stage}: {message}"
-
-    def _run(self) -> None:
-        try:
-            _build_demo(self.directory, self._on_stage)
-            self.progress, self.text = 1.0, "demo run ready"
-        except Exception as exc:  # reported to every session by ensure_demo_run
-            self.error = f"{type(exc).__name__}: {exc}"
-
-
-@st.cache_resource
-def _demo_build(directory: str) -> DemoBuild:
-    # one build per runs folder for the whole server
-    return DemoBuild(Path(directory))
-
-
-def ensure_demo_run(directory: Path, *, poll_s: float = 0.5) -> bool:
-    """Build the demo run into an empty runs folder, with a progress bar; True when it exists.
-
-    The build happens once per server (a shared background thread) and the run is kept
-    on disk. A failure is shown with ``st.error`` and a button to try again.
-    """
-    build = _demo_build(str(directory.resolve()))
-    if find_runs(directory):
-        return True
-    build.start()
-    if build.error is None:
-        st.info(f"No run found in `{directory}`: building the demo run once (under a minute "
-                "on a laptop CPU). It is kept on disk for next time.")
-        bar = st.progress(build.progress, text=build.text)
-        while build.running:
-            time.sleep(poll_s)
-            bar.progress(build.progress, text=build.text)
-    if build.error is not None:
-        st.error(f"Building the demo run failed: {build.error}")
-        if st.button("Try again"):
-            build.retry()
-            st.rerun()
-        return False
-    return bool(find_runs(directory))

@@ -18,6 +18,7 @@ import streamlit as st
 from cellniche_core.io import Run
 
 from . import state
+from .startup import enter_page  # noqa: F401  (pages call view.enter_page)
 from .state import RunRef
 from .tables import RunKeys
 
@@ -28,8 +29,7 @@ _PAGE = "_view_page"
 _RUNS = "_view_runs"
 _WARNINGS = "_view_warning_box"
 _PENDING = "_view_pending_warnings"
-_GOTO = "_view_goto"
-_ENTERED = "_view_entered"
+from .startup import ENTERED as _ENTERED, GOTO as _GOTO  # noqa: E402
 
 NO_NICHE = "none"
 
@@ -61,20 +61,6 @@ def start(page_name: str, pages: dict) -> None:
     ss[_WARNINGS] = st.container()
     for message in ss.pop(_PENDING, []):
         ss[_WARNINGS].warning(message)
-
-
-def enter_page(page_name: str) -> None:
-    """Call first in every page file: make sure ``app.py`` ran before the page.
-
-    Until some session has called ``st.navigation``, Streamlit serves a ``pages/`` folder
-    the legacy way and runs a deep-linked page file on its own, without the entrypoint
-    (no run picker, no URL sync). Such a run is sent back through ``app.py``, which then
-    switches to ``page_name`` with the query string kept.
-    """
-    if st.session_state.pop(_ENTERED, False):
-        return
-    st.session_state[_GOTO] = page_name
-    st.switch_page("app.py", query_params=_query_items())
 
 
 def _query_items() -> dict[str, list[str]]:

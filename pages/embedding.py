@@ -1,11 +1,14 @@
 """Shared-embedding UMAP and how well samples or patients mix in it."""
 
+from explorer.startup import enter_page
+
+enter_page("embedding")  # before the heavy imports: see explorer.startup
+
 import streamlit as st
 
 from explorer import figures, state, view
 from explorer.palette import niche_colors
 
-view.enter_page("embedding")
 st.title("Embedding")
 current = view.current_run()
 ref, keys = current.ref, current.keys

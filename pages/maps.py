@@ -1,5 +1,9 @@
 """Spatial niche maps: one to four slides side by side, coloured by any obs column."""
 
+from explorer.startup import enter_page
+
+enter_page("maps")  # before the heavy imports: see explorer.startup
+
 import streamlit as st
 
 from explorer import figures, state, view
@@ -7,7 +11,6 @@ from explorer import figures, state, view
 MAX_MAPS = 4
 BUDGETS = (10_000, 25_000, 50_000, 100_000)
 
-view.enter_page("maps")
 st.title("Niche maps")
 current = view.current_run()
 ref, keys = current.ref, current.keys

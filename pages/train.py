@@ -1,5 +1,9 @@
 """Train a run: upload a cohort, pick its columns and settings, and train it in the background."""
 
+from explorer.startup import enter_page
+
+enter_page("train")  # before the heavy imports: see explorer.startup
+
 from __future__ import annotations
 
 import streamlit as st
@@ -14,7 +18,6 @@ FEATURE_LABELS = {"auto": "auto (cell types when there is a cell-type column, el
                   "pheno": "cell types (pheno)", "expr": "expression (expr)",
                   "pheno_expr": "cell types and expression (pheno_expr)"}
 
-view.enter_page("train")
 st.title("Train a run")
 registry = train_state.registry()
 train_state.clean_uploads(str(train_state.uploads_dir()))

@@ -1,5 +1,9 @@
 """Label transfer: annotate a new slide from the selected run, and show what is unknown."""
 
+from explorer.startup import enter_page
+
+enter_page("transfer")  # before the heavy imports: see explorer.startup
+
 from pathlib import Path
 
 import streamlit as st
@@ -12,7 +16,6 @@ from explorer import figures, labeltransfer, state, transfer_state, view
 UPLOAD = "upload"
 MAP_POINTS = 25_000
 
-view.enter_page("transfer")
 st.title("Label transfer")
 current = view.current_run()
 ref, keys = current.ref, current.keys
