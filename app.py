@@ -20,6 +20,7 @@ PAGES = {
                          url_path="embedding"),
     "composition": st.Page("pages/composition.py", title="Niche composition", icon=":material/grid_on:",
                            url_path="composition"),
+    "names": st.Page("pages/names.py", title="Niche names", icon=":material/edit_note:", url_path="names"),
     "compare": st.Page("pages/compare.py", title="Cohort comparison", icon=":material/compare_arrows:",
                        url_path="compare"),
     "transfer": st.Page("pages/transfer.py", title="Label transfer", icon=":material/label:",

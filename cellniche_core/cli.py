@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_parser(sub)
     _add_transfer_parser(sub)
     _add_embed_parser(sub)
+    _add_names_parser(sub)
     return parser
 
 
@@ -231,7 +232,9 @@ def run_compare(args) -> Path:
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
     t0 = time.perf_counter()
-    run = load_run(args.run, with_weights=False)
+    from .names import named_run
+
+    run = named_run(load_run(args.run, with_weights=False), niche_key=args.niche_key)
     tables = compare_run(run, group_key=args.group_key, reference=args.reference, niche_key=args.niche_key,
                          min_fraction=args.min_fraction, min_cells=args.min_cells,
                          border_threshold=args.border_threshold, n_boot=args.n_boot, seed=args.seed)
@@ -314,6 +317,46 @@ def run_transfer(args) -> Path:
           f"{report['n_ambiguous']:,} without a majority); mean confidence {report['mean_confidence']:.2f}",
           file=sys.stderr)
     return path
+
+
+def _add_names_parser(sub) -> None:
+    names = sub.add_parser(
+        "names", help="show or set the names of a run's niches",
+        description="Print each niche's id, automatic name (its most enriched cell types, or top markers) "
+                    "and the name given to it. --from sets names from a CSV with the header 'niche,name' "
+                    "(niches not listed keep theirs; an empty name goes back to the automatic one). Names "
+                    "are kept in RUN_DIR/niche_names.json; cohort.h5ad is not modified.")
+    names.add_argument("run", metavar="RUN_DIR", help="run folder written by 'fit' or 'demo'")
+    names.add_argument("--from", dest="from_csv", metavar="CSV", help="two columns: niche,name")
+    names.add_argument("--reset", action="store_true", help="forget every name given (back to automatic names)")
+
+
+def run_names(args) -> Path:
+    """The ``names`` command: set names from a CSV, then print the table of niches."""
+    import csv
+
+    from . import names as niche_names
+    from .io import load_run
+    from .niches import niche_categories
+
+    run = load_run(args.run, with_weights=False)
+    obs = run.adata.obs
+    if Keys.NICHE not in obs:
+        raise ValueError(f"{args.run}: the run has no obs[{Keys.NICHE!r}] niches")
+    niches = niche_categories(obs[Keys.NICHE])
+    current = {} if args.reset else niche_names.read_names(run.path)
+    if args.from_csv:
+        current.update(niche_names.read_names_csv(args.from_csv, niches))
+    if args.reset or args.from_csv:
+        niche_names.write_names(run.path, current, niches=niches)
+    auto = niche_names.auto_names_for(run.adata, niche_key=Keys.NICHE,
+                                      cell_type_key=niche_names.cell_type_key_of(run.manifest))
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["niche", "auto_name", "name", "label"])
+    for niche in niches:
+        name = current.get(niche, "")
+        writer.writerow([niche, auto.get(niche, ""), name, niche_names.label(niche, name or auto.get(niche))])
+    return run.path / niche_names.NAMES_FILE
 
 
 def _add_embed_parser(sub) -> None:
@@ -409,7 +452,7 @@ def main(argv=None) -> int:
     from .io import CohortError
 
     is_main = from_environment().is_main  # under torchrun only rank 0 reports
-    progress = TerminalProgress(enabled=not args.quiet and is_main)
+    progress = TerminalProgress(enabled=not getattr(args, "quiet", False) and is_main)
     try:
         if args.command == "fit":
             from .pipeline import fit_run
@@ -422,6 +465,9 @@ def main(argv=None) -> int:
             path = run_transfer(args)
         elif args.command == "embed":
             path = run_embed(args)
+        elif args.command == "names":
+            run_names(args)
+            return 0
         else:
             on_stage = _both(progress, ProgressFile(args.progress_file)) if args.progress_file else progress
             path = build_demo(args.out, seed=args.seed, device=args.device, overwrite=args.overwrite,

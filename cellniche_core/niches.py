@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import sklearn
@@ -176,9 +178,9 @@ def _cluster(emb: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, dict]:
 
 
 def niche_categories(labels) -> list[str]:
-    """Niche names in natural order (N2 before N10)."""
+    """Niche names in natural order (N2 before N10, also for labels such as "N2 · B cell")."""
     names = pd.unique(pd.Series(labels).astype(str))
-    return sorted(names, key=lambda s: (len(s), s))
+    return sorted(names, key=lambda s: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)])
 
 
 def composition(adata, *, niche_key: str, cell_type_key: str) -> pd.DataFrame:

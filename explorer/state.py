@@ -17,7 +17,8 @@ import streamlit as st
 from cellniche_core.io import Run, list_runs, load_run
 from cellniche_core.keys import RUN_ADATA, RUN_MANIFEST
 from cellniche_core.metrics import batch_mixing
-from cellniche_core.niches import enrichment, marker_scores
+from cellniche_core.names import NAMES_FILE, auto_names_for, label, named_run, niche_id, read_names, write_names
+from cellniche_core.niches import enrichment, marker_scores, niche_categories
 
 from . import tables
 from .palette import ColorScale, color_scale
@@ -39,6 +40,7 @@ class RunRef(NamedTuple):
     name: str
     path: str
     stamp: float  # latest modification time of the manifest and the cohort file
+    names_stamp: float = 0.0  # modification time of the niche names file (0: none)
 
 
 def find_runs(directory: Path) -> dict[str, RunRef]:
@@ -50,7 +52,12 @@ def find_runs(directory: Path) -> dict[str, RunRef]:
                         if (path / f).exists())
         except (OSError, ValueError):
             continue
-        out[path.name] = RunRef(path.name, str(path), stamp)
+        names_file = path / NAMES_FILE
+        try:
+            names_stamp = names_file.stat().st_mtime if names_file.is_file() else 0.0
+        except OSError:
+            names_stamp = 0.0
+        out[path.name] = RunRef(path.name, str(path), stamp, names_stamp)
     return out
 
 
@@ -58,9 +65,38 @@ def find_runs(directory: Path) -> dict[str, RunRef]:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading run…")
+def _read(path: str, stamp: float) -> Run:
+    return load_run(path, with_weights=False)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Naming niches…")
 def load(ref: RunRef) -> Run:
-    """The run's annotated cohort and manifest (no model weights), shared by all sessions."""
-    return load_run(ref.path, with_weights=False)
+    """The run's annotated cohort and manifest (no model weights), shared by all sessions.
+
+    Its niche column holds the niches' labels (``"N3 · B cell + Dendritic cell"``, see
+    :mod:`cellniche_core.names`), so every table, legend, tooltip and download shows them.
+    A rename changes ``ref.names_stamp`` only: the cohort file is not read again.
+    """
+    run = _read(ref.path, ref.stamp)
+    return named_run(run, niche_key=RunKeys.from_manifest(run.manifest).niche)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def niche_names_table(ref: RunRef) -> pd.DataFrame:
+    """One row per niche: ``niche`` (id), ``auto_name``, ``name`` (the user's, or empty), ``label``."""
+    run = _read(ref.path, ref.stamp)
+    keys = RunKeys.from_manifest(run.manifest)
+    auto = auto_names_for(run.adata, niche_key=keys.niche, cell_type_key=keys.cell_type)
+    given = read_names(ref.path)
+    ids = niche_categories(run.adata.obs[keys.niche])
+    return pd.DataFrame({"niche": ids, "auto_name": [auto.get(n, "") for n in ids],
+                         "name": [given.get(n, "") for n in ids],
+                         "label": [label(n, given.get(n) or auto.get(n)) for n in ids]})
+
+
+def save_niche_names(ref: RunRef, names: dict[str, str]) -> None:
+    """Store the user's names of ``ref``'s niches (raises NamesError on a bad name)."""
+    write_names(ref.path, names, niches=niche_names_table(ref)["niche"].tolist())
 
 
 def run_keys(ref: RunRef) -> RunKeys:
@@ -147,7 +183,9 @@ def mixing(ref: RunRef, batch: str) -> tuple[pd.DataFrame, float | None, str]:
                if len(keep) < run.adata.n_obs else "")
     recorded = (run.manifest.get("metrics") or {}).get("batch_mixing_per_niche")
     if batch == "sample" and recorded:
-        per_niche, source = pd.Series(recorded, dtype=float), "per niche from the run manifest"
+        labels = {niche_id(n): n for n in niches(ref)}  # the manifest knows the niches by id
+        per_niche = pd.Series(recorded, dtype=float).rename(index=lambda n: labels.get(n, n))
+        source = "per niche from the run manifest"
     else:
         per_niche = batch_mixing(emb, batches, run.adata.obs[keys.niche].iloc[keep])["mixing"]
         source = f"per niche computed{sampled}"

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import streamlit as st
 
 from cellniche_core.io import Run
+from cellniche_core.names import niche_id
 
 from . import state
 from .startup import enter_page  # noqa: F401  (pages call view.enter_page)
@@ -103,18 +104,21 @@ def _state_key(name: str, per_page: bool) -> str:
 
 def choice(name: str, label: str, options: Sequence, *, default, what: str = "",
            per_page: bool = False, container=None, format_func: Callable = str,
-           help: str | None = None):
-    """A selectbox whose value lives in the URL as ``?name=value``.
+           help: str | None = None, url_value: Callable = str):
+    """A selectbox whose value lives in the URL as ``?name=url_value(value)``.
 
     An unknown value from the link falls back to ``default`` with a warning; a stored
-    value no longer offered (e.g. after switching runs) falls back silently.
+    value no longer offered (e.g. after switching runs) falls back silently. A link
+    value matches an option by its text or by its ``url_value`` (a niche by its id, so
+    that a link survives a rename).
     """
     options = list(options)
     view = st.session_state.setdefault(_STATE, {})
     key = _state_key(name, per_page)
     link = _from_link(name)
     if link is not None:
-        by_text = {str(o): o for o in options}  # query values are text; options may be numbers
+        # query values are text; options may be numbers
+        by_text = {url_value(o): o for o in options} | {str(o): o for o in options}
         if link and link[0] in by_text:
             view[key] = by_text[link[0]]
         else:
@@ -128,7 +132,7 @@ def choice(name: str, label: str, options: Sequence, *, default, what: str = "",
         st.session_state[widget_key] = view[key]
     (container or st).selectbox(label, options, key=widget_key, format_func=format_func, help=help,
                                 on_change=_copy_widget, args=(key, widget_key))
-    _set_query(name, str(view[key]))
+    _set_query(name, url_value(view[key]))
     return view[key]
 
 
@@ -219,5 +223,5 @@ def highlight(niches: Sequence[str], *, container=None) -> str | None:
     """Highlighted-niche picker, synced with ``?niche=``; None for no highlight."""
     value = choice("niche", "Highlight niche", [NO_NICHE, *niches], default=NO_NICHE, what="niche",
                    container=container, format_func=lambda v: "— none —" if v == NO_NICHE else v,
-                   help="Draw one niche in colour and dim the others")
+                   help="Draw one niche in colour and dim the others", url_value=niche_id)
     return None if value == NO_NICHE else value

@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from apptest_support import assert_clean, decks, link_runs_dir, query, run_entrypoint_always
 from apptest_support import open_app as _open_app
+from cellniche_core.names import niche_id
 from explorer import state
 
 PAGES = ("pages/overview.py", "pages/maps.py", "pages/embedding.py", "pages/composition.py")
@@ -33,6 +34,11 @@ def runs_dir(tmp_path, small_run, monkeypatch):
 
 def open_app(query: dict | None = None):
     return _open_app(query, timeout=120)
+
+
+def option(at: AppTest, key: str, niche: str) -> str:
+    """The option of selectbox ``key`` that is niche ``niche`` (shown as "N3 · name")."""
+    return next(o for o in at.selectbox(key=key).options if niche_id(o) == niche)
 
 
 def markdown_text(at: AppTest) -> str:
@@ -111,7 +117,7 @@ def test_link_opens_the_same_map_view(runs_dir):
     assert "outside niche N2" in markdown_text(at)
     for spec in decks(at):
         data = spec["layers"][0]["data"]
-        assert all(d["c"][3] < 255 for d in data if d["n"] != "N2")
+        assert all(d["c"][3] < 255 for d in data if niche_id(d["n"]) != "N2")
     assert query(at, "color") == ["cell_type"] and query(at, "niche") == ["N2"]
 
 
@@ -119,7 +125,7 @@ def test_widgets_write_the_view_into_the_url(runs_dir):
     at = open_app()
     at.switch_page("pages/maps.py").run()
     at.selectbox(key="_w_maps:color").set_value("response").run()
-    at.selectbox(key="_w_niche").set_value("N3").run()
+    at.selectbox(key="_w_niche").set_value(option(at, "_w_niche", "N3")).run()
     at.multiselect[0].set_value(["P2_s2"]).run()
     assert_clean(at)
     assert query(at, "color") == ["response"]
@@ -235,6 +241,6 @@ def test_heavy_work_is_cached_across_pages_and_colours(runs_dir, small_run, monk
     for page in PAGES:
         at.switch_page(page).run()
     at.switch_page("pages/maps.py").run()
-    at.selectbox(key="_w_niche").set_value("N1").run()  # recolouring reuses the sampled points
+    at.selectbox(key="_w_niche").set_value(option(at, "_w_niche", "N1")).run()  # recolouring reuses the sampled points
     assert_clean(at)
     assert calls == {"load": 1, "points": 2}
