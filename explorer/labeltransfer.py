@@ -52,6 +52,20 @@ def query_files(directory: Path) -> dict[str, Path]:
     return dict(sorted(files.items()))
 
 
+#: the demo's query slide (``python -m cellniche_core demo`` writes it next to the demo cohort)
+DEMO_QUERY = "demo_query.h5ad"
+
+
+def query_choices(files: dict[str, Path], upload: str) -> list[str]:
+    """The Query picker's options, the first being the default.
+
+    The demo's query slide comes first when it is there, so a newcomer sees the page at
+    work at once; otherwise ``upload`` (the page asks for a file), then the files.
+    """
+    others = [name for name in files if name != DEMO_QUERY]
+    return [DEMO_QUERY, upload, *others] if DEMO_QUERY in files else [upload, *others]
+
+
 def with_weights(run: Run) -> Run:
     """``run`` (loaded without weights) with its model weights and config read from disk."""
     config = json.loads((run.path / RUN_MODEL_CONFIG).read_text())
