@@ -471,7 +471,7 @@ def validate_cohort(
         At the first problem found, naming ``source``.
     """
     _check_features(features)
-    features = resolve_feature_mode(features, adata.obs.columns, cell_type_key)
+    requested, features = features, resolve_feature_mode(features, adata.obs.columns, cell_type_key)
     if adata.n_obs == 0:
         raise _error(source, "has zero cells")
     if adata.n_obs == 1:
@@ -482,6 +482,8 @@ def validate_cohort(
     named = {k: "group_keys" for k in group_keys}
     if features in _PHENO:
         named[cell_type_key] = "cell_type_key"
+    if cell_type_key != Keys.CELL_TYPE and requested == "auto":
+        named[cell_type_key] = "cell_type_key"  # named on purpose: a typo must not fall back to expression
     if sample_key != Keys.SAMPLE:
         named[sample_key] = "sample_key"
     if patient_key != Keys.PATIENT:

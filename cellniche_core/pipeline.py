@@ -179,6 +179,9 @@ def fit_run(paths, out: str | Path, options: RunOptions, *, group_keys=(), overw
     adata = read_cohort(paths, spatial_key=options.keys.spatial_key, sample_key=options.keys.sample_key,
                         patient_key=options.patient_key, cell_type_key=options.keys.cell_type_key,
                         group_keys=tuple(group_keys), features=options.features)
+    from .niches import check_n_niches
+
+    check_n_niches(options.n_niches, adata.n_obs)  # before any training
     read_s = time.perf_counter() - t0
     on_stage("read", 1.0, f"{adata.n_obs:,} cells")
     context = from_environment()

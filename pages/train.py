@@ -1,10 +1,10 @@
 """Train a run: upload a cohort, pick its columns and settings, and train it in the background."""
 
+from __future__ import annotations
+
 from explorer.startup import enter_page
 
 enter_page("train")  # before the heavy imports: see explorer.startup
-
-from __future__ import annotations
 
 import streamlit as st
 
