@@ -18,6 +18,8 @@ PAGES = {
     "maps": st.Page("pages/maps.py", title="Niche maps", icon=":material/map:", url_path="maps"),
     "embedding": st.Page("pages/embedding.py", title="Embedding", icon=":material/scatter_plot:",
                          url_path="embedding"),
+    "select": st.Page("pages/select.py", title="Select cells", icon=":material/highlight_alt:",
+                      url_path="select"),
     "composition": st.Page("pages/composition.py", title="Niche composition", icon=":material/grid_on:",
                            url_path="composition"),
     "names": st.Page("pages/names.py", title="Niche names", icon=":material/edit_note:", url_path="names"),

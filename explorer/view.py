@@ -165,6 +165,38 @@ def choices(name: str, label: str, options: Sequence[str], *, default: Sequence[
     return list(view[key])
 
 
+def text(name: str, *, per_page: bool = True) -> str | None:
+    """A free-text view value kept in the URL as ``?name=...`` (read from the link once).
+
+    The caller checks the value (it comes from a link) and calls :func:`set_text` with
+    None to drop one it cannot use.
+    """
+    view = st.session_state.setdefault(_STATE, {})
+    key = _state_key(name, per_page)
+    link = _from_link(name)
+    if link:
+        view[key] = link[0]
+    value = view.get(key)
+    _set_query(name, [value] if value else [])
+    return value
+
+
+def set_text(name: str, value: str | None, *, per_page: bool = True) -> None:
+    """Store a free-text view value (None removes it) and mirror it in the URL."""
+    view = st.session_state.setdefault(_STATE, {})
+    key = _state_key(name, per_page)
+    if value:
+        view[key] = value
+    else:
+        view.pop(key, None)
+    _set_query(name, [value] if value else [])
+
+
+def warn(message: str) -> None:
+    """A warning about the link, shown at the top of the page."""
+    _warn(message)
+
+
 # ----------------------------------------------------------------------------- the run
 
 
