@@ -193,7 +193,7 @@ def composition(adata, keys: RunKeys, mask: np.ndarray, *, column: str, against:
 
 def scatter_figure(points: pd.DataFrame, scale: ColorScale, *, selected: np.ndarray | None,
                    title_x: str, title_y: str, equal_axes: bool, height: int = 520,
-                   polygon=None) -> go.Figure:
+                   polygon=None, show_legend: bool = True) -> go.Figure:
     """Cells as a WebGL scatter coloured by niche, the selected ones on top, the others grey.
 
     ``points``: ``x``, ``y``, ``niche``, ``cell_type`` (and any other columns);
@@ -223,7 +223,8 @@ def scatter_figure(points: pd.DataFrame, scale: ColorScale, *, selected: np.ndar
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="selection", hoverinfo="skip",
                                  line=dict(color="#222", width=1.5, dash="dot")))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), dragmode="lasso",
-                      legend=dict(itemsizing="constant", title="niche"), plot_bgcolor="white")
+                      showlegend=show_legend, plot_bgcolor="white",
+                      legend=dict(itemsizing="constant", orientation="h", yanchor="top", y=-0.1, x=0))
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, title=title_x)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, title=title_y,
                      **({"scaleanchor": "x", "scaleratio": 1} if equal_axes else {}))

@@ -24,23 +24,31 @@ st.caption(
 if SAVED in st.session_state:
     st.success(st.session_state.pop(SAVED))
 
-edited = st.data_editor(
-    table[["niche", "auto_name", "name"]], hide_index=True, width="stretch", disabled=["niche", "auto_name"],
-    key=f"names_editor_{ref.name}_{ref.names_stamp}",
-    column_config={"niche": st.column_config.TextColumn("niche", width="small"),
-                   "auto_name": st.column_config.TextColumn("automatic name"),
-                   "name": st.column_config.TextColumn("your name", max_chars=MAX_NAME,
-                                                       help="Empty: the automatic name")})
-names = {n: (v if isinstance(v, str) else "") for n, v in zip(edited["niche"], edited["name"])}
-changed = names != dict(zip(table["niche"], table["name"]))
-if st.button("Save names", type="primary", disabled=not changed, key="names_save"):
-    try:
-        state.save_niche_names(ref, names)
-    except (NamesError, OSError) as exc:
-        st.error(f"The names were not saved: {exc}")
+with st.form(f"names_form_{ref.name}_{ref.names_stamp}", border=False):
+    head = st.columns([1, 4, 4])
+    head[0].markdown("**niche**")
+    head[1].markdown("**automatic name**")
+    head[2].markdown("**your name**")
+    names = {}
+    for row in table.itertuples(index=False):
+        cols = st.columns([1, 4, 4], vertical_alignment="center")
+        cols[0].markdown(f"**{row.niche}**")
+        cols[1].markdown(row.auto_name or "—")
+        names[row.niche] = cols[2].text_input(f"Name of {row.niche}", value=row.name, max_chars=MAX_NAME,
+                                              placeholder=row.auto_name, label_visibility="collapsed",
+                                              key=f"name_{ref.name}_{ref.names_stamp}_{row.niche}")
+    submitted = st.form_submit_button("Save names", type="primary")
+if submitted:
+    if names == dict(zip(table["niche"], table["name"])):
+        st.info("No name was changed.")
     else:
-        st.session_state[SAVED] = f"Saved the names of run {ref.name}."
-        st.rerun()
+        try:
+            state.save_niche_names(ref, names)
+        except (NamesError, OSError) as exc:
+            st.error(f"The names were not saved: {exc}")
+        else:
+            st.session_state[SAVED] = f"Saved the names of run {ref.name}."
+            st.rerun()
 
 st.dataframe(table[["label"]].rename(columns={"label": "shown as"}), hide_index=True, width="stretch")
 st.download_button("Download names (CSV)", table[["niche", "name"]].to_csv(index=False).encode(),

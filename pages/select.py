@@ -75,7 +75,7 @@ with right:
     points, rows = select_state.slide_view(ref, slide, POINTS)
     fig = selection.scatter_figure(points, scale, selected=None if mask is None else mask[rows],
                                    title_x="x", title_y="y", equal_axes=True,
-                                   polygon=polygon_in(selection.SLIDE, slide))
+                                   polygon=polygon_in(selection.SLIDE, slide), show_legend=False)
     st.plotly_chart(fig, key="select_slide", on_select="rerun", selection_mode=("lasso", "box"))
 
 if chosen is None:

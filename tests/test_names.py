@@ -153,16 +153,24 @@ def dashboard(tmp_path, small_run, monkeypatch):
     return copy
 
 
+def name_box(at, niche: str):
+    return next(t for t in at.text_input if t.label == f"Name of {niche}")
+
+
 def test_rename_on_the_page_shows_everywhere_and_to_other_sessions(dashboard):
     before = (dashboard / RUN_ADATA).read_bytes()
     at = open_app({"page": "names"})
     assert_clean(at)
     assert at.title[0].value == "Niche names"
-    assert at.button(key="names_save").disabled  # nothing edited yet
-    # what the editor would send: the edited table is stored through the same call as the button
-    state.save_niche_names(state.find_runs(dashboard.parent)["small"], {"N2": "tumour core"})
+    assert len(at.text_input) == 6 and name_box(at, "N2").value == ""
+    name_box(at, "N2").input("tumour core")
+    at.button[0].click().run()  # the form's Save button
+    assert_clean(at)
     assert read_names(dashboard) == {"N2": "tumour core"}
-    assert (dashboard / RUN_ADATA).read_bytes() == before
+    assert (dashboard / RUN_ADATA).read_bytes() == before  # the cohort file is never rewritten
+    assert any("Saved the names" in s.value for s in at.success)
+    assert name_box(at, "N2").value == "tumour core"
+    assert "N2 · tumour core" in at.dataframe[-1].value["shown as"].tolist()
 
     other = open_app({"page": "maps", "niche": "N2"})  # a collaborator's link, opened after the rename
     assert_clean(other)
@@ -173,14 +181,16 @@ def test_rename_on_the_page_shows_everywhere_and_to_other_sessions(dashboard):
     other.switch_page("pages/composition.py").run()
     assert_clean(other)
     assert any("N2 · tumour core" in str(t.value) for t in other.dataframe)
-    at.run()  # the first session sees it on its next run too
-    assert "N2 · tumour core" in at.dataframe[-1].value["shown as"].tolist()
+
+    name_box(at, "N2").input("")  # back to the automatic name
+    at.button[0].click().run()
+    assert read_names(dashboard) == {}
 
 
 def test_names_page_refuses_a_bad_name_with_a_message(dashboard):
     at = open_app({"page": "names"})
-    ref = state.find_runs(dashboard.parent)["small"]
-    with pytest.raises(NamesError):
-        state.save_niche_names(ref, {"N1": "\x00bad"})
+    name_box(at, "N1").input("bad\x00name")
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("not saved" in e.value and "control characters" in e.value for e in at.error)
     assert read_names(dashboard) == {}
-    assert_clean(at)
