@@ -60,6 +60,7 @@ def niche_map_deck(
     height_px: int = 520,
     radius: float | None = None,
     value_label: str | None = None,
+    selected: np.ndarray | None = None,
 ) -> pdk.Deck:
     """A slide's cells as coloured dots in an orthographic view, with no base map.
 
@@ -81,6 +82,8 @@ def niche_map_deck(
     value_label
         Name of the coloured column, shown with its value in the tooltip; None leaves
         it out (when the colour is the niche or the cell type, already in the tooltip).
+    selected
+        Boolean per point: a linked selection; points outside it are dimmed too.
 
     Returns
     -------
@@ -91,6 +94,9 @@ def niche_map_deck(
         and the coloured value.
     """
     dimmed = _dimmed(points, highlight)
+    if selected is not None:
+        outside = ~np.asarray(selected, dtype=bool)
+        dimmed = outside if dimmed is None else dimmed | outside
     # highlighted cells last, so they are drawn over the dimmed ones
     order = np.arange(len(points)) if dimmed is None else np.argsort(~dimmed, kind="stable")
     columns = {"x": points["x"].to_numpy()[order].tolist(), "y": points["y"].to_numpy()[order].tolist(),

@@ -72,3 +72,25 @@ def slides_with_cells(ref: RunRef, text: str) -> pd.Series:
     keys = state.run_keys(ref)
     chosen = tables.labels(run.adata, keys.sample)[mask(ref, text)]
     return chosen.value_counts()
+
+
+def current(ref: RunRef, page: str = "select") -> str | None:
+    """The selection made on the Select cells page in this session (its text), if it fits ``ref``."""
+    text = st.session_state.get("_view", {}).get(f"{page}:sel")
+    if not text:
+        return None
+    try:
+        parse(ref, text)
+    except ValueError:  # made on another run
+        return None
+    return text
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def on_map(ref: RunRef, sample: str, max_points: int, text: str) -> np.ndarray:
+    """Which of the points :func:`explorer.state.map_points` draws for ``sample`` are selected."""
+    run = state.load(ref)
+    keys = state.run_keys(ref)
+    where = np.flatnonzero(tables.labels(run.adata, keys.sample).to_numpy() == sample)
+    keep = where[tables.subsample_index(len(where), max_points)]  # as tables.slide_points samples
+    return mask(ref, text)[keep]
