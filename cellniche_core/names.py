@@ -30,6 +30,7 @@ SEPARATOR = " · "
 #: longest name accepted
 MAX_NAME = 60
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MARKUP = re.compile(r"[<>{}`]")
 
 
 # ----------------------------------------------------------------------------- automatic names
@@ -155,6 +156,8 @@ def check_name(niche: str, name) -> str:
         raise NamesError(f"niche {niche}: the name is {len(name)} characters long; at most {MAX_NAME}")
     if _CONTROL.search(name):
         raise NamesError(f"niche {niche}: the name holds control characters")
+    if _MARKUP.search(name):  # names go into HTML tooltips and templates
+        raise NamesError(f"niche {niche}: the name may not contain < > {{ }} or `")
     return name
 
 

@@ -97,9 +97,7 @@ def test_first_visit_shows_title_and_progress_in_two_tabs(browser, tmp_path):
         tabs[1][0].screenshot(path=str(tmp_path / "first_visit.png"))
         print(f"title and progress after {seen[0]:.2f} s and {seen[1]:.2f} s")
         assert max(seen) <= FIRST_VISIT_S, seen
-        # one build for both tabs: its progress file is the only one, in the runs folder
-        assert [p.name for p in runs.iterdir() if p.name.endswith(".json")] == [".demo-progress.json"] or \
-            not any(runs.iterdir())
+        assert not (runs / "demo").exists()  # the progress was shown while the build ran
         for tab, _ in tabs:
             tab.close()
 

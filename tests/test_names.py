@@ -71,6 +71,8 @@ def test_names_file_is_written_atomically_and_checked(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [NAMES_FILE]
     with pytest.raises(NamesError, match=r"unknown niche\(s\) 'N7'.*N1, N2"):
         write_names(tmp_path, {"N7": "x"}, niches=["N1", "N2"])
+    with pytest.raises(NamesError, match="may not contain"):
+        write_names(tmp_path, {"N1": "<img src=x onerror=alert(1)>"}, niches=["N1", "N2"])
     with pytest.raises(NamesError, match="at most 60"):
         write_names(tmp_path, {"N1": "x" * 61}, niches=["N1", "N2"])
     assert read_names(tmp_path) == {"N1": "tumour core"}  # unchanged after refusals
