@@ -41,6 +41,8 @@ with left:
                     key="umap")
     if len(points) < n_cells:
         st.caption(f"Showing a random sample of {len(points):,} of {n_cells:,} cells.")
+    st.page_link("pages/select.py", label="Select cells with a lasso and find them on the slides",
+                 icon=":material/highlight_alt:")
 with right:
     table, cohort, note = state.mixing(ref, batch)
     st.subheader(f"Batch mixing of {batch}s")
