@@ -52,6 +52,11 @@ def slide_view(ref: RunRef, sample: str, max_points: int) -> tuple[pd.DataFrame,
     return points, keep
 
 
+def drawn_selection(ref: RunRef, rows: np.ndarray, text: str | None) -> np.ndarray | None:
+    """Which drawn points (cell indices ``rows``) are selected; None without a selection."""
+    return None if not text else mask(ref, text)[rows]
+
+
 @st.cache_data(max_entries=8, show_spinner=False)
 def cells(ref: RunRef, text: str) -> pd.DataFrame:
     run = state.load(ref)

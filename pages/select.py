@@ -56,7 +56,6 @@ with controls[2]:
         view.set_text("sel", None)
         st.rerun()
 
-mask = select_state.mask(ref, text) if chosen is not None else None
 scale = state.scale(ref, keys.niche)
 polygon_in = (lambda space, sample=None: chosen.polygon if chosen is not None and chosen.space == space
               and (sample is None or chosen.sample == sample) else None)
@@ -66,14 +65,14 @@ with left:
     st.markdown("**Embedding** (UMAP) · draw a lasso or a box")
     if keys.umap in current.run.adata.obsm:
         points, rows = select_state.umap_view(ref, state.UMAP_POINT_BUDGET)
-        fig = selection.scatter_figure(points, scale, selected=None if mask is None else mask[rows],
+        fig = selection.scatter_figure(points, scale, selected=select_state.drawn_selection(ref, rows, text),
                                        title_x="UMAP 1", title_y="UMAP 2", equal_axes=True,
                                        polygon=polygon_in(selection.UMAP))
         st.plotly_chart(fig, key="select_umap", on_select="rerun", selection_mode=("lasso", "box"))
 with right:
     st.markdown(f"**Slide {slide}** · draw a lasso or a box")
     points, rows = select_state.slide_view(ref, slide, POINTS)
-    fig = selection.scatter_figure(points, scale, selected=None if mask is None else mask[rows],
+    fig = selection.scatter_figure(points, scale, selected=select_state.drawn_selection(ref, rows, text),
                                    title_x="x", title_y="y", equal_axes=True,
                                    polygon=polygon_in(selection.SLIDE, slide), show_legend=False)
     st.plotly_chart(fig, key="select_slide", on_select="rerun", selection_mode=("lasso", "box"))
