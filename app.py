@@ -5,6 +5,8 @@ Run with ``streamlit run app.py``. Runs are listed from ``$CELLNICHE_RUNS_DIR`` 
 asks for a password or a single sign-on first when one is configured (``explorer/auth.py``).
 """
 
+import sys
+
 import streamlit as st
 
 st.set_page_config(page_title="CellNiche Explorer", page_icon=":material/hub:", layout="wide")
@@ -40,7 +42,17 @@ directory = startup.runs_dir()
 if not startup.has_runs(directory):
     startup.wait_for_demo(directory)  # title and progress bar; reruns once the demo run exists
 
-from explorer import state, view  # noqa: E402
+if "explorer.state" in sys.modules:
+    from explorer import state, view
+else:  # the first run of this server process: the library takes seconds to import, once
+    placeholder = st.empty()
+    # a deep link on a fresh server arrives here first and is switched to its page after the import
+    coming = PAGES.get(st.session_state.get(startup.GOTO) or st.query_params.get("page"), page)
+    with placeholder.container():
+        st.title(coming.title)
+        with st.spinner("Loading the library (once, when the server starts)…"):
+            from explorer import state, view
+    placeholder.empty()
 
 page_name = next(name for name, p in PAGES.items() if p is page)
 view.start(page_name, PAGES)
