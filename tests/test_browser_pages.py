@@ -102,6 +102,23 @@ def test_first_visit_shows_title_and_progress_in_two_tabs(browser, tmp_path):
             tab.close()
 
 
+def test_first_visit_of_a_fresh_server_with_a_run_shows_the_page_title_at_once(browser, data_dir, tmp_path):
+    """A deep link to a fresh server: its page's title and the navigation come before the library loads."""
+    with serve(data_dir / "runs", log_path=tmp_path / "server.log") as url:
+        tab = browser.new_page(viewport={"width": 1300, "height": 900})
+        opened = time.perf_counter()
+        tab.goto(url + "/maps?run=small", wait_until="commit")
+        tab.wait_for_selector('h1:has-text("Niche maps")', timeout=30_000)
+        tab.wait_for_selector('[data-testid="stSidebarNav"] a', timeout=5_000)
+        seen = time.perf_counter() - opened
+        print(f"title and navigation after {seen:.2f} s")
+        assert seen <= FIRST_VISIT_S
+        tab.wait_for_selector(MAP, state="attached", timeout=120_000)
+        wait_until_idle(tab)
+        assert no_error(tab) and "/maps" in tab.url
+        tab.close()
+
+
 # ----------------------------------------------------------------------------- names
 
 
