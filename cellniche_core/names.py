@@ -206,31 +206,37 @@ def write_names(run_dir: str | os.PathLike, names: dict, *, niches) -> Path:
 
 
 def read_names_csv(path: str | os.PathLike, niches) -> dict[str, str]:
-    """``{niche: name}`` from a two-column CSV with a ``niche,name`` header.
-
-    Raises :class:`NamesError` naming the line for a missing header, a row without two
-    fields, a repeated or unknown niche, or a bad name.
-    """
+    """``{niche: name}`` from a two-column CSV file with a ``niche,name`` header (see :func:`parse_names_csv`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise NamesError(f"{path}: cannot be read ({exc})") from exc
-    rows = [row for row in csv.reader(text.splitlines()) if any(cell.strip() for cell in row)]
+    return parse_names_csv(text, niches, source=str(path))
+
+
+def parse_names_csv(text: str, niches, *, source: str = "names.csv") -> dict[str, str]:
+    """``{niche: name}`` from the text of a two-column CSV with a ``niche,name`` header.
+
+    A niche may be given by its id or its label (``N3 · old name``). Raises
+    :class:`NamesError`, starting with ``source``, naming the line for a missing header, a
+    row without two fields, a repeated or unknown niche, or a bad name.
+    """
+    rows = [row for row in csv.reader(text.lstrip("\ufeff").splitlines()) if any(cell.strip() for cell in row)]
     if not rows or [c.strip().lower() for c in rows[0]] != ["niche", "name"]:
-        raise NamesError(f"{path}: the first line must be the header 'niche,name'")
+        raise NamesError(f"{source}: the first line must be the header 'niche,name'")
     names: dict[str, str] = {}
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != 2:
-            raise NamesError(f"{path}, line {line}: expected 2 fields (niche,name), found {len(row)}")
+            raise NamesError(f"{source}, line {line}: expected 2 fields (niche,name), found {len(row)}")
         niche = niche_id(row[0].strip())
         if niche in names:
-            raise NamesError(f"{path}, line {line}: niche {niche} is named twice")
+            raise NamesError(f"{source}, line {line}: niche {niche} is named twice")
         names[niche] = row[1]
     try:
         return check_names(names, niches)
     except NamesError as exc:
-        raise NamesError(f"{path}: {exc}") from None
+        raise NamesError(f"{source}: {exc}") from None
 
 
 def run_labels(adata, run_dir, *, niche_key: str, cell_type_key: str | None) -> dict[str, str]:

@@ -6,7 +6,7 @@ enter_page("names")  # before the heavy imports: see explorer.startup
 
 import streamlit as st  # noqa: E402
 
-from cellniche_core.names import MAX_NAME, NamesError  # noqa: E402
+from cellniche_core.names import MAX_NAME, NamesError, parse_names_csv  # noqa: E402
 from explorer import state, view  # noqa: E402
 
 SAVED = "_names_saved"
@@ -48,6 +48,20 @@ if submitted:
             st.error(f"The names were not saved: {exc}")
         else:
             st.session_state[SAVED] = f"Saved the names of run {ref.name}."
+            st.rerun()
+
+with st.expander("Set names from a CSV file"):
+    upload = st.file_uploader("CSV with the header niche,name", type=["csv"], key=f"names_csv_{ref.name}",
+                              help="The file the download below gives; niches not listed keep their names")
+    if upload is not None and st.button("Use these names", key="names_csv_apply"):
+        try:
+            given = parse_names_csv(upload.getvalue().decode("utf-8", errors="replace"), table["niche"].tolist(),
+                                    source=upload.name)
+            state.save_niche_names(ref, {**dict(zip(table["niche"], table["name"])), **given})
+        except (NamesError, OSError) as exc:
+            st.error(f"The names were not saved: {exc}")
+        else:
+            st.session_state[SAVED] = f"Saved {len(given)} name(s) from {upload.name} for run {ref.name}."
             st.rerun()
 
 st.dataframe(table[["label"]].rename(columns={"label": "shown as"}), hide_index=True, width="stretch")

@@ -196,3 +196,18 @@ def test_names_page_refuses_a_bad_name_with_a_message(dashboard):
     assert not at.exception
     assert any("not saved" in e.value and "control characters" in e.value for e in at.error)
     assert read_names(dashboard) == {}
+
+
+def test_names_page_takes_a_csv(dashboard):
+    at = open_app({"page": "names"})
+    at.file_uploader[0].set_value(("names.csv", b"niche,name\nN3,stroma\n", "text/csv")).run()
+    next(b for b in at.button if b.label == "Use these names").click().run()
+    assert_clean(at)
+    assert read_names(dashboard) == {"N3": "stroma"}
+    assert any("Saved 1 name(s) from names.csv" in s.value for s in at.success)
+
+    at.file_uploader[0].set_value(("bad.csv", b"niche,name\nN77,x\n", "text/csv")).run()
+    next(b for b in at.button if b.label == "Use these names").click().run()
+    assert not at.exception
+    assert any("bad.csv" in e.value and "unknown niche(s) 'N77'" in e.value for e in at.error)
+    assert read_names(dashboard) == {"N3": "stroma"}
