@@ -5,8 +5,6 @@ Run with ``streamlit run app.py``. Runs are listed from ``$CELLNICHE_RUNS_DIR`` 
 asks for a password or a single sign-on first when one is configured (``explorer/auth.py``).
 """
 
-import sys
-
 import streamlit as st
 
 st.set_page_config(page_title="CellNiche Explorer", page_icon=":material/hub:", layout="wide")
@@ -33,16 +31,19 @@ PAGES = {
                      url_path="train"),
 }
 
+startup.preload_library()  # in the background: the first page needs it seconds from now
+
 # signed out (hosted use): the sign-in form alone, no page names, runs or content
 access = auth.access()
 page = st.navigation(list(PAGES.values()), position="sidebar" if access.allowed else "hidden")
 auth.gate(access)
 st.sidebar.markdown("### CellNiche Explorer")
+auth.sign_out_button(access)
 directory = startup.runs_dir()
 if not startup.has_runs(directory):
     startup.wait_for_demo(directory)  # title and progress bar; reruns once the demo run exists
 
-if "explorer.state" in sys.modules:
+if startup.library_ready():
     from explorer import state, view
 else:  # the first run of this server process: the library takes seconds to import, once
     placeholder = st.empty()
@@ -57,6 +58,5 @@ else:  # the first run of this server process: the library takes seconds to impo
 page_name = next(name for name, p in PAGES.items() if p is page)
 view.start(page_name, PAGES)
 view.select_run(state.find_runs(directory))
-auth.sign_out_button(access)
 
 page.run()

@@ -55,6 +55,35 @@ def enter_page(page_name: str) -> None:
     st.switch_page("app.py", query_params={k: st.query_params.get_all(k) for k in st.query_params})
 
 
+_preload_lock = threading.Lock()
+_preloading: list[threading.Thread] = []
+
+
+def preload_library() -> None:
+    """Import the library and the dashboard's helpers in a background thread, once per server.
+
+    The first visitor's page then finds them (mostly) imported instead of waiting seconds
+    for torch, anndata and the rest; a script that needs them meanwhile waits on Python's
+    import lock for what is left.
+    """
+    def load() -> None:
+        import explorer.state  # noqa: F401
+        import explorer.view  # noqa: F401
+
+    with _preload_lock:
+        if not _preloading and not library_ready():
+            thread = threading.Thread(target=load, name="cellniche-preload", daemon=True)
+            _preloading.append(thread)
+            thread.start()
+
+
+def library_ready() -> bool:
+    """Whether the library and the dashboard's helpers are imported (not merely being imported)."""
+    module = sys.modules.get("explorer.view")
+    spec = getattr(module, "__spec__", None)
+    return module is not None and not getattr(spec, "_initializing", False)
+
+
 def runs_dir() -> Path:
     """The runs folder: ``$CELLNICHE_RUNS_DIR``, else ``data/runs`` next to ``app.py``."""
     value = os.environ.get(RUNS_DIR_ENV, "").strip()
