@@ -10,23 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from .embed import embed_nodes
 from .features import (FeatureSpec, fit_features, make_features, neighbourhood_profiles,
                        resolve_feature_mode)
 from .graph import GraphSettings, SpatialGraph, build_graph
-from .keys import Keys
+from .keys import InputKeys, Keys
 from .train import History, NicheModel, Progress, TrainConfig, autocast_dtype, resolve_device, train_model
-
-
-@dataclass
-class InputKeys:
-    """Where the inputs live in the AnnData."""
-
-    spatial_key: str = Keys.SPATIAL
-    sample_key: str = Keys.SAMPLE
-    cell_type_key: str = Keys.CELL_TYPE
 
 
 def spatial_graph(adata, settings: GraphSettings, keys: InputKeys) -> SpatialGraph:
@@ -34,6 +26,21 @@ def spatial_graph(adata, settings: GraphSettings, keys: InputKeys) -> SpatialGra
     coords = np.asarray(adata.obsm[keys.spatial_key])[:, :2]
     samples = adata.obs[keys.sample_key].astype(str).to_numpy() if keys.sample_key in adata.obs else None
     return build_graph(coords, samples, settings)
+
+
+def store_graph(adata, graph: SpatialGraph) -> None:
+    """Keep ``graph`` with the cohort, as the (n, n) CSR ``obsp["spatial_connectivities"]``."""
+    n = graph.n_nodes
+    adata.obsp[Keys.GRAPH] = sp.csr_matrix(
+        (np.ones(graph.n_edges, dtype=np.float32), graph.indices, graph.indptr), shape=(n, n))
+
+
+def stored_graph(adata) -> SpatialGraph | None:
+    """The graph :func:`store_graph` kept with ``adata``, or None when there is none."""
+    if Keys.GRAPH not in adata.obsp:
+        return None
+    csr = sp.csr_matrix(adata.obsp[Keys.GRAPH])
+    return SpatialGraph(csr.indptr.astype(np.int64), csr.indices.astype(np.int64), {"stored": Keys.GRAPH})
 
 
 def _csr_tensors(graph: SpatialGraph, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

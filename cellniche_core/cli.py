@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 from .graph import DEFAULT_KNN, GraphSettings
 from .keys import Keys
 from .sampling import STRATEGIES
+from .tally import MIN_CELLS, MIN_FRACTION
 from .train import PRECISIONS, TrainConfig
+from .transitions import BORDER_THRESHOLD
 
 if TYPE_CHECKING:
     from .pipeline import RunOptions
@@ -208,12 +210,12 @@ def _add_compare_parser(sub) -> None:
                               "the first group")
     compare.add_argument("--niche-key", default=Keys.NICHE, metavar="KEY",
                          help="obs column of the niche labels (default: %(default)s)")
-    compare.add_argument("--min-fraction", type=float, default=0.01, metavar="F",
+    compare.add_argument("--min-fraction", type=float, default=MIN_FRACTION, metavar="F",
                          help="a niche is present in a slide when it holds at least max(MIN_CELLS, F x the "
                               "slide's cells) cells (default: %(default)s)")
-    compare.add_argument("--min-cells", type=int, default=10, metavar="N",
+    compare.add_argument("--min-cells", type=int, default=MIN_CELLS, metavar="N",
                          help="see --min-fraction (default: %(default)s)")
-    compare.add_argument("--border-threshold", type=float, default=0.25, metavar="T",
+    compare.add_argument("--border-threshold", type=float, default=BORDER_THRESHOLD, metavar="T",
                          help="a cell is a border cell when at least this fraction of its spatial neighbours lie "
                               "in other niches (default: %(default)s)")
     compare.add_argument("--n-boot", type=_positive_int, default=1000, metavar="N",
@@ -225,7 +227,7 @@ def _add_compare_parser(sub) -> None:
 
 def run_compare(args) -> Path:
     """The ``compare`` command: load the run, compute every table, write them atomically."""
-    from .compare import compare_run, write_comparison
+    from .run_compare import compare_run, write_comparison
     from .io import load_run
 
     out = Path(args.out)

@@ -71,10 +71,14 @@ def fitted_neighbours(emb: np.ndarray, k: int, *, device: str | torch.device = "
 
 
 def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: str | torch.device = "cpu",
-                   chunk_bytes: int | None = None, similarity: bool = False):
+                   chunk_bytes: int | None = None, similarity: bool = False,
+                   groups: tuple[np.ndarray, np.ndarray] | None = None):
     """(len(query), k) indices of the ``k`` most cosine-similar ``reference`` rows of each
     query, most similar first; with ``similarity``, also their (len(query), k) float32
-    cosine similarities.
+    cosine similarities. ``reference`` and ``query`` are arrays or tensors.
+
+    ``groups = (query_groups, reference_groups)``: a reference row in the query's own group
+    is never its neighbour (similarity ``-inf`` where nothing else is left).
 
     Blocked matrix products and top-k on ``device``: exact, and on a GPU far faster than a
     tree search, which does not help in 32 dimensions anyway. Queries go in chunks of at
@@ -95,13 +99,17 @@ def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: 
     n_ref = max(1, len(reference))
     chunk_size = max(256, chunk_bytes // (4 * n_ref))  # queries per chunk
     block = max(k, chunk_bytes // (4 * chunk_size))  # reference rows per block
-    ref = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(reference, np.float32)).to(device), dim=1)
+    ref = _unit_rows(reference, device)
+    if groups is not None:
+        q_groups, ref_groups = (torch.as_tensor(np.asarray(g), device=device) for g in groups)
     for lo in range(0, len(query), chunk_size):
-        q = torch.from_numpy(np.ascontiguousarray(query[lo:lo + chunk_size], np.float32)).to(device)
-        q = torch.nn.functional.normalize(q, dim=1)
+        q = _unit_rows(query[lo:lo + chunk_size], device)
         best = best_at = None
         for start in range(0, len(reference), block):
             sim = q @ ref[start:start + block].T
+            if groups is not None:
+                same = q_groups[lo:lo + chunk_size, None] == ref_groups[None, start:start + block]
+                sim.masked_fill_(same, -np.inf)
             top = sim.topk(min(k, sim.shape[1]), dim=1)
             at = top.indices + start
             if best is None:
@@ -112,3 +120,8 @@ def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: 
         out[lo:lo + chunk_size] = best_at.cpu().numpy()
         sims[lo:lo + chunk_size] = best.cpu().numpy()
     return (out, sims) if similarity else out
+
+
+def _unit_rows(x, device: torch.device) -> torch.Tensor:
+    """Rows of an array or tensor as float32 unit vectors on ``device``."""
+    return torch.nn.functional.normalize(torch.as_tensor(x, dtype=torch.float32, device=device), dim=1)

@@ -27,7 +27,7 @@ import pandas as pd
 import zarr
 
 from .cellniche import CellNiche
-from .io import CohortError, check_output, load_run, refuse_outside_data, write_h5ad_atomic
+from .io import CohortError, check_output, load_run, refuse_outside_data, to_plain, write_h5ad_atomic
 from .keys import Keys
 
 
@@ -147,11 +147,11 @@ def embed_file(run_dir: str | os.PathLike, path: str | os.PathLike, out: str | o
     t = time.perf_counter()
     niche, similarity = nearest_niche(cells.obsm[Keys.EMBEDDING], names, centres)
     cells.obs[Keys.NICHE] = pd.Categorical(niche, categories=names)
-    cells.obs["niche_similarity"] = similarity
+    cells.obs[Keys.NICHE_SIMILARITY] = similarity
     timings["niches"] = time.perf_counter() - t
     report = {"run": str(run_dir), "input": str(path), "n_cells": int(cells.n_obs), "niche_rule": "nearest centre",
               "alignment": alignment, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
-    cells.uns["cellniche_embed"] = _plain(report)
+    cells.uns[Keys.EMBED_UNS] = _plain(report)
 
     say("write", f"writing {out}")
     write_h5ad_atomic(cells, out)
@@ -161,7 +161,5 @@ def embed_file(run_dir: str | os.PathLike, path: str | os.PathLike, out: str | o
 def _plain(report: dict) -> dict:
     """The report as h5ad-storable values (JSON text for nested parts)."""
     import json
-
-    from .io import to_plain
 
     return {k: (json.dumps(to_plain(v)) if isinstance(v, (dict, list)) else v) for k, v in report.items()}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 import sklearn
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+from .labels import natural_sorted
 
 #: cells used to fit KMeans; the rest are assigned to the nearest centre
 _FIT_CELLS = 100_000
@@ -178,9 +178,8 @@ def _cluster(emb: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, dict]:
 
 
 def niche_categories(labels) -> list[str]:
-    """Niche names in natural order (N2 before N10, also for labels such as "N2 · B cell")."""
-    names = pd.unique(pd.Series(labels).astype(str))
-    return sorted(names, key=lambda s: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)])
+    """Niche names in natural order (N2 before N10)."""
+    return natural_sorted(pd.unique(pd.Series(labels).astype(str)))
 
 
 def composition(adata, *, niche_key: str, cell_type_key: str) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .cellniche import CellNiche, InputKeys, spatial_graph
+from .cellniche import CellNiche, InputKeys, spatial_graph, store_graph
 from .distributed import Context, from_environment, start, stop
 from .graph import GraphSettings
 from .keys import Keys
@@ -70,8 +70,9 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
                    should_stop=None, context: Context | None = None) -> tuple[CellNiche, dict | None]:
     """Fit a model on ``adata`` and annotate it in place.
 
-    Writes ``obsm["X_cellniche"]``, ``obs["niche"]`` (categorical), ``obsm["X_umap"]`` and
-    ``uns["cellniche"]`` (the manifest, also returned). Under ``torchrun`` (``context``
+    Writes ``obsm["X_cellniche"]``, ``obs["niche"]`` (categorical), ``obsm["X_umap"]``,
+    ``obsp["spatial_connectivities"]`` (the spatial graph) and ``uns["cellniche"]`` (the
+    manifest, also returned). Under ``torchrun`` (``context``
     with several processes) every rank trains, then all leave the process group; only
     rank 0 goes on to annotate ``adata``, the others return ``(model, None)``.
     """
@@ -102,6 +103,7 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
     on_stage("embed", 0.0, f"embedding {adata.n_obs:,} cells")
     t = time.perf_counter()
     report = model.embed(adata, device=str(device), graph=graph)
+    store_graph(adata, graph)  # kept with the run, so that no later step rebuilds it
     del graph
     timings["embed"] = time.perf_counter() - t
     on_stage("embed", 1.0, "done")

@@ -61,21 +61,18 @@ import torch
 from .cellniche import CellNiche
 from .features import FeatureSpec
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
-from .keys import UNKNOWN, Keys
+from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
+from .layout import nearest_cosine
 from .train import resolve_device
 
 __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_query", "transfer_file",
            "transfer_labels"]
 
-#: ``uns`` key of the query where the transfer records its parameters and outcome
-TRANSFER_UNS_KEY = "cellniche_transfer"
 
 #: a label needs this many calibration cells for a threshold of its own
 _MIN_LABEL_CELLS = 100
 #: a micro-cluster with more than this share of its cells in one group is group-specific
 _OWN_GROUP_MAX = 0.9
-#: entries of one (chunk x index) similarity block, bounds memory (64 MiB of float32)
-_BLOCK_ENTRIES = 1 << 24
 _SHOW = 8
 
 
@@ -89,16 +86,9 @@ def _nearest(points: torch.Tensor, index: torch.Tensor, k: int, *,
     ``groups = (point_groups, index_groups)``: an index row in the point's own group is
     never its neighbour. Returns distances (m, k) float32, ascending, and index rows (m, k).
     """
-    rows = max(1, _BLOCK_ENTRIES // max(index.shape[0], 1))
-    dist, nbr = [], []
-    for start in range(0, points.shape[0], rows):
-        sim = points[start:start + rows] @ index.T
-        if groups is not None:
-            sim.masked_fill_(groups[0][start:start + rows, None] == groups[1][None, :], -np.inf)
-        v, i = sim.topk(k, dim=1)
-        dist.append((1.0 - v).clamp_min(0.0).cpu())
-        nbr.append(i.cpu())
-    return torch.cat(dist).numpy(), torch.cat(nbr).numpy()
+    nbr, sim = nearest_cosine(index, points, k=k, device=points.device, similarity=True,
+                              groups=None if groups is None else tuple(g.cpu().numpy() for g in groups))
+    return np.clip(1.0 - sim, 0.0, None), nbr
 
 
 def _vote(dist: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -375,15 +365,9 @@ def _unit_rows(x: np.ndarray, device: torch.device) -> torch.Tensor:
 # ----------------------------------------------------------------------- from a run
 
 
-def _run_keys(run) -> dict:
-    """The input keys, patient key and feature mode the reference was trained with."""
-    params = run.manifest.get("params", {})
-    keys = dict(params.get("keys") or run.model_config.get("keys", {}))
-    return {"spatial_key": keys.get("spatial_key", Keys.SPATIAL),
-            "sample_key": keys.get("sample_key", Keys.SAMPLE),
-            "cell_type_key": keys.get("cell_type_key", Keys.CELL_TYPE),
-            "patient_key": params.get("patient_key", Keys.PATIENT),
-            "features": run.model_config["features"]["mode"]}
+def _query_kwargs(run) -> dict:
+    """A query is read and checked with the reference's keys and feature mode."""
+    return {**run.keys.read_kwargs(), "features": run.features}
 
 
 def _check_alignable(query: ad.AnnData, spec: FeatureSpec, *, cell_type_key: str, source: object) -> None:
@@ -408,7 +392,7 @@ def read_query(run, path: str | os.PathLike) -> ad.AnnData:
 
     Raises :class:`~cellniche_core.io.CohortError` naming the file for any problem.
     """
-    return read_cohort([path], **_run_keys(run))
+    return read_cohort([path], **_query_kwargs(run))
 
 
 def describe_alignment(alignment: dict, *, show: int = 10) -> list[str]:
@@ -472,13 +456,13 @@ def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, devic
     if run.state_dict is None:
         raise ValueError(f"{run.path}: the run was loaded without its weights")
     _reference_labels(run.adata, label_key)  # fail before the embedding
-    keys = _run_keys(run)
-    validate_cohort(query, source=source, **keys)
+    keys = run.keys
+    validate_cohort(query, source=source, **_query_kwargs(run))
     model = CellNiche.from_state(run.model_config, run.state_dict)
     _check_alignable(query, model.spec, cell_type_key=model.keys.cell_type_key, source=source)
     alignment = model.embed(query, device=device)
     summary = transfer_labels(run.adata, query, label_key=label_key, device=device,
-                              calibration_keys=(keys["patient_key"], keys["sample_key"]), **options)
+                              calibration_keys=(keys.patient, keys.sample), **options)
     query.uns[TRANSFER_UNS_KEY]["alignment"] = to_plain(alignment)
     query.uns[TRANSFER_UNS_KEY]["reference"] = str(run.path)
     return {**summary, "alignment": alignment}

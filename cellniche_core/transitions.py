@@ -1,14 +1,12 @@
 """Transition zones between niches: per-cell mixing, border cells and niche adjacency.
 
 All functions read a spatial graph — the one a run was trained on (see
-:func:`cellniche_core.compare.run_graph`), or by default a k-NN graph built with
+:meth:`cellniche_core.io.Run.graph`), or by default a k-NN graph built with
 :class:`~cellniche_core.graph.GraphSettings` defaults — and the niche labels; they never
 modify ``adata``. Cells without a niche label are left out (their edges too).
 """
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pandas as pd
@@ -16,31 +14,14 @@ import scipy.sparse as sp
 
 from .graph import GraphSettings, SpatialGraph, build_graph
 from .keys import Keys
+from .labels import label_codes
 
-__all__ = ["niche_adjacency", "summarise_adjacency", "summarise_transitions",
+__all__ = ["BORDER_THRESHOLD", "niche_adjacency", "summarise_adjacency", "summarise_transitions",
            "transition_scores"]
 
+#: a cell is a border cell when at least this share of its graph neighbours lie in other niches
+BORDER_THRESHOLD = 0.25
 _LOG2_PSEUDO = 0.5  # edges added to observed and expected before their log2 ratio
-
-
-def _natural_key(name: str) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
-def _labels(column: pd.Series) -> tuple[np.ndarray, list[str]]:
-    """Integer codes (-1 = missing) and names of a label column, in its own order.
-
-    A categorical keeps its category order (unused categories dropped); other columns
-    are sorted naturally ("P2" before "P10").
-    """
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        column = column.cat.remove_unused_categories()
-        names = [str(c) for c in column.cat.categories]
-        if len(set(names)) == len(names):
-            return column.cat.codes.to_numpy().astype(np.int64), names
-    text = column.astype(object).map(str, na_action="ignore")
-    names = sorted(pd.unique(text.dropna()), key=_natural_key)
-    return pd.Categorical(text, categories=names).codes.astype(np.int64), names
 
 
 def _csr(adata, graph, spatial_key: str, sample_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +55,7 @@ def transition_scores(
     niche_key: str = Keys.NICHE,
     sample_key: str = Keys.SAMPLE,
     spatial_key: str = Keys.SPATIAL,
-    border_threshold: float = 0.25,
+    border_threshold: float = BORDER_THRESHOLD,
 ) -> pd.DataFrame:
     """How mixed each cell's spatial neighbourhood is, and which cells sit on a border.
 
@@ -109,7 +90,7 @@ def transition_scores(
     """
     if not 0 < border_threshold <= 1:
         raise ValueError(f"border_threshold must be in (0, 1], got {border_threshold}")
-    codes, names = _labels(adata.obs[niche_key])
+    codes, names = label_codes(adata.obs[niche_key])
     indptr, indices = _csr(adata, graph, spatial_key, sample_key)
     n, k = adata.n_obs, len(names)
     rows = np.repeat(np.arange(n), np.diff(indptr))
@@ -245,10 +226,10 @@ def niche_adjacency(
         ``border_log2_ratio`` = log2 of (observed + 0.5) / (border_expected + 0.5):
         positive when two niches share more boundary than their sizes predict.
     """
-    codes, names = _labels(adata.obs[niche_key])
+    codes, names = label_codes(adata.obs[niche_key])
     k = len(names)
     if sample_key in adata.obs:
-        sample, samples = _labels(adata.obs[sample_key])
+        sample, samples = label_codes(adata.obs[sample_key])
     else:
         sample, samples = np.zeros(adata.n_obs, np.int64), ["all"]
     patient_of = _patient_of_sample(adata, sample, samples, patient_key)

@@ -1,7 +1,24 @@
-"""Helpers of the CellNiche Explorer dashboard.
+"""Helpers of the CellNiche Explorer dashboard, in two layers with one naming rule.
 
-``palette``, ``tables`` and ``figures`` are plain Python (no Streamlit import): colours,
-derived tables and figure builders, unit-tested on their own. ``state`` (cached run
-access, demo build), ``view`` (view state mirrored in the URL), ``auth`` (sign-in for
-hosted use) and the pages' ``*_state`` modules (their cached work) talk to Streamlit.
+**Plain modules** (no Streamlit import; unit-tested on their own) build tables, figures and
+files from a loaded run. **``*_state`` modules** wrap them for Streamlit: cached
+(``st.cache_data`` / ``st.cache_resource``), keyed by the run, reading only their arguments.
+
+A page ``pages/<name>.py`` finds its helpers in ``explorer/<name>.py`` (plain) and
+``explorer/<name>_state.py`` (cached):
+
+=================  ==========================  ========================================
+page               plain                        cached (Streamlit)
+=================  ==========================  ========================================
+overview, maps,    ``tables``, ``figures``,     ``state`` (run list, loading, demo
+embedding,         ``palette``                  build, every cached run-wide table)
+composition
+compare            ``compare``                  ``compare_state``
+transfer           ``transfer``                 ``transfer_state``
+train              ``train``, ``job_queue``     ``train_state``
+=================  ==========================  ========================================
+
+Shared by several pages: ``uploads`` (uploaded files, staged only inside the uploads
+folder; plain), ``view`` (the view state mirrored in the URL; Streamlit), ``auth`` (sign-in
+for hosted use; Streamlit) and ``imagecheck`` (counting colours in a screenshot, for tests).
 """

@@ -56,26 +56,22 @@ def rgba_css(color: str, alpha: float = 1.0) -> str:
 
 def niche_colors(labels) -> dict[str, str]:
     """``{niche: hex colour}`` for the niches in ``labels``, in natural order."""
-    out = {}
-    i = 0
-    for name in niche_categories(labels):
-        if name == UNKNOWN:
-            out[name] = UNKNOWN_COLOR
-        else:
-            out[name] = NICHE_PALETTE[i % len(NICHE_PALETTE)]
-            i += 1
-    return out
+    return _cycle(niche_categories(labels), NICHE_PALETTE)
 
 
 def category_colors(categories) -> dict[str, str]:
     """``{category: hex colour}`` in the given order; ``"unknown"`` is grey."""
-    out = {}
-    i = 0
-    for name in categories:
+    return _cycle(categories, CATEGORY_PALETTE)
+
+
+def _cycle(names, palette) -> dict[str, str]:
+    """The colours of ``palette`` in turn for ``names``; ``"unknown"`` is grey and takes none."""
+    out, i = {}, 0
+    for name in names:
         if name == UNKNOWN:
             out[name] = UNKNOWN_COLOR
         else:
-            out[name] = CATEGORY_PALETTE[i % len(CATEGORY_PALETTE)]
+            out[name] = palette[i % len(palette)]
             i += 1
     return out
 

@@ -15,14 +15,13 @@ import pandas as pd
 import streamlit as st
 
 from cellniche_core.io import Run, list_runs, load_run
-from cellniche_core.keys import RUN_ADATA, RUN_MANIFEST
+from cellniche_core.keys import RUN_ADATA, RUN_MANIFEST, RunKeys
 from cellniche_core.metrics import batch_mixing
 from cellniche_core.names import NAMES_FILE, auto_names_for, label, named_run, niche_id, read_names, write_names
 from cellniche_core.niches import enrichment, marker_scores, niche_categories
 
 from . import tables
 from .palette import ColorScale, color_scale
-from .tables import RunKeys
 from .startup import APP_DIR, DEFAULT_RUNS_DIR, DEMO_RUN, RUNS_DIR_ENV, runs_dir  # noqa: F401
 
 #: most cells drawn on one slide map by default; larger slides show a random sample (the
@@ -101,7 +100,7 @@ def save_niche_names(ref: RunRef, names: dict[str, str]) -> None:
 
 def run_keys(ref: RunRef) -> RunKeys:
     """Column names recorded in the run's manifest."""
-    return RunKeys.from_manifest(load(ref).manifest)
+    return load(ref).keys
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

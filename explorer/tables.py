@@ -1,21 +1,21 @@
 """Tables the dashboard draws, derived from a loaded run (plain pandas, no Streamlit).
 
-Every function takes the run's AnnData first and a :class:`RunKeys` naming its columns,
-and returns a new DataFrame (or dict); the AnnData is never modified. Column names come
-from the run's manifest (``params.keys`` and ``params.patient_key``), so a cohort whose
-slide column is called ``"fov"`` works without any change here.
+Every function takes the run's AnnData first and a :class:`~cellniche_core.keys.RunKeys`
+naming its columns (:attr:`cellniche_core.io.Run.keys`), and returns a new DataFrame (or
+dict); the AnnData is never modified. So a cohort whose slide column is called ``"fov"``
+works without any change here.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
-from cellniche_core.keys import Keys
+from cellniche_core.compare import niche_abundance as abundance_table
+from cellniche_core.keys import Keys, RunKeys
+from cellniche_core.labels import natural_key
 from cellniche_core.niches import niche_categories
+from cellniche_core.tally import MIN_CELLS, MIN_FRACTION
 
 from .palette import CATEGORY, NICHE, NUMERIC
 
@@ -23,36 +23,6 @@ from .palette import CATEGORY, NICHE, NUMERIC
 MAX_CATEGORIES = 60
 #: clinical columns hold at most this many distinct values
 MAX_CLINICAL_VALUES = 20
-
-
-@dataclass(frozen=True)
-class RunKeys:
-    """Where a run keeps its columns (``obs`` unless noted)."""
-
-    sample: str = Keys.SAMPLE
-    patient: str = Keys.PATIENT
-    cell_type: str = Keys.CELL_TYPE
-    niche: str = Keys.NICHE
-    spatial: str = Keys.SPATIAL  # obsm
-    umap: str = Keys.UMAP  # obsm
-    embedding: str = Keys.EMBEDDING  # obsm
-
-    @classmethod
-    def from_manifest(cls, manifest: dict | None) -> "RunKeys":
-        """Keys recorded in a run manifest; Keys defaults for anything missing."""
-        params = (manifest or {}).get("params") or {}
-        keys = params.get("keys") or {}
-        return cls(
-            sample=keys.get("sample_key") or Keys.SAMPLE,
-            patient=params.get("patient_key") or Keys.PATIENT,
-            cell_type=keys.get("cell_type_key") or Keys.CELL_TYPE,
-            spatial=keys.get("spatial_key") or Keys.SPATIAL,
-        )
-
-
-def natural_key(text: str):
-    """Sort key that puts ``"P2"`` before ``"P10"``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
 
 
 def labels(adata, key: str, *, fill: str = "all") -> pd.Series:
@@ -153,24 +123,26 @@ def niche_abundance(adata, keys: RunKeys) -> pd.DataFrame:
     return counts.div(counts.sum(1).replace(0, 1), axis=0)
 
 
-def niche_sizes(adata, keys: RunKeys, *, min_fraction: float = 0.01) -> pd.DataFrame:
-    """Per niche: cells, share of the cohort, and in how many slides and patients it occurs.
+def niche_sizes(adata, keys: RunKeys, *, min_fraction: float = MIN_FRACTION,
+                min_cells: int = MIN_CELLS) -> pd.DataFrame:
+    """Per niche: cells, share of the cohort, and in how many slides and patients it is present.
 
-    A niche "occurs" in a slide when it holds at least ``min_fraction`` of that slide's
-    cells, so a handful of stray cells does not count.
+    Presence follows the comparison's rule (:mod:`cellniche_core.tally`): at least
+    ``max(min_cells, min_fraction x the slide's cells)`` cells, so a handful of stray cells
+    does not count; a patient has the niche when one of its slides does.
     """
     niche = adata.obs[keys.niche].astype(str)
     counts = niche.value_counts().reindex(niches(adata, keys), fill_value=0)
-    abundance = niche_abundance(adata, keys)
-    present = abundance >= min_fraction
-    slide_patient = (pd.DataFrame({"s": labels(adata, keys.sample), "p": labels(adata, keys.patient)})
-                     .drop_duplicates("s").set_index("s")["p"])
-    patients = {n: slide_patient.reindex(present.index[present[n]]).nunique() for n in present.columns}
+    present = {}
+    for unit in ("sample", "patient"):
+        table = abundance_table(adata, by=unit, min_fraction=min_fraction, min_cells=min_cells,
+                                **keys.table_kwargs())
+        present[unit] = table.groupby("niche", sort=False)["present"].sum()
     return pd.DataFrame({
         "cells": counts.astype(int),
         "fraction": counts / max(int(counts.sum()), 1),
-        "slides": present.sum(0).reindex(counts.index).astype(int),
-        "patients": pd.Series(patients).reindex(counts.index).astype(int),
+        "slides": present["sample"].reindex(counts.index, fill_value=0).astype(int),
+        "patients": present["patient"].reindex(counts.index, fill_value=0).astype(int),
     }).rename_axis("niche")
 
 

@@ -15,9 +15,12 @@ from pathlib import Path
 import streamlit as st
 
 from cellniche_core.io import CohortError
+from cellniche_core.keys import CohortKeys
 
-from . import training, transfer_state
-from .training import CohortCheck, CohortKeys, FilePreview, JobRegistry, Upload
+from . import train, transfer_state, uploads
+from .job_queue import JobRegistry
+from .train import CohortCheck
+from .uploads import FilePreview, Upload
 
 _SESSION = "_train_session"
 
@@ -41,7 +44,7 @@ def registry() -> JobRegistry:
 @st.cache_resource(show_spinner=False)
 def clean_uploads(folder: str) -> list[Path]:
     """Remove, once per server, the staging folders a stopped server left in ``folder``."""
-    return training.remove_stale_staging(Path(folder))
+    return uploads.remove_stale_staging(Path(folder))
 
 
 def _message(name: str, exc: Exception) -> str:
@@ -54,7 +57,7 @@ def _message(name: str, exc: Exception) -> str:
 def preview(name: str, file_id: str, staging: str, _data: bytes) -> tuple[FilePreview | None, str | None]:
     """``(preview, None)`` of an upload, or ``(None, message)`` when it cannot be read."""
     try:
-        return training.preview_upload(Upload(name, _data), Path(staging)), None
+        return uploads.preview_upload(Upload(name, _data), Path(staging)), None
     except Exception as exc:  # a bad file is a message, never a traceback
         return None, _message(name, exc)
 
@@ -65,6 +68,6 @@ def check(names: tuple[str, ...], file_ids: tuple[str, ...], staging: str, keys:
     """``(summary, None)`` when the uploads read as one cohort with ``keys``, else ``(None, message)``."""
     uploads = [Upload(n, d) for n, d in zip(names, _data)]
     try:
-        return training.check_cohort(uploads, Path(staging), keys, features=features), None
+        return train.check_cohort(uploads, Path(staging), keys, features=features), None
     except Exception as exc:  # a bad cohort is a message, never a traceback
         return None, _message(names[0] if len(names) == 1 else "upload", exc)

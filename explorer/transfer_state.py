@@ -19,7 +19,7 @@ import streamlit as st
 
 from cellniche_core.io import Run
 
-from . import labeltransfer, state, tables
+from . import state, tables, transfer
 from .state import RunRef
 
 
@@ -39,7 +39,7 @@ def data_dir() -> Path:
 
 def upload_dir() -> Path:
     """Where uploads are staged, each in a temporary folder removed right after reading."""
-    return data_dir() / labeltransfer.UPLOADS
+    return data_dir() / transfer.UPLOADS
 
 
 def file_query(name: str, path: Path) -> QueryRef:
@@ -53,7 +53,7 @@ def upload_query(name: str, data: bytes) -> QueryRef:
 @st.cache_resource(max_entries=2, show_spinner="Loading the reference model…")
 def reference(ref: RunRef) -> Run:
     """The run with its model weights (shares the cohort loaded by :func:`explorer.state.load`)."""
-    return labeltransfer.with_weights(state.load(ref))
+    return transfer.with_weights(state.load(ref))
 
 
 @st.cache_resource(max_entries=6, show_spinner="Embedding the query and transferring labels…")
@@ -65,24 +65,24 @@ def annotated(ref: RunRef, query: QueryRef, label_key: str, staging: str,
     """
     run = reference(ref)
     if query.source == "upload":
-        return labeltransfer.annotate_upload(run, _data or b"", query.name, upload_dir=Path(staging),
+        return transfer.annotate_upload(run, _data or b"", query.name, upload_dir=Path(staging),
                                              label_key=label_key)
-    return labeltransfer.annotate_file(run, Path(query.ident), label_key=label_key)
+    return transfer.annotate_file(run, Path(query.ident), label_key=label_key)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def map_points(ref: RunRef, query: QueryRef, label_key: str, sample: str, column: str, max_points: int,
                _adata: ad.AnnData) -> tuple[pd.DataFrame, int]:
     """One query slide's cells to draw (``_adata`` is the query annotated for the other arguments)."""
-    keys = labeltransfer.query_keys(state.run_keys(ref))
+    keys = transfer.query_keys(state.run_keys(ref))
     return tables.slide_points(_adata, keys, sample, color_by=column, max_points=max_points)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def label_table(ref: RunRef, query: QueryRef, label_key: str, _adata: ad.AnnData) -> pd.DataFrame:
-    return labeltransfer.label_table(state.load(ref).adata, label_key, _adata)
+    return transfer.label_table(state.load(ref).adata, label_key, _adata)
 
 
 @st.cache_data(max_entries=4, show_spinner="Preparing the download…")
 def download_bytes(ref: RunRef, query: QueryRef, label_key: str, staging: str, _adata: ad.AnnData) -> bytes:
-    return labeltransfer.h5ad_bytes(_adata, tmp_dir=Path(staging))
+    return transfer.h5ad_bytes(_adata, tmp_dir=Path(staging))

@@ -16,12 +16,12 @@ from typing import Callable, Sequence
 import streamlit as st
 
 from cellniche_core.io import Run
+from cellniche_core.keys import RunKeys
 from cellniche_core.names import niche_id
 
 from . import state
 from .startup import enter_page  # noqa: F401  (pages call view.enter_page)
 from .state import RunRef
-from .tables import RunKeys
 
 _STATE = "_view"
 _INITIAL = "_view_initial_query"

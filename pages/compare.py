@@ -6,7 +6,7 @@ enter_page("compare")  # before the heavy imports: see explorer.startup
 
 import streamlit as st
 
-from explorer import compare_state, comparison, figures, state, view
+from explorer import compare, compare_state, figures, state, view
 from explorer.palette import niche_colors
 
 NO_GROUP = "none"
@@ -34,9 +34,9 @@ group_key = None if group == NO_GROUP else group
 # ----------------------------------------------------------------- conserved vs specific
 st.subheader("Conserved vs sample-specific niches")
 summary = compare_state.niche_summary(ref, group_key)
-matrix = comparison.abundance_matrix(compare_state.patient_abundance(ref), niche_names)
+matrix = compare.abundance_matrix(compare_state.patient_abundance(ref), niche_names)
 patterns = dict(zip(summary["niche"], summary["pattern"]))
-st.plotly_chart(comparison.abundance_heatmap(matrix, patterns), key="abundance_heatmap")
+st.plotly_chart(compare.abundance_heatmap(matrix, patterns), key="abundance_heatmap")
 shown = summary.drop(columns=["n_samples", "n_patients"])
 st.dataframe(shown, hide_index=True, width="stretch", column_config={
     "share": st.column_config.NumberColumn(format="percent"),
@@ -68,7 +68,7 @@ else:
         st.info(f"No group test: {exc}")
     else:
         hits = tests.loc[tests["significant"], "niche"].tolist()
-        st.plotly_chart(comparison.group_difference_figure(tests), key="group_difference")
+        st.plotly_chart(compare.group_difference_figure(tests), key="group_difference")
         st.dataframe(tests, hide_index=True, width="stretch", column_config={
             "effect": st.column_config.NumberColumn(format="%+.3f"),
             "p_value": st.column_config.NumberColumn(format="%.2g"),
@@ -109,7 +109,7 @@ else:
                             height=380, key=f"pair_map_{tag}")
     st.markdown(figures.legend_html(scale, highlight=highlighted), unsafe_allow_html=True)
     pair = compare_state.patient_pair(ref, patient_a, patient_b)
-    st.plotly_chart(comparison.patient_difference_figure(pair, colors, patient_a=patient_a,
+    st.plotly_chart(compare.patient_difference_figure(pair, colors, patient_a=patient_a,
                                                          patient_b=patient_b), key="pair_difference")
     st.dataframe(pair.rename(columns={"n_cells_a": f"cells {patient_a}", "n_cells_b": f"cells {patient_b}",
                                       "abundance_a": patient_a, "abundance_b": patient_b}),
@@ -125,9 +125,9 @@ left, right = st.columns([3, 2])
 with left:
     slide = view.choice("tslide", "Slide", all_slides, default=all_slides[0], what="slide", per_page=True)
     points, n_cells = compare_state.transition_points(ref, slide, MAP_POINTS)
-    st.pydeck_chart(figures.niche_map_deck(points, comparison.MIXING_SCALE, sample=slide, width_px=540,
+    st.pydeck_chart(figures.niche_map_deck(points, compare.MIXING_SCALE, sample=slide, width_px=540,
                                            height_px=460), height=460, key="transition_map")
-    st.markdown(comparison.mixing_legend_html(), unsafe_allow_html=True)
+    st.markdown(compare.mixing_legend_html(), unsafe_allow_html=True)
     st.caption(f"Border cells (at least {compare_state.BORDER_THRESHOLD:.0%} of their spatial neighbours in "
                "other niches) coloured by how mixed their neighbourhood is (normalised entropy of the "
                "neighbours' niches); grey: inside a niche. Graph: the one the run was trained on.")
@@ -140,7 +140,7 @@ with right:
     })
     download(transitions, "transitions")
 per_slide, cohort_adjacency = compare_state.adjacency(ref)
-st.plotly_chart(comparison.adjacency_heatmap(cohort_adjacency, niche_names), key="adjacency_heatmap")
+st.plotly_chart(compare.adjacency_heatmap(cohort_adjacency, niche_names), key="adjacency_heatmap")
 st.caption("Which niches border which: of the spatial-graph edges that cross a niche boundary, the share "
            "joining two niches over the share their sizes predict (log2, summed over slides). Red = they "
            "border each other more than expected. The tables also compare every count with a random "

@@ -8,9 +8,10 @@ enter_page("train")  # before the heavy imports: see explorer.startup
 
 import streamlit as st
 
-from cellniche_core.keys import Keys
-from explorer import state, train_state, training, view
-from explorer.training import CohortKeys, Job
+from cellniche_core.keys import CohortKeys, Keys
+from explorer import job_queue, state, train, train_state, view
+from explorer.job_queue import Job
+from explorer.uploads import Upload
 
 #: seconds between two refreshes of a running job's progress
 POLL_S = 1.0
@@ -26,8 +27,8 @@ upload_limit_mb = st.get_option("server.maxUploadSize")
 st.caption(
     f"Upload a cohort as one or more AnnData `.h5ad` files (at most {upload_limit_mb:,} MB each), choose "
     "its columns and settings, and train a new run into the server's runs folder. Training runs on the server "
-    f"in the background, {training.MAX_RUNNING} job at a time; later jobs wait in a queue of at most "
-    f"{training.MAX_WAITING}. Uploaded files are only read: a copy is kept while a job trains and deleted "
+    f"in the background, {job_queue.MAX_RUNNING} job at a time; later jobs wait in a queue of at most "
+    f"{job_queue.MAX_WAITING}. Uploaded files are only read: a copy is kept while a job trains and deleted "
     "when it ends.")
 
 
@@ -42,16 +43,16 @@ def open_run(name: str) -> None:
 def show_finished(job: Job) -> None:
     text, buttons = st.columns([5, 1])
     with text:
-        if job.status == training.DONE:
+        if job.status == job_queue.DONE:
             st.success(f"Run **{job.run_name}** is ready: trained in {job.seconds:.0f} s.")
             if job.cancel_requested:
                 st.caption(f"Not cancelled: {job.message}.")
-        elif job.status == training.FAILED:
+        elif job.status == job_queue.FAILED:
             st.error(f"Training **{job.run_name}** failed: {job.error}")
         else:
             st.info(f"Training **{job.run_name}** was {job.message}.")
     with buttons:
-        if job.status == training.DONE and st.button("Open run", key=f"train_open_{job.id}", type="primary"):
+        if job.status == job_queue.DONE and st.button("Open run", key=f"train_open_{job.id}", type="primary"):
             open_run(job.run_name)
         st.button("Dismiss", key=f"train_dismiss_{job.id}", on_click=registry.dismiss, args=(session, job.id))
 
@@ -59,7 +60,7 @@ def show_finished(job: Job) -> None:
 def show_active(job: Job) -> None:
     text, button = st.columns([5, 1])
     with text:
-        if job.status == training.QUEUED:
+        if job.status == job_queue.QUEUED:
             st.info(f"**{job.run_name}** waits for a free training slot: number {registry.position(job)} in "
                     f"the queue ({registry.running()} job(s) training now).")
         else:
@@ -105,7 +106,7 @@ if not files:
 staging = str(train_state.uploads_dir())
 uploads, previews, problems = [], [], []
 for file in files:
-    upload = training.Upload(file.name, file.getvalue())
+    upload = Upload(file.name, file.getvalue())
     preview, problem = train_state.preview(file.name, file.file_id, staging, _data=upload.data)
     uploads.append(upload)
     if problem:
@@ -126,8 +127,8 @@ if problems:
 # ----------------------------------------------------------------------------- columns
 
 st.subheader("Columns")
-columns = training.column_union(previews)
-obsm_keys, spatial_default = training.spatial_options(training.obsm_union(previews))
+columns = train.column_union(previews)
+obsm_keys, spatial_default = train.spatial_options(train.obsm_union(previews))
 
 
 def select(label: str, options: list, default, key: str, **kwargs):
@@ -165,7 +166,7 @@ with cols[3]:
 chosen = {sample, patient, cell_type}
 groups = st.multiselect("Group columns", [c for c in columns if c not in chosen], key="train_groups",
                         help="Clinical columns (e.g. response) that every file must have; they are kept in the run")
-features = select("Encoder input", list(training.FEATURES), "auto", "train_features",
+features = select("Encoder input", list(train.FEATURES), "auto", "train_features",
                   format_func=FEATURE_LABELS.get)
 keys = CohortKeys(spatial=spatial, sample=sample or Keys.SAMPLE, patient=patient or Keys.PATIENT,
                   cell_type=cell_type or Keys.CELL_TYPE, groups=tuple(groups))
@@ -203,10 +204,10 @@ with cols[3]:
 runs_dir = state.runs_dir()
 taken = registry.taken(runs_dir)
 if "train_name" not in st.session_state:
-    st.session_state["train_name"] = training.default_run_name(uploads, runs_dir, taken)
+    st.session_state["train_name"] = train.default_run_name(uploads, runs_dir, taken)
 run_name = st.text_input("Run name", key="train_name",
                          help=f"The run's folder in {runs_dir}: letters, digits, '_' and '-'")
-name_problem = training.run_name_problem(run_name, runs_dir, taken)
+name_problem = train.run_name_problem(run_name, runs_dir, taken)
 if name_problem:
     st.error(name_problem)
 
@@ -217,13 +218,13 @@ else:
     busy = registry.running()
     st.caption(f"{busy} job(s) training on this server now" + (": yours will wait in the queue." if busy else "."))
 if st.button("Start training", type="primary", disabled=bool(name_problem) or mine, key="train_start"):
-    options = training.run_options(keys, features=features, n_niches=n_niches, n_steps=n_steps, seed=seed,
+    options = train.run_options(keys, features=features, n_niches=n_niches, n_steps=n_steps, seed=seed,
                                    umap=umap)
-    spec = training.JobSpec(run_name=run_name, uploads=tuple(uploads), keys=keys, options=options,
+    spec = job_queue.JobSpec(run_name=run_name, uploads=tuple(uploads), keys=keys, options=options,
                             runs_dir=runs_dir, uploads_dir=train_state.uploads_dir())
     try:
         registry.submit(session, spec)
-    except training.JobRefused as exc:
+    except job_queue.JobRefused as exc:
         st.error(str(exc))
     else:
         del st.session_state["train_name"]  # the next run gets a new default name

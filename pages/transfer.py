@@ -11,7 +11,7 @@ import streamlit as st
 from cellniche_core.io import CohortError
 from cellniche_core.keys import Keys
 from cellniche_core.transfer import TRANSFER_UNS_KEY, describe_alignment
-from explorer import figures, labeltransfer, state, transfer_state, view
+from explorer import figures, state, transfer, transfer_state, view
 
 UPLOAD = "upload"
 MAP_POINTS = 25_000
@@ -25,8 +25,8 @@ st.caption(
     "nearest reference cells vote for, and is called **unknown** when it lies farther from the reference "
     "than 99 % of reference cells seen from other patients, or when no label has a majority.")
 
-labels_offered = labeltransfer.label_options(state.color_options(ref), keys)
-files = labeltransfer.query_files(transfer_state.data_dir())
+labels_offered = transfer.label_options(state.color_options(ref), keys)
+files = transfer.query_files(transfer_state.data_dir())
 pick = st.columns([2, 3])
 with pick[0]:
     label_key = view.choice("label", "Label to transfer", labels_offered, default=keys.niche,
@@ -61,7 +61,7 @@ except Exception as exc:  # a bad file is a message, never a traceback
     st.stop()
 
 # ----------------------------------------------------------------------------- summary
-for column, (label, value) in zip(st.columns(4), labeltransfer.summary_metrics(report, adata, keys).items()):
+for column, (label, value) in zip(st.columns(4), transfer.summary_metrics(report, adata, keys).items()):
     column.metric(label, value)
 alignment = describe_alignment(report["alignment"])
 if alignment:
@@ -69,13 +69,13 @@ if alignment:
 else:
     st.caption("Feature alignment: the query has every reference feature and nothing extra.")
 quantile = adata.uns[TRANSFER_UNS_KEY]["params"]["quantile"]
-st.caption(labeltransfer.unknown_note(report, quantile=quantile))
+st.caption(transfer.unknown_note(report, quantile=quantile))
 
 # ----------------------------------------------------------------------------- maps
 reference_scale = state.scale(ref, label_key)
-transferred = labeltransfer.transferred_scale(reference_scale)
+transferred = transfer.transferred_scale(reference_scale)
 ref_slides = state.samples(ref)
-query_slides = labeltransfer.query_slides(adata, keys)
+query_slides = transfer.query_slides(adata, keys)
 cols = st.columns(3)
 with cols[0]:
     ref_slide = view.choice("rslide", "Reference slide", ref_slides, default=ref_slides[0], what="slide",
@@ -93,7 +93,7 @@ with maps[0]:
                                            else label_key), height=340, key="transfer_reference_map")
 for column, (colour_by, scale, title, tag) in zip(maps[1:], (
         (Keys.TRANSFERRED, transferred, "Transferred label", "labels"),
-        (Keys.CONFIDENCE, labeltransfer.confidence_scale(), "Confidence", "confidence"))):
+        (Keys.CONFIDENCE, transfer.confidence_scale(), "Confidence", "confidence"))):
     with column:
         points, n_cells = transfer_state.map_points(ref, query, label_key, query_slide, colour_by, MAP_POINTS,
                                                     _adata=adata)
@@ -102,12 +102,12 @@ for column, (colour_by, scale, title, tag) in zip(maps[1:], (
                                                value_label=colour_by),
                         height=340, key=f"transfer_{tag}_map")
 st.markdown(figures.legend_html(transferred), unsafe_allow_html=True)
-st.markdown(labeltransfer.confidence_legend_html(), unsafe_allow_html=True)
+st.markdown(transfer.confidence_legend_html(), unsafe_allow_html=True)
 
 # ----------------------------------------------------------------------------- composition
 st.subheader("Composition: query against reference")
 table = transfer_state.label_table(ref, query, label_key, _adata=adata)
-st.plotly_chart(labeltransfer.composition_figure(table, transferred), key="transfer_composition")
+st.plotly_chart(transfer.composition_figure(table, transferred), key="transfer_composition")
 st.dataframe(table, hide_index=True, width="stretch", column_config={
     "reference_share": st.column_config.NumberColumn(format="percent"),
     "query_share": st.column_config.NumberColumn(format="percent"),

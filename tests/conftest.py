@@ -47,3 +47,12 @@ def small_run(tmp_path_factory, small_cohort_path):
     options = RunOptions(n_niches=k, train=TrainConfig(n_steps=150, seed=0), device="cpu")
     return fit_run([small_cohort_path], tmp_path_factory.mktemp("runs") / "small", options,
                    group_keys=("response",))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny real run folder (see tiny_run.py), for tests that need a run to open, not a
+    meaningful one; copy it before changing anything in it."""
+    from tiny_run import build_tiny_run
+
+    return build_tiny_run(tmp_path_factory.mktemp("tiny"))

@@ -11,7 +11,7 @@ from cellniche_core.cli import main
 from cellniche_core.io import load_run
 from cellniche_core.keys import RUN_ADATA, Keys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_help_explains_every_option(capsys):

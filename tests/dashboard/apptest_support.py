@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from explorer import state
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 class NavigationPagesManager(PagesManager):

@@ -1,4 +1,4 @@
-"""The Train page (AppTest) and its background jobs (:mod:`explorer.training`, no Streamlit)."""
+"""The Train page (AppTest) and its background jobs (:mod:`explorer.train`, no Streamlit)."""
 
 from __future__ import annotations
 
@@ -9,23 +9,20 @@ import time
 from pathlib import Path
 
 import pytest
-from apptest_support import assert_clean, link_runs_dir, open_app, run_entrypoint_always
+from apptest_support import assert_clean, link_runs_dir, open_app
 from malformed import CASES
 from streamlit.testing.v1 import AppTest
 
 from cellniche_core.io import CohortError, list_runs
 from cellniche_core.keys import Keys
-from explorer import train_state, training
-from explorer.training import CohortKeys, JobRefused, JobRegistry, JobSpec, Upload
+from cellniche_core.keys import CohortKeys
+from explorer import job_queue, train, train_state, uploads
+from explorer.job_queue import JobRefused, JobRegistry, JobSpec
+from explorer.uploads import Upload
 
 #: training settings small enough for a test: a few steps, fixed k, no UMAP
 FAST = {"train_steps": 20, "train_niches": 4}
 WAIT_S = 180
-
-
-@pytest.fixture(autouse=True)
-def _entrypoint_always_runs(monkeypatch):
-    run_entrypoint_always(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +190,8 @@ def test_cancel_leaves_no_run_and_no_upload(data_dir, cohort_file):
 def test_bad_run_names_are_refused_with_a_message(tmp_path, name):
     runs = tmp_path / "runs"
     (runs / "small").mkdir(parents=True)
-    assert training.run_name_problem(name, runs)
-    spec = JobSpec(name, (Upload("a.h5ad", b"x"),), CohortKeys(), training.run_options(CohortKeys()),
+    assert train.run_name_problem(name, runs)
+    spec = JobSpec(name, (Upload("a.h5ad", b"x"),), CohortKeys(), train.run_options(CohortKeys()),
                    runs, tmp_path / "uploads")
     with pytest.raises(JobRefused, match="run"):
         JobRegistry().submit("session", spec)
@@ -203,11 +200,11 @@ def test_bad_run_names_are_refused_with_a_message(tmp_path, name):
 
 def test_good_run_names_are_accepted(tmp_path):
     for name in ("my_run-2", "A" * 64, "run"):
-        assert training.run_name_problem(name, tmp_path) is None
-    first = training.default_run_name([Upload("my cohort.h5ad", b"")], tmp_path, now=0)
-    assert first.startswith("my_cohort_") and training.run_name_problem(first, tmp_path) is None
+        assert train.run_name_problem(name, tmp_path) is None
+    first = train.default_run_name([Upload("my cohort.h5ad", b"")], tmp_path, now=0)
+    assert first.startswith("my_cohort_") and train.run_name_problem(first, tmp_path) is None
     (tmp_path / first).mkdir()
-    assert training.default_run_name([Upload("my cohort.h5ad", b"")], tmp_path, now=0) == f"{first}-2"
+    assert train.default_run_name([Upload("my cohort.h5ad", b"")], tmp_path, now=0) == f"{first}-2"
 
 
 def test_the_page_refuses_a_path_as_run_name(data_dir, cohort_file):
@@ -286,7 +283,7 @@ def test_sessions_browse_while_another_trains(data_dir, cohort_file):
 def test_sessions_submit_at_the_same_time(tmp_path, cohort_file, registries):
     registry = registries(max_running=1, max_waiting=2)
     keys = CohortKeys()
-    options = training.run_options(keys, n_niches=3, n_steps=100_000, umap=False)
+    options = train.run_options(keys, n_niches=3, n_steps=100_000, umap=False)
     data = cohort_file.read_bytes()
     outcomes: dict[str, str] = {}
     start = threading.Barrier(6)
@@ -305,59 +302,59 @@ def test_sessions_submit_at_the_same_time(tmp_path, cohort_file, registries):
         thread.start()
     for thread in threads:
         thread.join(WAIT_S)
-    accepted = [s for s, outcome in outcomes.items() if outcome in training.ACTIVE]
-    refused = [outcome for outcome in outcomes.values() if outcome not in training.ACTIVE]
+    accepted = [s for s, outcome in outcomes.items() if outcome in job_queue.ACTIVE]
+    refused = [outcome for outcome in outcomes.values() if outcome not in job_queue.ACTIVE]
     assert len(outcomes) == 6 and len(accepted) == 3  # one training (or about to), two waiting
     assert all("busy" in message for message in refused)
     jobs = [registry.jobs(s)[0] for s in accepted]
     wait_for(lambda: any(j.stage == "train" for j in jobs))
-    assert sum(j.status == training.RUNNING for j in jobs) == 1
+    assert sum(j.status == job_queue.RUNNING for j in jobs) == 1
     assert registry.shutdown(WAIT_S)
-    assert all(j.status == training.CANCELLED for j in jobs)
+    assert all(j.status == job_queue.CANCELLED for j in jobs)
     assert not list_runs(tmp_path / "runs") and empty(tmp_path / "uploads")
 
 
 def test_spatial_key_is_never_guessed_from_an_embedding():
-    assert training.spatial_options(["X_pca", "spatial"]) == (["X_pca", "spatial"], "spatial")
-    assert training.spatial_options(["X_pca", "X_spatial"]) == (["X_pca", "X_spatial"], "X_spatial")
-    assert training.spatial_options(["X_pca", "X_umap"]) == (["spatial", "X_pca", "X_umap"], "spatial")
+    assert train.spatial_options(["X_pca", "spatial"]) == (["X_pca", "spatial"], "spatial")
+    assert train.spatial_options(["X_pca", "X_spatial"]) == (["X_pca", "X_spatial"], "X_spatial")
+    assert train.spatial_options(["X_pca", "X_umap"]) == (["spatial", "X_pca", "X_umap"], "spatial")
 
 
 # ----------------------------------------------------------------------------- logic
 
 
 def test_staged_names_are_safe_and_distinct(tmp_path):
-    uploads = [Upload("../../etc/passwd.h5ad", b"1"), Upload("a b.h5ad", b"2"), Upload("a_b.h5ad", b"3"),
-               Upload("ÿ.h5ad", b"4"), Upload("C:\\x\\é.H5AD", b"5")]
-    paths = training.stage_uploads(uploads, tmp_path / "job")
+    files = [Upload("../../etc/passwd.h5ad", b"1"), Upload("a b.h5ad", b"2"), Upload("a_b.h5ad", b"3"),
+             Upload("ÿ.h5ad", b"4"), Upload("C:\\x\\é.H5AD", b"5")]
+    paths = uploads.stage_uploads(files, tmp_path / "job")
     assert [p.name for p in paths] == ["passwd.h5ad", "a_b.h5ad", "a_b-2.h5ad", "upload.h5ad", "upload-2.h5ad"]
     assert all(p.parent == tmp_path / "job" for p in paths)
     assert [p.read_bytes() for p in paths] == [b"1", b"2", b"3", b"4", b"5"]
     with pytest.raises(CohortError, match=r"notes.csv: unsupported file type '.csv'"):
-        training.stage_uploads([Upload("notes.csv", b"x,y")], tmp_path / "other")
+        uploads.stage_uploads([Upload("notes.csv", b"x,y")], tmp_path / "other")
 
 
 def test_preview_and_check_name_the_upload(tmp_path, cohort_file):
     good = Upload("cohort.h5ad", cohort_file.read_bytes())
-    preview = training.preview_upload(good, tmp_path)
+    preview = uploads.preview_upload(good, tmp_path)
     assert preview.n_obs == 1143 and Keys.SPATIAL in preview.obsm_keys
     assert {Keys.SAMPLE, Keys.PATIENT, Keys.CELL_TYPE, "response"} <= set(preview.columns)
-    assert len(preview.head) == training.PREVIEW_ROWS
-    check = training.check_cohort([good], tmp_path, CohortKeys(groups=("response",)))
+    assert len(preview.head) == uploads.PREVIEW_ROWS
+    check = train.check_cohort([good], tmp_path, CohortKeys(groups=("response",)))
     assert (check.n_cells, check.n_slides, check.n_patients, check.features) == (1143, 4, 2, "pheno")
 
     with pytest.raises(CohortError) as info:
-        training.check_cohort([good], tmp_path, CohortKeys(cell_type="phenotype"), features="pheno")
+        train.check_cohort([good], tmp_path, CohortKeys(cell_type="phenotype"), features="pheno")
     assert str(info.value).startswith("cohort.h5ad: obs['phenotype'] is missing")
     with pytest.raises(CohortError, match=r"^broken.h5ad: .*not an HDF5 file"):
-        training.preview_upload(Upload("broken.h5ad", b"garbage" * 100), tmp_path)
+        uploads.preview_upload(Upload("broken.h5ad", b"garbage" * 100), tmp_path)
     assert list(tmp_path.iterdir()) == []  # every staging folder was removed
 
 
 def test_registry_queues_refuses_and_cancels(tmp_path, cohort_file, registries):
     registry = registries(max_running=1, max_waiting=1)
     keys = CohortKeys()
-    options = training.run_options(keys, n_niches=3, n_steps=100_000, umap=False)
+    options = train.run_options(keys, n_niches=3, n_steps=100_000, umap=False)
 
     def spec(name: str) -> JobSpec:
         return JobSpec(name, (Upload(cohort_file.name, cohort_file.read_bytes()),), keys, options,
@@ -374,14 +371,14 @@ def test_registry_queues_refuses_and_cancels(tmp_path, cohort_file, registries):
     with pytest.raises(JobRefused, match="busy"):
         registry.submit("carol", spec("third"))
     assert registry.jobs("alice") == [first] and registry.get("alice", second.id) is None
-    assert second.status == training.QUEUED and registry.position(second) == 1
+    assert second.status == job_queue.QUEUED and registry.position(second) == 1
 
     registry.cancel("alice", second.id)  # another session's job: nothing happens
     assert not second.cancel_requested
     registry.cancel("bob", second.id)
     registry.cancel("alice", first.id)
     assert first.wait(WAIT_S) and second.wait(WAIT_S)
-    assert (first.status, second.status) == (training.CANCELLED, training.CANCELLED)
+    assert (first.status, second.status) == (job_queue.CANCELLED, job_queue.CANCELLED)
     assert second.message == "cancelled before it started"
     assert not list_runs(tmp_path / "runs") and empty(tmp_path / "uploads")
     registry.dismiss("alice", first.id)
@@ -392,10 +389,10 @@ def test_a_job_reports_a_failed_run(tmp_path, cohort_file, registries):
     registry = registries()
     keys = CohortKeys(sample="slide")  # not a column of the file
     spec = JobSpec("bad", (Upload("my cohort.h5ad", cohort_file.read_bytes()),), keys,
-                   training.run_options(keys, n_steps=20), tmp_path / "runs", tmp_path / "uploads")
+                   train.run_options(keys, n_steps=20), tmp_path / "runs", tmp_path / "uploads")
     job = registry.submit("s", spec)
     assert job.wait(WAIT_S)
-    assert job.status == training.FAILED
+    assert job.status == job_queue.FAILED
     assert job.error.startswith("my cohort.h5ad: obs['slide'] is missing")
     assert empty(tmp_path / "runs") and empty(tmp_path / "uploads")
 
@@ -404,19 +401,21 @@ def test_stale_staging_folders_are_removed(tmp_path):
     import os
 
     old, new, other = tmp_path / "train-0123", tmp_path / ".check-abcd", tmp_path / "keep-me"
-    for folder in (old, new, other):
+    # the Label transfer page's query and download folders are staging folders too
+    old_query, old_download = tmp_path / ".query-1234", tmp_path / ".download-5678"
+    for folder in (old, new, other, old_query, old_download):
         folder.mkdir()
         (folder / "f.h5ad").write_bytes(b"x")
-    day_ago = time.time() - training.STALE_AFTER_S - 60
-    os.utime(old, (day_ago, day_ago))
-    os.utime(other, (day_ago, day_ago))
-    assert training.remove_stale_staging(tmp_path) == [old]
+    day_ago = time.time() - uploads.STALE_AFTER_S - 60
+    for folder in (old, other, old_query, old_download):
+        os.utime(folder, (day_ago, day_ago))
+    assert sorted(uploads.remove_stale_staging(tmp_path)) == sorted([old, old_query, old_download])
     assert sorted(p.name for p in tmp_path.iterdir()) == [".check-abcd", "keep-me"]
-    assert training.remove_stale_staging(tmp_path / "missing") == []
+    assert uploads.remove_stale_staging(tmp_path / "missing") == []
 
 
 def test_progress_runs_through_the_stages_in_order():
     from cellniche_core.pipeline import STAGES
 
-    positions = [training.overall_progress(stage, f) for stage in STAGES for f in (0.0, 0.5, 1.0)]
+    positions = [job_queue.overall_progress(stage, f) for stage in STAGES for f in (0.0, 0.5, 1.0)]
     assert positions == sorted(positions) and positions[0] == 0.0 and positions[-1] == 1.0

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,17 +16,17 @@ import anndata as ad
 import pandas as pd
 import plotly.graph_objects as go
 
-from cellniche_core.io import CohortError, Run, load_weights, safe_child
-from cellniche_core.keys import RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys
+from cellniche_core.io import Run, load_weights
+from cellniche_core.keys import RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
 from cellniche_core.transfer import annotate_query, read_query
 
 from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale, rgba_css
-from .tables import RunKeys, labels
+from .tables import labels
+from .uploads import DOWNLOAD_PREFIX, QUERY_PREFIX, Upload, read_staged, staging
 
 #: folders of the data directory that never hold query files
 SKIP_DIRS = ("runs", "uploads")
 UPLOADS = "uploads"
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -83,33 +81,21 @@ def annotate_upload(run: Run, data: bytes, name: str, *, upload_dir: Path, label
                     device: str = "auto") -> tuple[ad.AnnData, dict]:
     """Annotate uploaded ``.h5ad`` bytes.
 
-    The bytes are written into a fresh temporary folder inside ``upload_dir``, read
-    fully into memory and the folder removed, whatever happens. Errors are
-    :class:`CohortError` naming the upload, never the temporary path.
+    The bytes are staged as :mod:`explorer.uploads` stages every upload: in a fresh
+    temporary folder inside ``upload_dir`` under a safe name, read fully into memory and
+    the folder removed, whatever happens. Errors are :class:`CohortError` naming the
+    upload, never the temporary path.
     """
-    shown = Path(str(name)).name or "upload"
-    if not shown.lower().endswith(".h5ad"):
-        raise CohortError(f"{shown}: expected an .h5ad file")
-    if not data:
-        raise CohortError(f"{shown}: is empty (0 bytes)")
-    safe = _SAFE.sub("_", shown).lstrip(".") or "query.h5ad"
-    upload_dir = Path(upload_dir)
-    upload_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".query-", dir=upload_dir) as tmp:
-        path = safe_child(tmp, safe)
-        path.write_bytes(data)
-        try:
-            query = read_query(run, path)
-        except CohortError as exc:
-            raise CohortError(str(exc).replace(str(path), shown)) from None
-    return query, annotate_query(run, query, label_key=label_key, device=device, source=shown)
+    upload = Upload(name, data)
+    query = read_staged([upload], Path(upload_dir), QUERY_PREFIX, lambda paths: read_query(run, paths[0]))
+    return query, annotate_query(run, query, label_key=label_key, device=device, source=upload.shown)
 
 
 def h5ad_bytes(adata: ad.AnnData, *, tmp_dir: Path) -> bytes:
     """The bytes of ``adata`` written as ``.h5ad`` (through a temporary file in ``tmp_dir``)."""
     tmp_dir = Path(tmp_dir)
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=tmp_dir) as tmp:
+    with staging(tmp_dir, DOWNLOAD_PREFIX) as tmp:
         path = Path(tmp) / "annotated.h5ad"
         adata.write_h5ad(path)
         return path.read_bytes()

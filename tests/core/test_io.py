@@ -405,7 +405,7 @@ def test_write_run_interrupt_leaves_nothing(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io, "_move_into_place", interrupted)
+    monkeypatch.setattr(io.files, "move_into_place", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_run(tmp_path / "run1", **run_parts())
     assert list(tmp_path.iterdir()) == []
@@ -470,3 +470,25 @@ def test_to_plain_rejects_unknown_types():
     assert io.to_plain({"a": (1, np.int64(2)), "b": {3}}) == {"a": [1, 2], "b": [3]}
     with pytest.raises(TypeError, match="object"):
         io.to_plain({"model": object()})
+
+
+def test_run_keeps_its_graph_and_an_older_run_gets_it_rebuilt(small_run):
+    from cellniche_core.keys import Keys
+
+    run = load_run(small_run, with_weights=False)
+    assert Keys.GRAPH in run.adata.obsp
+    stored = run.graph()
+    assert stored.n_nodes == run.adata.n_obs and stored.n_edges > 0
+    assert stored.indptr.dtype == stored.indices.dtype == np.int64
+    del run.adata.obsp[Keys.GRAPH]  # a run written before the graph was kept with it
+    rebuilt = run.graph()
+    np.testing.assert_array_equal(rebuilt.indptr, stored.indptr)
+    np.testing.assert_array_equal(rebuilt.indices, stored.indices)
+
+
+def test_run_keys_come_from_the_manifest(small_run):
+    run = load_run(small_run, with_weights=False)
+    keys = run.keys
+    assert (keys.sample, keys.patient, keys.spatial, keys.niche) == ("sample", "patient", "spatial", "niche")
+    assert keys.table_kwargs() == {"niche_key": "niche", "sample_key": "sample", "patient_key": "patient"}
+    assert run.niche_names == {}

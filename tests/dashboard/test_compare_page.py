@@ -10,20 +10,10 @@ import pytest
 
 from cellniche_core.compare import compare_groups, niche_abundance, summarise_adjacency, niche_adjacency
 from cellniche_core.keys import RUN_ADATA
-from explorer import comparison
+from explorer import compare
 from explorer.tables import RunKeys
 
-from apptest_support import assert_clean, link_runs_dir, open_app, plotly_specs, query, run_entrypoint_always
-
-@pytest.fixture(autouse=True)
-def _entrypoint_always_runs(monkeypatch):
-    run_entrypoint_always(monkeypatch)
-
-
-@pytest.fixture
-def runs_dir(tmp_path, small_run, monkeypatch):
-    return link_runs_dir(tmp_path, small_run, monkeypatch)
-
+from apptest_support import assert_clean, open_app, plotly_specs, query
 
 def open_compare(query: dict | None = None):
     return open_app(query, page="compare")
@@ -110,10 +100,10 @@ def tiny():
 
 
 def test_abundance_matrix_and_heatmap(tiny):
-    matrix = comparison.abundance_matrix(niche_abundance(tiny, min_cells=1), ["A", "B"])
+    matrix = compare.abundance_matrix(niche_abundance(tiny, min_cells=1), ["A", "B"])
     assert list(matrix.index) == ["P1", "P2", "P3", "P4"] and list(matrix.columns) == ["A", "B"]
     assert matrix.loc["P2"].tolist() == [0.5, 0.5]
-    trace = comparison.abundance_heatmap(matrix, {"A": "conserved"}).data[0]
+    trace = compare.abundance_heatmap(matrix, {"A": "conserved"}).data[0]
     assert trace.type == "heatmap" and "conserved" in trace.x[0] and trace.x[1] == "B"
 
 
@@ -121,21 +111,21 @@ def test_group_difference_figure_marks_significant_niches():
     tests = pd.DataFrame({"niche": ["A", "B"], "effect": [0.1, -0.02], "effect_ci_low": [0.05, -0.06],
                           "effect_ci_high": [0.15, 0.01], "p_value": [0.001, 0.5], "q_value": [0.002, 0.5],
                           "comparison": ["n - r"] * 2, "enriched_in": ["n", "r"]})
-    trace = comparison.group_difference_figure(tests).data[0]
+    trace = compare.group_difference_figure(tests).data[0]
     assert list(trace.y) == ["B", "A"]  # drawn bottom-up: first niche on top
-    assert list(trace.marker.color) == [comparison.NOT_SIGNIFICANT_COLOR, comparison.SIGNIFICANT_COLOR]
+    assert list(trace.marker.color) == [compare.NOT_SIGNIFICANT_COLOR, compare.SIGNIFICANT_COLOR]
     np.testing.assert_allclose(trace.error_x.array, [0.03, 0.05])
 
 
 def test_group_difference_figure_on_real_tests(tiny):
     tests = compare_groups(tiny, "response", n_boot=50)
-    fig = comparison.group_difference_figure(tests)
+    fig = compare.group_difference_figure(tests)
     assert "r - n" in fig.layout.xaxis.title.text  # reference: the first group, "n"
 
 
 def test_adjacency_heatmap_is_symmetric(tiny):
     table = summarise_adjacency(niche_adjacency(tiny))
-    z = np.array(comparison.adjacency_heatmap(table, ["A", "B"]).data[0].z, dtype=float)
+    z = np.array(compare.adjacency_heatmap(table, ["A", "B"]).data[0].z, dtype=float)
     assert z.shape == (2, 2) and z[0, 1] == z[1, 0]
 
 
@@ -143,8 +133,8 @@ def test_transition_points_grey_inside_cells(tiny):
     from cellniche_core.compare import transition_scores
 
     scores = transition_scores(tiny)
-    points, n = comparison.transition_points(tiny, RunKeys(), scores, "s4", max_points=10)
+    points, n = compare.transition_points(tiny, RunKeys(), scores, "s4", max_points=10)
     assert n == 4 and len(points) == 4
     assert points["value"].isna().all()  # slide s4 is all A: no border cell
-    points, _ = comparison.transition_points(tiny, RunKeys(), scores, "s2", max_points=2)
+    points, _ = compare.transition_points(tiny, RunKeys(), scores, "s2", max_points=2)
     assert len(points) == 2 and set(points.columns) == {"x", "y", "niche", "cell_type", "value"}

@@ -14,7 +14,7 @@ from cellniche_core.io import CohortError, Run, load_run
 from cellniche_core.keys import UNKNOWN, Keys
 from cellniche_core.transfer import TRANSFER_UNS_KEY, annotate_query, transfer_labels
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------- hand-made embeddings

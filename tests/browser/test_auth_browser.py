@@ -2,72 +2,39 @@
 
 What AppTest cannot show: a fresh server serving ``/maps?...`` (the legacy pages path,
 sent back through ``app.py``), the sidebar really hidden, Enter submitting the form.
-Needs Debian's ``chromium`` and the ``playwright`` package; skipped cleanly without them.
+Needs Debian's ``chromium`` and the ``playwright`` package (see browser_support.py); skipped cleanly
+without them.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, dashboard_server
 from tiny_run import TINY, build_tiny_run
 
 from explorer import auth
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "browser-test-password"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(sync_playwright, tmp_path_factory):
     """The dashboard behind a password on a free loopback port: (url, slide names)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api")
     import anndata as ad
 
     run = build_tiny_run(tmp_path_factory.mktemp("gate"))
     slides = sorted(ad.read_h5ad(run / "cohort.h5ad", backed="r").obs["sample"].unique())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, CELLNICHE_RUNS_DIR=str(run.parent), OMP_NUM_THREADS="1",
-               **{auth.PASSWORD_ENV: auth.hash_password(PASSWORD)})
-    with open(run.parent.parent / "server.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with dashboard_server(run.parent, run.parent.parent / "server.log",
+                          env={auth.PASSWORD_ENV: auth.hash_password(PASSWORD)}) as url:
         yield url, slides
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
-def test_deep_link_opens_its_view_after_the_password(server):
-    from playwright.sync_api import sync_playwright
-
+def test_deep_link_opens_its_view_after_the_password(server, sync_playwright):
     url, slides = server
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 900})
             page.goto(f"{url}/maps?run={TINY}&slides={slides[-1]}&color=cell_type&niche=N2")

@@ -9,16 +9,11 @@ import pytest
 
 from cellniche_core.io import CohortError, load_run
 from cellniche_core.keys import UNKNOWN, Keys
-from explorer import labeltransfer
+from explorer import transfer
 from explorer.palette import UNKNOWN_COLOR, hex_to_rgb
 from explorer.tables import RunKeys
 
-from apptest_support import assert_clean, decks, link_runs_dir, open_app, run_entrypoint_always
-
-@pytest.fixture(autouse=True)
-def _entrypoint_always_runs(monkeypatch):
-    run_entrypoint_always(monkeypatch)
-
+from apptest_support import assert_clean, decks, link_runs_dir, open_app
 
 @pytest.fixture(scope="module")
 def query_bytes(tmp_path_factory):
@@ -90,7 +85,7 @@ def test_transfer_page_takes_an_upload_and_leaves_no_file(data_dir, query_bytes)
     at.file_uploader[0].set_value(("my slide.h5ad", query_bytes, "application/octet-stream")).run()
     assert_clean(at)
     assert len(at.get("deck_gl_json_chart")) == 3
-    uploads = data_dir / labeltransfer.UPLOADS
+    uploads = data_dir / transfer.UPLOADS
     assert uploads.is_dir() and not any(p.name.startswith(".query-") for p in uploads.iterdir())
 
 
@@ -141,16 +136,16 @@ def test_query_files_skip_runs_uploads_and_hidden(tmp_path):
     for name in ("a.h5ad", "sub/b.h5ad", "runs/x/cohort.h5ad", "uploads/c.h5ad", ".hidden.h5ad", "notes.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    assert list(labeltransfer.query_files(tmp_path)) == ["a.h5ad", "sub/b.h5ad"]
-    assert labeltransfer.query_files(tmp_path / "missing") == {}
+    assert list(transfer.query_files(tmp_path)) == ["a.h5ad", "sub/b.h5ad"]
+    assert transfer.query_files(tmp_path / "missing") == {}
 
 
 def test_upload_errors_name_the_upload(small_run, tmp_path):
-    run = labeltransfer.with_weights(load_run(small_run, with_weights=False))
+    run = transfer.with_weights(load_run(small_run, with_weights=False))
     for name, data, message in (("x.csv", b"a,b", "expected an .h5ad"), ("e.h5ad", b"", "empty"),
                                 ("bad.h5ad", b"garbage", "not an HDF5 file")):
         with pytest.raises(CohortError, match=message) as exc:
-            labeltransfer.annotate_upload(run, data, name, upload_dir=tmp_path, label_key=Keys.NICHE)
+            transfer.annotate_upload(run, data, name, upload_dir=tmp_path, label_key=Keys.NICHE)
         assert str(tmp_path) not in str(exc.value)
     assert not any(tmp_path.iterdir())
 
@@ -163,19 +158,19 @@ def test_label_table_and_scales():
     query = ad.AnnData(obs=pd.DataFrame({
         Keys.TRANSFERRED: pd.Categorical(["N1", UNKNOWN, "N1"], categories=["N1", "N2", "N3", UNKNOWN]),
         Keys.CONFIDENCE: np.array([1.0, 0.4, 0.8], dtype=np.float32)}, index=list("xyz")))
-    table = labeltransfer.label_table(reference, Keys.NICHE, query)
+    table = transfer.label_table(reference, Keys.NICHE, query)
     assert table["label"].tolist() == ["N1", "N2", "N3", UNKNOWN]
     assert table["reference_cells"].tolist() == [2, 1, 1, 0]
     assert table["query_cells"].tolist() == [2, 0, 0, 1]
     assert table["mean_confidence"].iloc[0] == pytest.approx(0.9) and np.isnan(table["mean_confidence"].iloc[1])
 
     ref_scale = color_scale(reference.obs[Keys.NICHE], column=Keys.NICHE, kind=NICHE)
-    scale = labeltransfer.transferred_scale(ref_scale)
+    scale = transfer.transferred_scale(ref_scale)
     assert scale.categories == ("N1", "N2", "N3", UNKNOWN)
     assert scale.color_map()["N2"] == ref_scale.color_map()["N2"] and scale.color_map()[UNKNOWN] == UNKNOWN_COLOR
-    fig = labeltransfer.composition_figure(table, scale)
+    fig = transfer.composition_figure(table, scale)
     assert [t.name for t in fig.data] == ["reference", "query"]
-    assert labeltransfer.label_options({"niche": "niche", "cell_type": "category", "sample": "category",
+    assert transfer.label_options({"niche": "niche", "cell_type": "category", "sample": "category",
                                         "transfer_confidence": "numeric"}, RunKeys()) == ["niche", "cell_type"]
 
 

@@ -20,7 +20,7 @@ from malformed import BAD_ARGUMENTS, CASES, N_CELLS, Case, make_adata, valid_fil
 from cellniche_core.cli import EXIT_BAD_INPUT, main
 from cellniche_core.io import INPUT_UNS_KEY, CohortError, read_cohort, validate_cohort
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BY_NAME = {case.name: case for case in CASES}
 
 
@@ -171,7 +171,7 @@ def test_negative_intensities_and_long_column_names_are_accepted(tmp_path):
 
 def test_a_file_pointing_outside_itself_is_never_read(tmp_path):
     """An .h5ad whose obs column is stored in another file must not show that file's bytes."""
-    from explorer.training import Upload, preview_upload
+    from explorer.uploads import Upload, preview_upload
 
     case = next(c for c in CASES if c.name == "external-storage")
     path = case.write(tmp_path)

@@ -12,8 +12,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from cellniche_core.keys import RunKeys
+from cellniche_core.labels import natural_key
+
 from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale
-from .tables import RunKeys, labels, natural_key, subsample_index
+from .tables import labels, subsample_index
 
 #: colours of a group-difference marker
 SIGNIFICANT_COLOR = "#d62728"

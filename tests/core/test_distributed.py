@@ -17,7 +17,7 @@ from cellniche_core.graph import build_knn_graph
 from cellniche_core.keys import RUN_MANIFEST
 from cellniche_core.train import TrainConfig, train_model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -1,6 +1,7 @@
 """Palette, derived tables and figure builders of the dashboard, without Streamlit."""
 
 import json
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 import scipy.sparse as sp
 from PIL import Image
 
+from cellniche_core.io import Run
+from cellniche_core.keys import RunKeys
 from cellniche_core.niches import marker_scores
 from explorer import figures, tables
 from explorer.imagecheck import count_saturated_colors
@@ -47,7 +50,7 @@ def tiny():
 def keys():
     manifest = {"params": {"keys": {"sample_key": "fov", "spatial_key": "xy", "cell_type_key": "cell_type"},
                            "patient_key": "donor"}}
-    return tables.RunKeys.from_manifest(manifest)
+    return Run(Path("run"), ad.AnnData(), None, {}, manifest).keys
 
 
 # ----------------------------------------------------------------------------- palette
@@ -100,10 +103,17 @@ def test_numeric_scale_spans_percentiles_and_greys_nan():
 # ----------------------------------------------------------------------------- tables
 
 
+def run_keys(manifest: dict, model_config: dict | None = None) -> RunKeys:
+    return Run(Path("run"), ad.AnnData(), None, model_config or {}, manifest).keys
+
+
 def test_run_keys_from_manifest_with_defaults():
-    assert tables.RunKeys.from_manifest({}) == tables.RunKeys()
-    keys = tables.RunKeys.from_manifest({"params": {"keys": {"sample_key": "fov"}}})
+    assert run_keys({}) == RunKeys()
+    keys = run_keys({"params": {"keys": {"sample_key": "fov"}}})
     assert keys.sample == "fov" and keys.patient == "patient"
+    # an older manifest without params.keys: the model config's keys
+    keys = run_keys({"params": {"patient_key": "donor"}}, {"keys": {"spatial_key": "xy", "cell_type_key": "ct"}})
+    assert (keys.spatial, keys.cell_type, keys.patient, keys.sample) == ("xy", "ct", "donor", "sample")
 
 
 def test_summary_patients_and_clinical_columns(tiny, keys):
@@ -119,10 +129,12 @@ def test_niche_abundance_and_sizes(tiny, keys):
     assert list(abundance.index) == ["A1", "A2", "B1"] and list(abundance.columns) == ["N1", "N2", "N3"]
     assert abundance.loc["A1"].tolist() == [0.5, 0.5, 0.0]
     np.testing.assert_allclose(abundance.sum(1), 1.0)
-    sizes = tables.niche_sizes(tiny, keys)
+    sizes = tables.niche_sizes(tiny, keys, min_cells=1)
     assert sizes["cells"].tolist() == [6, 3, 3]
     assert sizes.loc["N3", "slides"] == 1 and sizes.loc["N3", "patients"] == 1
     assert sizes.loc["N1", "patients"] == 2
+    # the default rule also needs 10 cells: none of these 4-cell slides holds a niche
+    assert tables.niche_sizes(tiny, keys)[["slides", "patients"]].sum().tolist() == [0, 0]
 
 
 def test_default_slides_take_one_per_patient(tiny, keys):
@@ -303,3 +315,18 @@ def test_count_saturated_colors():
     image.paste(Image.new("RGB", (200, 50), "#cfcfcf"), (0, 50))  # dimmed grey does not count
     assert count_saturated_colors(image) == 5
     assert count_saturated_colors(Image.new("RGB", (50, 50), "white")) == 0
+
+
+def test_composition_and_comparison_pages_count_presence_alike(small_run):
+    """The Composition page's niche sizes and the Comparison page's niche summary apply one
+    presence rule, so they report the same slides and patients for every niche."""
+    from cellniche_core.compare import summarise_niches
+    from cellniche_core.io import load_run
+
+    run = load_run(small_run, with_weights=False)
+    sizes = tables.niche_sizes(run.adata, run.keys)
+    summary = summarise_niches(run.adata, n_boot=10, **run.keys.table_kwargs()).set_index("niche")
+    assert list(sizes.index) == list(summary.index)
+    assert sizes["slides"].tolist() == summary["n_samples_present"].tolist()
+    assert sizes["patients"].tolist() == summary["n_patients_present"].tolist()
+    assert sizes["cells"].tolist() == summary["n_cells"].tolist()

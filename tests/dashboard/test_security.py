@@ -22,19 +22,14 @@ import torch
 from apptest_support import APP, query, run_entrypoint_always
 from malformed import CASES
 from streamlit.testing.v1 import AppTest
-from tiny_run import TINY, build_tiny_run
+from tiny_run import TINY
 
 from cellniche_core import io
 from cellniche_core.io import CohortError, load_run, load_weights, safe_child
 from cellniche_core.keys import RUN_WEIGHTS
-from explorer import labeltransfer, state, transfer_state
+from explorer import state, transfer, transfer_state
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    return build_tiny_run(tmp_path_factory.mktemp("tiny"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -151,7 +146,7 @@ def test_transfer_query_link_cannot_leave_the_data_folder(folders, monkeypatch, 
     run_entrypoint_always(monkeypatch)
     value = str(outside / "secret.h5ad") if value == "ABSOLUTE" else value
     read = []
-    monkeypatch.setattr(labeltransfer, "read_query", lambda *a, **k: read.append(a) or 1 / 0)
+    monkeypatch.setattr(transfer, "read_query", lambda *a, **k: read.append(a) or 1 / 0)
 
     at = open_app({"page": "transfer", "query": value})
 
@@ -174,19 +169,19 @@ def test_uploads_are_staged_inside_the_data_folder(folders):
                                   "evil\x00.h5ad", ".h5ad", "....h5ad"])
 def test_an_upload_name_cannot_place_the_file_outside(tmp_path, tiny_run, monkeypatch, name):
     staged = []
-    original = labeltransfer.read_query
+    original = transfer.read_query
 
     def recording(run, path):
         staged.append(Path(path))
         return original(run, path)
 
-    monkeypatch.setattr(labeltransfer, "read_query", recording)
+    monkeypatch.setattr(transfer, "read_query", recording)
     uploads = tmp_path / "data" / "uploads"
     bad = next(c for c in CASES if c.name == "random-bytes").write(tmp_path / "bytes").read_bytes()
     before = sorted(tmp_path.rglob("*"))
 
     with pytest.raises(CohortError) as info:
-        labeltransfer.annotate_upload(load_run(tiny_run, with_weights=False), bad, name,
+        transfer.annotate_upload(load_run(tiny_run, with_weights=False), bad, name,
                                       upload_dir=uploads, label_key="niche")
 
     (path,) = staged
@@ -215,7 +210,7 @@ def _torch_load_calls() -> list[tuple[str, int, ast.Call]]:
 
 def test_every_torch_load_is_weights_only():
     calls = _torch_load_calls()
-    assert any(where == "cellniche_core/io.py" for where, _, _ in calls)
+    assert any(where == "cellniche_core/io/runs.py" for where, _, _ in calls)
     unsafe = [f"{where}:{line}" for where, line, call in calls
               if not any(k.arg == "weights_only" and isinstance(k.value, ast.Constant)
                          and k.value.value is True for k in call.keywords)]
@@ -242,7 +237,7 @@ def test_weights_holding_a_pickled_object_are_refused_not_run(tmp_path, tiny_run
         load_run(run_dir)
     assert str(run_dir / RUN_WEIGHTS) in str(info.value)
     with pytest.raises(ValueError, match="refused"):
-        labeltransfer.with_weights(load_run(run_dir, with_weights=False))  # the transfer page's path
+        transfer.with_weights(load_run(run_dir, with_weights=False))  # the transfer page's path
     assert not marker.exists()
 
     # the payload is live: an unrestricted load would have run it

@@ -1,45 +1,19 @@
 """The running dashboard in headless Chromium: maps are painted, pages show no error.
 
-Needs Debian's ``chromium`` and the ``playwright`` Python package (never
-``playwright install``); skipped cleanly without them.
+Needs Debian's ``chromium`` and the ``playwright`` Python package (see browser_support.py);
+skipped cleanly without them.
 """
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+from browser_support import dashboard_server
 
 from explorer.imagecheck import count_saturated_colors
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAP = '[data-testid="stDeckGlJsonChart"] canvas'
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sync_playwright():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright not installed (pip install playwright)")
-    return sync_playwright
 
 
 @pytest.fixture(scope="module")
@@ -48,47 +22,8 @@ def app_url(sync_playwright, small_run, tmp_path_factory):
     runs = tmp_path_factory.mktemp("browser") / "runs"
     runs.mkdir()
     (runs / "small").symlink_to(small_run, target_is_directory=True)
-    port = _free_port()
-    env = dict(os.environ, CELLNICHE_RUNS_DIR=str(runs), OMP_NUM_THREADS="2")
-    log = open(runs.parent / "server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                pytest.fail("the dashboard did not start:\n" + (runs.parent / "server.log").read_text())
-            time.sleep(0.3)
+    with dashboard_server(runs, runs.parent / "server.log", env={"OMP_NUM_THREADS": "2"}) as url:
         yield url
-    finally:
-        server.kill()
-        server.wait()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser(sync_playwright):
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    yield page
-    page.close()
 
 
 def wait_until_idle(page, timeout_ms=60_000):

@@ -7,29 +7,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_support import assert_clean, decks, link_runs_dir, query, run_entrypoint_always
+from apptest_support import assert_clean, decks, query
 from apptest_support import open_app as _open_app
 from cellniche_core.names import niche_id
 from explorer import state
 
 PAGES = ("pages/overview.py", "pages/maps.py", "pages/embedding.py", "pages/composition.py")
-
-
-@pytest.fixture
-def legacy_pages_mode():
-    """AppTest as it is: page runs after the first take the legacy path (see below)."""
-
-
-@pytest.fixture(autouse=True)
-def _entrypoint_always_runs(request, monkeypatch):
-    if "legacy_pages_mode" not in request.fixturenames:
-        run_entrypoint_always(monkeypatch)
-
-
-@pytest.fixture
-def runs_dir(tmp_path, small_run, monkeypatch):
-    """A runs folder holding the small run as ``small``."""
-    return link_runs_dir(tmp_path, small_run, monkeypatch)
 
 
 def open_app(query: dict | None = None):

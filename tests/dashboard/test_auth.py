@@ -14,16 +14,11 @@ import pytest
 import streamlit as st
 from apptest_support import APP, assert_clean, query, run_entrypoint_always
 from streamlit.testing.v1 import AppTest
-from tiny_run import TINY, build_tiny_run
+from tiny_run import TINY
 
 from explorer import auth, state
 
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    return build_tiny_run(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,124 @@
+"""Atomic files and folders, and names from users checked to stay inside a folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anndata as ad
+
+
+@contextmanager
+def atomic_folder(out: Path, *, overwrite: bool) -> Iterator[Path]:
+    """A hidden temporary folder beside ``out``, renamed to ``out`` when the block ends.
+
+    If the block fails (including Ctrl-C) the temporary folder is removed and ``out`` is
+    left as it was; with ``overwrite`` an existing ``out`` is replaced as a whole.
+
+    Raises
+    ------
+    FileExistsError
+        ``out`` exists and ``overwrite`` is False.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise exists_error(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # hidden name, so that list_runs and the dashboard never pick a half-written folder
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        move_into_place(tmp, out, overwrite=overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def exists_error(run_dir: Path) -> FileExistsError:
+    return FileExistsError(
+        f"{run_dir}: a run folder already exists (pass overwrite=True to replace it)"
+    )
+
+
+def move_into_place(tmp: Path, run_dir: Path, *, overwrite: bool) -> None:
+    if not run_dir.exists():
+        os.rename(tmp, run_dir)
+        return
+    if not overwrite:
+        raise exists_error(run_dir)
+    old = run_dir.with_name(f".{run_dir.name}.{uuid.uuid4().hex[:8]}.old")
+    os.rename(run_dir, old)
+    try:
+        os.rename(tmp, run_dir)
+    except BaseException:
+        os.rename(old, run_dir)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+
+
+def check_output(out: Path, source: Path, *, overwrite: bool, what: str = "input") -> None:
+    """Refuse an output that is not an .h5ad, would replace ``source`` (named ``what`` in the
+    message), or exists (unless ``overwrite``)."""
+    if out.suffix.lower() != ".h5ad":
+        raise ValueError(f"{out}: the output must be an .h5ad file")
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"{out}: the output would overwrite the {what}; choose another --out")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+
+
+def write_h5ad_atomic(adata: ad.AnnData, out: Path) -> Path:
+    """Write ``adata`` to a hidden temporary file beside ``out``, then rename it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+
+def safe_child(base: str | os.PathLike, name: str) -> Path:
+    """``base / name`` for a ``name`` that came from a user, checked to stay inside ``base``.
+
+    ``name`` must be one plain path component: not empty, no NUL byte, no ``/`` or ``\\``,
+    not ``.`` or ``..``, not hidden (a leading dot marks temporary folders), and the
+    result, symlinks resolved, must lie inside ``base``. Text such as ``%2e%2e`` is taken
+    literally (it is decoded, if at all, before it gets here).
+
+    Raises
+    ------
+    ValueError
+        Naming the problem; the message quotes ``name`` with ``repr``.
+    """
+    base = Path(base)
+    if not isinstance(name, str) or not name:
+        raise ValueError("a name is needed (empty)")
+    problem = None
+    if "\x00" in name:
+        problem = "holds a NUL byte"
+    elif "/" in name or "\\" in name:
+        problem = "holds a path separator"
+    elif name in (".", ".."):
+        problem = "names a parent or the folder itself"
+    elif name.startswith("."):
+        problem = "is hidden (starts with a dot)"
+    if problem is None:
+        child, root = base / name, base.resolve()
+        resolved = child.resolve()
+        if resolved != root and resolved.is_relative_to(root):
+            return child
+        problem = f"is a symbolic link leading outside {base}"
+    raise ValueError(f"{name!r} cannot name an entry of {base}: it {problem}")
+
