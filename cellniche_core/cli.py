@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .graph import DEFAULT_KNN, GraphSettings
-from .keys import Keys
+from .keys import DEMO_COHORT, DEMO_QUERY, Keys
 from .sampling import STRATEGIES
 from .tally import MIN_CELLS, MIN_FRACTION
 from .train import PRECISIONS, TrainConfig
@@ -85,14 +85,19 @@ class TerminalProgress:
 
 
 class ProgressFile:
-    """Progress written to a small JSON file (``{"stage", "fraction", "message"}``) for another process.
+    """Progress written to a small JSON file for another process: ``{"stage", "fraction",
+    "message", "share"}``, ``share`` being the whole job's share done over ``stages``
+    (:func:`cellniche_core.pipeline.overall_progress`).
 
     Each write replaces the file atomically; within a stage, writes are at most every
     ``every_s`` seconds, so a training loop reporting every step costs nothing.
     """
 
-    def __init__(self, path: str | Path, every_s: float = 0.25):
+    def __init__(self, path: str | Path, stages=None, every_s: float = 0.25):
+        from .pipeline import STAGES
+
         self.path = Path(path)
+        self.stages = tuple(stages or STAGES)
         self.every_s = every_s
         self._last = (None, 0.0)
 
@@ -104,7 +109,11 @@ class ProgressFile:
         self._last = (stage, now)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps({"stage": stage, "fraction": float(fraction), "message": message}))
+            from .pipeline import overall_progress
+
+            share = overall_progress(stage, fraction, self.stages)
+            tmp.write_text(json.dumps({"stage": stage, "fraction": float(fraction), "message": message,
+                                       "share": share}))
             os.replace(tmp, self.path)
         except OSError:  # progress is best effort; the build itself goes on
             pass
@@ -343,16 +352,17 @@ def run_names(args) -> Path:
 
     run = load_run(args.run, with_weights=False)
     obs = run.adata.obs
-    if Keys.NICHE not in obs:
-        raise ValueError(f"{args.run}: the run has no obs[{Keys.NICHE!r}] niches")
-    niches = niche_categories(obs[Keys.NICHE])
+    niche_key = run.keys.niche
+    if niche_key not in obs:
+        raise ValueError(f"{args.run}: the run has no obs[{niche_key!r}] niches")
+    niches = niche_categories(obs[niche_key])
     current = {} if args.reset else niche_names.read_names(run.path)
     if args.from_csv:
         current.update(niche_names.read_names_csv(args.from_csv, niches))
     if args.reset or args.from_csv:
         niche_names.write_names(run.path, current, niches=niches)
-    auto = niche_names.auto_names_for(run.adata, niche_key=Keys.NICHE,
-                                      cell_type_key=niche_names.cell_type_key_of(run.manifest))
+    auto = niche_names.auto_names_for(run.adata, niche_key=niche_key,
+                                      cell_type_key=run.keys.cell_type)
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["niche", "auto_name", "name", "label"])
     for niche in niches:
@@ -420,7 +430,7 @@ def build_demo(out: str | Path, *, seed: int = 0, device: str = "auto", overwrit
     say = on_stage or (lambda stage, fraction, message: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cohort = out / "demo_cohort.h5ad"
+    cohort = out / DEMO_COHORT
     if overwrite or not cohort.exists():
         say("simulate", 0.0, "simulating the demo cohort")
         _write_h5ad(simulate_cohort(seed=seed), cohort)
@@ -436,10 +446,6 @@ def build_demo(out: str | Path, *, seed: int = 0, device: str = "auto", overwrit
     options = RunOptions(n_niches=len(DEMO_NICHES), train=TrainConfig(seed=seed), device=device)
     return fit_run([cohort], out / "runs" / "demo", options, group_keys=("response",),
                    overwrite=overwrite, on_stage=on_stage)
-
-
-#: the demo's query slide, written next to the demo cohort
-DEMO_QUERY = "demo_query.h5ad"
 
 
 def _write_h5ad(adata, path: Path) -> None:
@@ -471,7 +477,10 @@ def main(argv=None) -> int:
             run_names(args)
             return 0
         else:
-            on_stage = _both(progress, ProgressFile(args.progress_file)) if args.progress_file else progress
+            from .pipeline import DEMO_STAGES
+
+            on_stage = (_both(progress, ProgressFile(args.progress_file, DEMO_STAGES)) if args.progress_file
+                        else progress)
             path = build_demo(args.out, seed=args.seed, device=args.device, overwrite=args.overwrite,
                               on_stage=on_stage)
     except (CohortError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:

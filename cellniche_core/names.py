@@ -9,7 +9,7 @@ markers). Names a user gives are kept in ``niche_names.json`` beside the run's
 Functions
 ---------
 :func:`auto_names` (counts table -> names) and :func:`auto_names_from_markers` are pure;
-:func:`niche_labels` combines them with a run's file; :func:`with_labels` returns an AnnData
+:func:`niche_labels` combines them with the names a run was given; :func:`with_labels` returns an AnnData
 whose niche column carries the labels (for tables, figures, exports and label transfer).
 """
 
@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .keys import RUN_NAMES
+
 #: the user's names, beside cohort.h5ad in a run folder
-NAMES_FILE = "niche_names.json"
+NAMES_FILE = RUN_NAMES
 SEPARATOR = " · "
 #: longest name accepted
 MAX_NAME = 60
@@ -239,32 +241,25 @@ def parse_names_csv(text: str, niches, *, source: str = "names.csv") -> dict[str
         raise NamesError(f"{source}: {exc}") from None
 
 
-def run_labels(adata, run_dir, *, niche_key: str, cell_type_key: str | None) -> dict[str, str]:
-    """``{id: label}`` of a run: its user names over the automatic ones."""
-    auto = auto_names_for(adata, niche_key=niche_key, cell_type_key=cell_type_key)
-    niches = [str(c) for c in pd.unique(adata.obs[niche_key].astype(str))]
-    return niche_labels(niches, auto, read_names(run_dir))
-
-
-def cell_type_key_of(manifest: dict | None) -> str:
-    """The cell-type column a run was fitted with (its manifest's ``params.keys``)."""
-    from .keys import Keys
-
-    keys = ((manifest or {}).get("params") or {}).get("keys") or {}
-    return keys.get("cell_type_key") or Keys.CELL_TYPE
+def given_names(run_dir, manifest: dict | None = None) -> dict[str, str]:
+    """The names given to a run's niches: its manifest's ``niche_names`` under its names file's."""
+    recorded = {str(k): str(v) for k, v in ((manifest or {}).get("niche_names") or {}).items() if v}
+    return {**recorded, **read_names(run_dir)}
 
 
 def named_run(run, *, niche_key: str | None = None):
     """``run`` (a loaded :class:`cellniche_core.io.Run`) whose niche column holds labels.
 
     The labels are the run's user names over the automatic ones; ``run`` is unchanged.
+    ``niche_key`` defaults to the run's own.
     """
     from dataclasses import replace
 
-    from .keys import Keys
-
-    niche_key = niche_key or Keys.NICHE
+    niche_key = niche_key or run.keys.niche
     if niche_key not in run.adata.obs:
         return run
-    labels = run_labels(run.adata, run.path, niche_key=niche_key, cell_type_key=cell_type_key_of(run.manifest))
-    return replace(run, adata=with_labels(run.adata, labels, niche_key=niche_key))
+    # the names file is read again: a run cached by the dashboard sees a rename
+    names = given_names(run.path, run.manifest)
+    labels = niche_labels([str(c) for c in pd.unique(run.adata.obs[niche_key].astype(str))],
+                          auto_names_for(run.adata, niche_key=niche_key, cell_type_key=run.keys.cell_type), names)
+    return replace(run, adata=with_labels(run.adata, labels, niche_key=niche_key), niche_names=names)

@@ -1,7 +1,7 @@
-"""Cached work of the Select cells page (see :mod:`explorer.selection`).
+"""Cached work of the Select cells page (see :mod:`explorer.select`).
 
 Same rules as :mod:`explorer.state`: every cached function reads only its arguments; a
-selection is passed as its text (:func:`explorer.selection.to_text`), which is hashable.
+selection is passed as its text (:func:`explorer.select.to_text`), which is hashable.
 """
 
 from __future__ import annotations
@@ -10,19 +10,19 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from . import selection, state, tables
+from . import select, state, tables
 from .state import RunRef
 
 
-def parse(ref: RunRef, text: str) -> selection.Selection:
+def parse(ref: RunRef, text: str) -> select.Selection:
     """The selection ``text`` names on this run; ValueError when it names none."""
-    return selection.from_text(text, state.samples(ref))
+    return select.from_text(text, state.samples(ref))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def mask(ref: RunRef, text: str) -> np.ndarray:
     run = state.load(ref)
-    return selection.selected_mask(run.adata, state.run_keys(ref), parse(ref, text))
+    return select.selected_mask(run.adata, state.run_keys(ref), parse(ref, text))
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -60,13 +60,13 @@ def drawn_selection(ref: RunRef, rows: np.ndarray, text: str | None) -> np.ndarr
 @st.cache_data(max_entries=8, show_spinner=False)
 def cells(ref: RunRef, text: str) -> pd.DataFrame:
     run = state.load(ref)
-    return selection.selected_cells(run.adata, state.run_keys(ref), mask(ref, text))
+    return select.selected_cells(run.adata, state.run_keys(ref), mask(ref, text))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def composition(ref: RunRef, text: str, column: str, against: str, sample: str | None) -> pd.DataFrame:
     run = state.load(ref)
-    return selection.composition(run.adata, state.run_keys(ref), mask(ref, text), column=column,
+    return select.composition(run.adata, state.run_keys(ref), mask(ref, text), column=column,
                                  against=against, sample=sample)
 
 

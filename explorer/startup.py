@@ -30,12 +30,6 @@ DEMO_RUN = "demo"
 #: a run folder holds this file (see ``cellniche_core.keys.RUN_MANIFEST``)
 RUN_MANIFEST = "manifest.json"
 
-#: share of the progress bar given to each stage of the demo build
-STAGES = {"start": (0.0, 0.02), "simulate": (0.02, 0.05), "read": (0.05, 0.06), "graph": (0.06, 0.07),
-          "train": (0.07, 0.78), "embed": (0.78, 0.83), "niches": (0.83, 0.88), "umap": (0.88, 0.97),
-          "write": (0.97, 1.0)}
-
-
 #: session-state keys shared with :mod:`explorer.view`
 GOTO = "_view_goto"
 ENTERED = "_view_entered"
@@ -99,18 +93,13 @@ def has_runs(directory: Path) -> bool:
         return False
 
 
-def overall_progress(stage: str, fraction: float) -> float:
-    """Position on the whole build's progress bar of ``fraction`` of ``stage``."""
-    lo, hi = STAGES.get(stage, (0.0, 1.0))
-    return lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0)
-
-
 def read_progress(path: Path) -> tuple[float, str]:
-    """(share done, "stage: message") from a progress file; (0, "starting") when unreadable."""
+    """(share done, "stage: message") from a progress file (written by
+    ``cellniche_core.cli.ProgressFile``); (0, "starting") when unreadable."""
     try:
         data = json.loads(Path(path).read_text())
-        stage = str(data["stage"])
-        return overall_progress(stage, float(data["fraction"])), f"{stage}: {data.get('message', '')}"
+        share = min(max(float(data["share"]), 0.0), 1.0)
+        return share, f"{data['stage']}: {data.get('message', '')}"
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0, "starting: loading the library"
 

@@ -77,14 +77,14 @@ def load(ref: RunRef) -> Run:
     A rename changes ``ref.names_stamp`` only: the cohort file is not read again.
     """
     run = _read(ref.path, ref.stamp)
-    return named_run(run, niche_key=RunKeys.from_manifest(run.manifest).niche)
+    return named_run(run)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def niche_names_table(ref: RunRef) -> pd.DataFrame:
     """One row per niche: ``niche`` (id), ``auto_name``, ``name`` (the user's, or empty), ``label``."""
     run = _read(ref.path, ref.stamp)
-    keys = RunKeys.from_manifest(run.manifest)
+    keys = run.keys
     auto = auto_names_for(run.adata, niche_key=keys.niche, cell_type_key=keys.cell_type)
     given = read_names(ref.path)
     ids = niche_categories(run.adata.obs[keys.niche])

@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from cellniche_core.io import Run, load_weights
-from cellniche_core.keys import RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
+from cellniche_core.keys import DEMO_QUERY, RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
 from cellniche_core.transfer import annotate_query, read_query
 
 from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale, rgba_css
@@ -48,10 +48,6 @@ def query_files(directory: Path) -> dict[str, Path]:
     files = {p.relative_to(directory).as_posix(): p for p in found
              if p.is_file() and not p.name.startswith(".")}
     return dict(sorted(files.items()))
-
-
-#: the demo's query slide (``python -m cellniche_core demo`` writes it next to the demo cohort)
-DEMO_QUERY = "demo_query.h5ad"
 
 
 def query_choices(files: dict[str, Path], upload: str) -> list[str]:

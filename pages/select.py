@@ -6,7 +6,7 @@ enter_page("select")  # before the heavy imports: see explorer.startup
 
 import streamlit as st  # noqa: E402
 
-from explorer import select_state, selection, state, view  # noqa: E402
+from explorer import select, select_state, state, view  # noqa: E402
 from explorer.palette import niche_colors  # noqa: E402
 
 POINTS = 25_000
@@ -32,11 +32,11 @@ if text:
         text = None
 
 seen = st.session_state.setdefault(SEEN, {})
-for chart, space in (("select_umap", selection.UMAP), ("select_slide", selection.SLIDE)):
+for chart, space in (("select_umap", select.UMAP), ("select_slide", select.SLIDE)):
     event = st.session_state.get(chart)
     sample = st.session_state.get("_select_slide_shown")
-    new = selection.from_plotly_event(event, space=space, sample=sample)
-    signature = selection.to_text(new) if new else None
+    new = select.from_plotly_event(event, space=space, sample=sample)
+    signature = select.to_text(new) if new else None
     if signature and signature != seen.get(chart) and signature != text:
         chosen, text = new, signature
         view.set_text("sel", text)
@@ -44,7 +44,7 @@ for chart, space in (("select_umap", selection.UMAP), ("select_slide", selection
 
 controls = st.columns([3, 2, 1])
 with controls[0]:
-    default_slide = chosen.sample if chosen is not None and chosen.space == selection.SLIDE else slides[0]
+    default_slide = chosen.sample if chosen is not None and chosen.space == select.SLIDE else slides[0]
     slide = view.choice("slide", "Slide", slides, default=default_slide, what="slide", per_page=True)
     st.session_state["_select_slide_shown"] = slide
 with controls[1]:
@@ -65,16 +65,16 @@ with left:
     st.markdown("**Embedding** (UMAP) · draw a lasso or a box")
     if keys.umap in current.run.adata.obsm:
         points, rows = select_state.umap_view(ref, state.UMAP_POINT_BUDGET)
-        fig = selection.scatter_figure(points, scale, selected=select_state.drawn_selection(ref, rows, text),
+        fig = select.scatter_figure(points, scale, selected=select_state.drawn_selection(ref, rows, text),
                                        title_x="UMAP 1", title_y="UMAP 2", equal_axes=True,
-                                       polygon=polygon_in(selection.UMAP))
+                                       polygon=polygon_in(select.UMAP))
         st.plotly_chart(fig, key="select_umap", on_select="rerun", selection_mode=("lasso", "box"))
 with right:
     st.markdown(f"**Slide {slide}** · draw a lasso or a box")
     points, rows = select_state.slide_view(ref, slide, POINTS)
-    fig = selection.scatter_figure(points, scale, selected=select_state.drawn_selection(ref, rows, text),
+    fig = select.scatter_figure(points, scale, selected=select_state.drawn_selection(ref, rows, text),
                                    title_x="x", title_y="y", equal_axes=True,
-                                   polygon=polygon_in(selection.SLIDE, slide), show_legend=False)
+                                   polygon=polygon_in(select.SLIDE, slide), show_legend=False)
     st.plotly_chart(fig, key="select_slide", on_select="rerun", selection_mode=("lasso", "box"))
 
 if chosen is None:
@@ -95,7 +95,7 @@ st.caption(f"Selection: {chosen.describe()}. It selects every cell inside it, al
            f"out of their drawn sample. Slides: " + ", ".join(f"{s} ({n:,})" for s, n in per_slide.head(8).items())
            + ("…" if len(per_slide) > 8 else ""))
 if n_selected == 0:
-    st.info("No cell lies inside the selection.")
+    st.info("No cell lies inside the select.")
     st.stop()
 
 reference = "the cohort" if against == "cohort" else f"slide {slide}"
@@ -108,7 +108,7 @@ for column_box, column, title in ((tabs[0], keys.niche, "Niches"), (tabs[1], key
             st.info(f"This run has no `{column}` column.")
             continue
         table = select_state.composition(ref, text, column, against, slide)
-        st.plotly_chart(selection.composition_figure(table, column, reference=reference,
+        st.plotly_chart(select.composition_figure(table, column, reference=reference,
                                                      colors=colors if column == keys.niche else None),
                         key=f"select_comp_{title}")
         st.dataframe(table, hide_index=True, width="stretch", column_config={
@@ -118,4 +118,4 @@ for column_box, column, title in ((tabs[0], keys.niche, "Niches"), (tabs[1], key
         })
 st.download_button(f"Download the {n_selected:,} selected cells (CSV)",
                    select_state.cells(ref, text).to_csv(index=False).encode(),
-                   file_name=f"{ref.name}_selection.csv", mime="text/csv", key="select_download")
+                   file_name=f"{ref.name}_select.csv", mime="text/csv", key="select_download")

@@ -33,7 +33,7 @@ with pick[0]:
                             what="label column", per_page=True,
                             help="A categorical column of the reference: its niches, or an expert annotation")
 with pick[1]:
-    offered = labeltransfer.query_choices(files, UPLOAD)  # the demo's held-out patient first
+    offered = transfer.query_choices(files, UPLOAD)  # the demo's held-out patient first
     source = view.choice("query", "Query", offered, default=offered[0], what="query file", per_page=True,
                          format_func=lambda v: "— upload an .h5ad file —" if v == UPLOAD else f"data/{v}",
                          help=f".h5ad files in {transfer_state.data_dir()}, or an upload")

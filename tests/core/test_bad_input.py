@@ -210,16 +210,3 @@ def test_a_named_cell_type_column_is_required_also_with_auto_features(tmp_path):
     # with expression features a cell-type column is not needed, named or not
     adata = read_cohort([path], cell_type_key="celltype_typo", features="expr")
     assert adata.n_obs == N_CELLS
-
-
-def test_train_page_check_names_the_columns_of_the_upload(tmp_path):
-    from explorer import training
-
-    path = valid_file(tmp_path / "tumour.h5ad")
-    upload = training.Upload("tumour.h5ad", path.read_bytes())
-    keys = training.CohortKeys(cell_type="celltype_typo")
-    with pytest.raises(CohortError) as info:
-        training.check_cohort([upload], tmp_path / "uploads", keys)
-    message = str(info.value)
-    assert message.startswith("tumour.h5ad: ") and "obs['celltype_typo'] is missing" in message
-    assert "'cell_type'" in message

@@ -6,13 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from apptest_support import assert_clean, open_app, run_entrypoint_always
+from apptest_support import assert_clean, open_app
 from explorer import startup, state
-
-
-@pytest.fixture(autouse=True)
-def _entrypoint_always_runs(monkeypatch):
-    run_entrypoint_always(monkeypatch)
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +24,7 @@ out, progress, small, calls = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3],
 with open(calls, "a") as f:
     f.write(str(out) + "\\n")
 for stage in ("simulate", "train", "umap", "write"):
-    progress.write_text(json.dumps({"stage": stage, "fraction": 0.5, "message": stage + " half way"}))
+    progress.write_text(json.dumps({"stage": stage, "fraction": 0.5, "message": stage + " half way", "share": 0.5}))
 (out / "runs").mkdir(parents=True, exist_ok=True)
 shutil.copytree(small, out / "runs" / "demo")
 """
@@ -81,29 +76,34 @@ def test_failed_demo_build_is_an_error_message(tmp_path, monkeypatch):
     assert any("disk full" in e.value for e in at.error)
 
 
-def test_progress_file_maps_stages_onto_one_bar(tmp_path):
+def test_the_page_reads_the_share_the_build_writes(tmp_path):
+    from cellniche_core.cli import ProgressFile
+    from cellniche_core.pipeline import DEMO_STAGES, overall_progress
+
     path = tmp_path / "progress.json"
     assert startup.read_progress(path) == (0.0, "starting: loading the library")
-    path.write_text(json.dumps({"stage": "train", "fraction": 0.5, "message": "step 10"}))
+    ProgressFile(path, DEMO_STAGES)("train", 0.5, "step 10")
     share, text = startup.read_progress(path)
-    lo, hi = startup.STAGES["train"]
-    assert share == pytest.approx((lo + hi) / 2) and text == "train: step 10"
+    assert share == pytest.approx(overall_progress("train", 0.5, DEMO_STAGES)) and text == "train: step 10"
+    assert 0.0 < share < 1.0
     path.write_text("{not json")
     assert startup.read_progress(path)[0] == 0.0
-    shares = [startup.overall_progress(stage, f) for stage in startup.STAGES for f in (0.0, 0.5, 1.0)]
-    assert shares == sorted(shares) and shares[0] == 0.0 and shares[-1] == 1.0
 
 
 def test_cli_progress_file_is_replaced_atomically(tmp_path):
     from cellniche_core.cli import ProgressFile
+    from cellniche_core.pipeline import overall_progress
 
     path = tmp_path / "p.json"
-    report = ProgressFile(path, every_s=3600)
+    report = ProgressFile(path, ("train", "embed"), every_s=3600)
     report("train", 0.1, "a")
     report("train", 0.2, "b")  # within every_s of the last write: skipped
     assert json.loads(path.read_text())["message"] == "a"
     report("embed", 0.0, "c")  # a new stage is always written
-    assert json.loads(path.read_text()) == {"stage": "embed", "fraction": 0.0, "message": "c"}
+    written = json.loads(path.read_text())
+    assert {k: written[k] for k in ("stage", "fraction", "message")} == {"stage": "embed", "fraction": 0.0,
+                                                                         "message": "c"}
+    assert written["share"] == pytest.approx(overall_progress("embed", 0.0, ("train", "embed")))
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
 
 
@@ -120,5 +120,5 @@ def test_has_runs_needs_a_manifest(tmp_path):
 def test_served_app_watches_no_files():
     import tomllib
 
-    config = tomllib.loads((Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text())
+    config = tomllib.loads((Path(__file__).resolve().parents[2] / ".streamlit" / "config.toml").read_text())
     assert config["server"]["fileWatcherType"] == "none"

@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from cellniche_core.keys import RunKeys
+
 from .palette import DIMMED_COLOR, ColorScale, rgba_css
-from .tables import RunKeys, labels
+from .tables import labels
 
 UMAP = "umap"
 SLIDE = "slide"

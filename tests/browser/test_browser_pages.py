@@ -1,9 +1,7 @@
 """The pages a clinician works with, in headless Chromium: first visit, names, selection,
 Cohort comparison, Label transfer and Train a run.
 
-Needs Debian's ``chromium`` and the ``playwright`` Python package (never
-``playwright install``); skipped cleanly without them. Screenshots go to the test's
-temporary folder.
+Fixtures in ``conftest.py``; screenshots go to each test's temporary folder.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from browser_support import CHROMIUM, CHROMIUM_ARGS, PROGRESS, no_error, require_browser, serve, wait_until_idle
+from browser_support import PROGRESS, dashboard_server, no_error, wait_until_idle
 from explorer.imagecheck import count_saturated_colors
 
 pytestmark = pytest.mark.browser
@@ -24,15 +22,6 @@ pytestmark = pytest.mark.browser
 MAP = '[data-testid="stDeckGlJsonChart"] canvas'
 #: the issue's promise: title and progress bar within this many seconds of opening a page
 FIRST_VISIT_S = 3.0
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_playwright = require_browser()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +37,8 @@ def data_dir(small_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app_url(browser, data_dir):
-    with serve(data_dir / "runs", log_path=data_dir.parent / "server.log") as url:
+    with dashboard_server(data_dir / "runs", data_dir.parent / "server.log") as url:
         yield url
-
-
-@pytest.fixture
-def page(browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    yield page
-    page.close()
 
 
 def query_of(page) -> dict:
@@ -79,7 +61,7 @@ def test_first_visit_shows_title_and_progress_in_two_tabs(browser, tmp_path):
     demo build's progress while it runs (the build is stopped with the server)."""
     runs = tmp_path / "data" / "runs"
     runs.mkdir(parents=True)
-    with serve(runs, log_path=tmp_path / "server.log") as url:
+    with dashboard_server(runs, tmp_path / "server.log") as url:
         tabs, seen = [], []
         for path in ("/", "/maps?slides=P1_s1"):
             tab = browser.new_page(viewport={"width": 1300, "height": 900})
@@ -104,7 +86,7 @@ def test_first_visit_shows_title_and_progress_in_two_tabs(browser, tmp_path):
 
 def test_first_visit_of_a_fresh_server_with_a_run_shows_the_page_title_at_once(browser, data_dir, tmp_path):
     """A deep link to a fresh server: its page's title and the navigation come before the library loads."""
-    with serve(data_dir / "runs", log_path=tmp_path / "server.log") as url:
+    with dashboard_server(data_dir / "runs", tmp_path / "server.log") as url:
         tab = browser.new_page(viewport={"width": 1300, "height": 900})
         opened = time.perf_counter()
         tab.goto(url + "/maps?run=small", wait_until="commit")

@@ -4,14 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from apptest_support import assert_clean, decks, link_runs_dir, open_app, run_entrypoint_always
-from explorer import selection
-from explorer.tables import RunKeys
+from apptest_support import assert_clean, decks, link_runs_dir, open_app
 
-
-@pytest.fixture(autouse=True)
-def _entrypoint_always_runs(monkeypatch):
-    run_entrypoint_always(monkeypatch)
+from cellniche_core.keys import RunKeys
+from explorer import select as selection
 
 
 def test_points_in_polygon_on_a_grid():
