@@ -132,6 +132,8 @@ class DemoBuild:
     def start(self) -> None:
         """Start the build unless it is running, finished or has failed (see :meth:`retry`)."""
         with self._lock:
+            if self.done and not has_runs(self.directory):
+                self.done = False  # built once, then removed from the runs folder: build again
             if self.running or self.error is not None or self.done:
                 return
             self.directory.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The first visit: an empty runs folder, the demo run built by a child process shared by all sessions."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -50,6 +51,10 @@ def test_first_launch_builds_the_demo_once(tmp_path, small_run, monkeypatch):
     assert not (runs / ".demo-progress.json").exists()
     open_app()  # a second session finds the run on disk
     assert len(calls.read_text().split()) == 1
+    shutil.rmtree(runs / "demo")  # removed while the server runs: the next visit builds it again
+    at = open_app()
+    assert_clean(at)
+    assert len(calls.read_text().split()) == 2 and state.find_runs(runs).keys() == {"demo"}
 
 
 def test_demo_in_a_runs_folder_with_another_name(tmp_path, small_run, monkeypatch):
