@@ -199,18 +199,23 @@ def _axis_off(fig: go.Figure) -> None:
 
 
 def umap_figure(points: pd.DataFrame, scale: ColorScale, *, color_column: str,
-                highlight: str | None = None, height: int = 620) -> go.Figure:
+                highlight: str | None = None, height: int = 620, selected: np.ndarray | None = None) -> go.Figure:
     """UMAP scatter (WebGL ``Scattergl``), one trace per category of ``color_column``.
 
     ``points`` has ``x``, ``y``, ``niche`` and the ``color_column``; with ``highlight``,
-    cells of other niches form one grey trace underneath.
+    cells of other niches form one grey trace underneath, and so do the cells outside
+    ``selected`` (boolean per point: a linked selection).
     """
     fig = go.Figure()
     dimmed = _dimmed(points, highlight)
+    if selected is not None:
+        outside = ~np.asarray(selected, dtype=bool)
+        dimmed = outside if dimmed is None else dimmed | outside
     if dimmed is not None and dimmed.any():
         rest = points[dimmed]
         fig.add_trace(go.Scattergl(
-            x=rest["x"], y=rest["y"], mode="markers", name=f"not {highlight}",
+            x=rest["x"], y=rest["y"], mode="markers",
+            name=f"not {highlight}" if selected is None else "not selected",
             marker=dict(size=3, color=rgba_css(DIMMED_COLOR, DIMMED_ALPHA / 255)),
             hoverinfo="skip"))
         points = points[~dimmed]

@@ -99,3 +99,10 @@ def on_map(ref: RunRef, sample: str, max_points: int, text: str) -> np.ndarray:
     where = np.flatnonzero(tables.labels(run.adata, keys.sample).to_numpy() == sample)
     keep = where[tables.subsample_index(len(where), max_points)]  # as tables.slide_points samples
     return mask(ref, text)[keep]
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def on_umap(ref: RunRef, max_points: int, text: str) -> np.ndarray:
+    """Which of the points :func:`explorer.state.umap_points` draws are selected."""
+    run = state.load(ref)
+    return mask(ref, text)[tables.subsample_index(run.adata.n_obs, max_points)]  # as tables.umap_points samples

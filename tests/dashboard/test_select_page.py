@@ -98,6 +98,35 @@ def test_select_page_from_a_link_and_the_maps_page_dims_the_rest(tmp_path, small
     assert not at.metric and "sel" not in at.query_params
 
 
+def test_a_box_on_a_slide_is_highlighted_on_the_embedding(tmp_path, small_run, monkeypatch):
+    import base64
+    import json
+
+    import anndata as ad
+
+    link_runs_dir(tmp_path, small_run, monkeypatch)
+    adata = ad.read_h5ad(small_run / "cohort.h5ad")
+    on_slide = (adata.obs["sample"] == "P1_s1").to_numpy()
+    xy = adata.obsm["spatial"][on_slide]
+    (x0, y0), (x1, y1) = xy.min(0), (xy.min(0) + xy.max(0)) / 2
+    sel = f"slide:P1_s1:{x0:g},{y0:g};{x1:g},{y0:g};{x1:g},{y1:g};{x0:g},{y1:g}"
+    at = open_app({"page": "select", "sel": sel})
+    assert_clean(at)
+    assert {m.label: m.value for m in at.metric}["Slides"] == "1"
+    at.switch_page("pages/embedding.py").run()
+    assert_clean(at)
+    assert at.toggle(key="embedding_selection").value
+    umap = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t.get("name") for t in umap["data"]]
+    assert names[0] == "not selected" and len(names) > 1
+    def n_points(trace) -> int:  # plotly sends long arrays as base64 float64
+        x = trace["x"]
+        return len(base64.b64decode(x["bdata"])) // 8 if isinstance(x, dict) else len(x)
+
+    n_selected = sum(n_points(t) for t in umap["data"][1:])
+    assert 0 < n_selected < n_points(umap["data"][0])
+
+
 def test_a_bad_selection_in_the_link_is_a_warning(tmp_path, small_run, monkeypatch):
     link_runs_dir(tmp_path, small_run, monkeypatch)
     at = open_app({"page": "select", "sel": "slide:../../etc:0,0;1,1;2,2"})
