@@ -499,6 +499,10 @@ def transfer_file(run_dir: str | os.PathLike, query_path: str | os.PathLike, out
 
     say("read", f"loading the reference run {run_dir}")
     run = load_run(run_dir)
+    if label_key == Keys.NICHE:  # niches transfer under their labels ("N3 · B cell + ..."), see names.py
+        from .names import named_run
+
+        run = named_run(run)
     say("read", f"reading the query {query_path}")
     query = read_query(run, query_path)
     say("transfer", f"embedding {query.n_obs:,} cells and transferring obs[{label_key!r}]")
