@@ -161,6 +161,11 @@ class DemoBuild:
         target = self.directory / DEMO_RUN
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(APP_DIR),
                                                                          os.environ.get("PYTHONPATH")])))
+        # One thread: the server and its visitors' pages share the cores with the build. A
+        # training step is small (a few thousand cells), so a second thread gains ~30 % on
+        # an idle 2-core machine, and costs 3-5x when another process keeps a core busy
+        # (torch's threads wait on each other at every operation).
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         try:
             with tempfile.TemporaryFile() as log:
                 code = subprocess.run(demo_command(out, self._progress_file), cwd=APP_DIR, env=env,
