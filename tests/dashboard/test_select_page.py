@@ -75,6 +75,7 @@ def test_select_page_from_a_link_and_the_maps_page_dims_the_rest(tmp_path, small
     umap = ad.read_h5ad(small_run / "cohort.h5ad").obsm["X_umap"]
     (x0, y0), (x1, y1) = umap.min(0), (umap.min(0) + umap.max(0)) / 2
     sel = f"umap:{x0:g},{y0:g};{x1:g},{y0:g};{x1:g},{y1:g};{x0:g},{y1:g}"
+    x0, y0, x1, y1 = (float(f"{v:g}") for v in (x0, y0, x1, y1))  # the box as the link states it
     at = open_app({"page": "select", "sel": sel})
     assert_clean(at)
     inside = ((umap[:, 0] >= x0) & (umap[:, 0] <= x1) & (umap[:, 1] >= y0) & (umap[:, 1] <= y1)).sum()
