@@ -31,6 +31,11 @@ The unknown rule
       embeddings, 5 per label, 20-100), which must also have at least 10 % of its cells
       there: a one-patient population that niche calling merged into a broader label is
       caught by the latter.
+    - far from the inputs (:mod:`.novelty`; when ``profiles`` are given, as
+      :func:`annotate_query` does): the encoder folds inputs it never saw onto the nearest
+      niche it knows, so the cell's neighbourhood-averaged inputs are also compared with
+      the reference's (mean Euclidean distance to ``2 x n_neighbors`` cells), with a
+      threshold at the same ``quantile`` of the held-out reference cells.
     - ambiguous: no majority, ``confidence < min_confidence`` (default 0.5). Between two
       labels the winner always holds at least half, so a cell on a two-niche boundary
       keeps its plurality label, with a confidence near 0.5 that says so; the rule
@@ -38,8 +43,8 @@ The unknown rule
 
     So about ``1 - quantile`` of the cells of a new patient resembling the reference
     patients are called unknown, per label. Without two patients (or slides) the
-    calibration holds out single cells instead, which is optimistic: the summary's
-    ``calibration["held_out_by"]`` is then ``"cell"``.
+    calibration holds out spatial blocks of each slide (``"spatial block"``), and
+    without coordinates single cells, which is optimistic (``"cell"``).
 
 Scale: the reference index is at most ``max_reference_cells`` cells (default 50,000,
 drawn per label in proportion to its size, with a floor for rare labels); neighbours are
@@ -63,6 +68,7 @@ from .features import FeatureSpec
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
 from .layout import nearest_cosine
+from .novelty import model_input_profiles, profile_distances, spatial_blocks
 from .train import resolve_device
 
 __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_query", "transfer_file",
@@ -152,11 +158,15 @@ def _subsample_by_label(codes: np.ndarray, max_cells: int, rng: np.random.Genera
     return np.sort(np.concatenate(keep))
 
 
-def _calibration_groups(reference: ad.AnnData, keys: Sequence[str]) -> tuple[np.ndarray, str]:
-    """Group codes that calibration holds out, from the first key with two groups or more."""
+def _calibration_groups(reference: ad.AnnData, keys: Sequence[str], spatial_key: str,
+                        seed: int) -> tuple[np.ndarray, str]:
+    """Group codes that calibration holds out: the first key with two groups or more, else
+    spatial blocks of each slide (:func:`~cellniche_core.novelty.spatial_blocks`), else cells."""
     for key in keys:
         if key and key in reference.obs and reference.obs[key].nunique() > 1:
             return pd.Categorical(reference.obs[key].astype(str)).codes.astype(np.int64), key
+    if spatial_key in reference.obsm:
+        return spatial_blocks(np.asarray(reference.obsm[spatial_key]), seed=seed), "spatial block"
     return np.arange(reference.n_obs, dtype=np.int64), "cell"
 
 
@@ -211,7 +221,7 @@ def _calibrate(emb: torch.Tensor, codes: np.ndarray, groups: np.ndarray, n_label
         per_label[c] = np.quantile(score[voted == c], quantile)
     return {"median_distance": float(np.median(score)), "threshold": overall, "per_label": per_label,
             "n_per_label": n_per_label, "n_cells": len(cal), "n_eligible": len(eligible), "n_index": len(codes),
-            "own_label_agreement": float(np.mean(voted == codes[cal]))}
+            "own_label_agreement": float(np.mean(voted == codes[cal])), "rows": cal}
 
 
 # ----------------------------------------------------------------------- transfer
@@ -227,6 +237,8 @@ def transfer_labels(
     quantile: float = 0.99,
     min_confidence: float = 0.5,
     calibration_keys: Sequence[str] = (Keys.PATIENT, Keys.SAMPLE),
+    spatial_key: str = Keys.SPATIAL,
+    profiles: tuple[np.ndarray, np.ndarray] | None = None,
     max_reference_cells: int = 50_000,
     calibration_cells: int = 10_000,
     key_added: str = Keys.TRANSFERRED,
@@ -259,6 +271,12 @@ def transfer_labels(
     calibration_keys
         ``obs`` columns whose groups calibration holds out: the first present with two
         groups or more (patients, else slides; else single cells).
+    spatial_key
+        ``obsm`` coordinates of the reference, cut into spatial blocks for the calibration
+        when no ``calibration_keys`` column has two groups.
+    profiles
+        ``(reference, query)`` neighbourhood-averaged inputs, (n, f) each
+        (:func:`~cellniche_core.novelty.model_input_profiles`): adds the input distance rule.
     max_reference_cells
         Cap on the reference cells indexed (drawn per label, see module doc).
     calibration_cells
@@ -305,7 +323,7 @@ def transfer_labels(
     dev = resolve_device(device)
     codes, names = _reference_labels(reference, label_key)
     rows = _subsample_by_label(codes, max_reference_cells, rng)
-    groups, held_out_by = _calibration_groups(reference, calibration_keys)
+    groups, held_out_by = _calibration_groups(reference, calibration_keys, spatial_key, seed)
     k = int(min(n_neighbors, len(rows) - 1))
     if k < 1:
         raise CohortError(f"reference: only {len(rows)} labelled cell(s) in obs[{label_key!r}]")
@@ -318,6 +336,13 @@ def transfer_labels(
     voted, confidence = _vote(dist, codes[rows][nbr], len(names))
     distance = dist.mean(1)
     far = distance > cal["per_label"][voted]
+    far_input = np.zeros_like(far)
+    if profiles is not None:
+        held, q_input, k_query = profile_distances(np.asarray(profiles[0])[rows], groups[rows], cal["rows"],
+                                                   np.asarray(profiles[1]), k=2 * k, device=dev)
+        input_threshold = float(np.nanquantile(held, quantile))
+        far_input = q_input > input_threshold
+        far |= far_input
     ambiguous = confidence < min_confidence
     unknown = far | ambiguous
 
@@ -338,11 +363,15 @@ def transfer_labels(
         "group_specific_fraction": 1.0 - cal["n_eligible"] / cal["n_index"],
         "own_label_agreement": cal["own_label_agreement"],
     }
+    if profiles is not None:
+        calibration.update(input_threshold=input_threshold, input_neighbors=k_query,
+                           input_median_distance=float(np.nanmedian(held)))
     summary = {
         "n_cells": int(query.n_obs),
         "counts": {str(n): int(c) for n, c in counts.items()},
         "n_unknown": int(unknown.sum()),
         "n_far": int(far.sum()),
+        "n_far_input": int(far_input.sum()),
         "n_ambiguous": int(ambiguous.sum()),
         "unknown_fraction": float(unknown.mean()) if len(unknown) else 0.0,
         "mean_confidence": float(confidence.mean()) if len(confidence) else 0.0,
@@ -461,8 +490,9 @@ def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, devic
     model = CellNiche.from_state(run.model_config, run.state_dict)
     _check_alignable(query, model.spec, cell_type_key=model.keys.cell_type_key, source=source)
     alignment = model.embed(query, device=device)
-    summary = transfer_labels(run.adata, query, label_key=label_key, device=device,
-                              calibration_keys=(keys.patient, keys.sample), **options)
+    profiles = tuple(model_input_profiles(model, a) for a in (run.adata, query))
+    summary = transfer_labels(run.adata, query, label_key=label_key, device=device, profiles=profiles,
+                              calibration_keys=(keys.patient, keys.sample), spatial_key=keys.spatial, **options)
     query.uns[TRANSFER_UNS_KEY]["alignment"] = to_plain(alignment)
     query.uns[TRANSFER_UNS_KEY]["reference"] = str(run.path)
     return {**summary, "alignment": alignment}
