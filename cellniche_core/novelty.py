@@ -8,8 +8,8 @@ Why not only in embedding space
     inputs are plainly new: a neighbourhood profile of white matter sits about 2.5 times
     farther from the reference origin than profiles of the cortical layers. So the unknown
     rule also measures the distance of each cell's neighbourhood-averaged encoder inputs
-    (the mean over the cell and its neighbours at each of the model's ``profile_hops``
-    scales, side by side, Euclidean: the magnitude counts) to its nearest reference cells.
+    (the mean over the cell and its neighbours at the largest of the model's
+    ``profile_hops``; Euclidean: the magnitude counts) to its nearest reference cells.
 
 Calibration (reference only)
     Reference cells are measured against the reference cells of *other* groups (patients,
@@ -113,10 +113,11 @@ def spatial_blocks(coords: np.ndarray, slides: np.ndarray | None = None, *, n_bl
 
 
 def model_input_profiles(model, adata) -> np.ndarray:
-    """:func:`input_profiles` of ``adata`` with a trained model's inputs, graph and ``profile_hops``."""
+    """:func:`input_profiles` of ``adata`` with a trained model's inputs and graph, at the largest
+    of its ``profile_hops``: a new niche is a new kind of surrounding, not a single odd cell."""
     from .cellniche import spatial_graph
     from .features import make_features
 
     x, _ = make_features(adata, model.spec, cell_type_key=model.keys.cell_type_key)
     graph = spatial_graph(adata, model.graph, model.keys)
-    return input_profiles(x, graph.indptr, graph.indices, model.config.profile_hops)
+    return input_profiles(x, graph.indptr, graph.indices, (max(model.config.profile_hops),))

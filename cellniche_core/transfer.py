@@ -35,7 +35,8 @@ The unknown rule
       :func:`annotate_query` does): the encoder folds inputs it never saw onto the nearest
       niche it knows, so the cell's neighbourhood-averaged inputs are also compared with
       the reference's (mean Euclidean distance to ``2 x n_neighbors`` cells), with a
-      threshold at the same ``quantile`` of the held-out reference cells.
+      threshold at the same ``quantile`` of the held-out reference cells whose label
+      and input micro-cluster recur in other groups.
     - ambiguous: no majority, ``confidence < min_confidence`` (default 0.5). Between two
       labels the winner always holds at least half, so a cell on a two-niche boundary
       keeps its plurality label, with a confidence near 0.5 that says so; the rule
@@ -338,7 +339,11 @@ def transfer_labels(
     far = distance > cal["per_label"][voted]
     far_input = np.zeros_like(far)
     if profiles is not None:
-        held, q_input, k_query = profile_distances(np.asarray(profiles[0])[rows], groups[rows], cal["rows"],
+        ref_profiles = np.asarray(profiles[0], dtype=np.float32)[rows]
+        # as in the embedding: populations of one group only would teach that far is normal
+        shared = np.intersect1d(cal["rows"], _shared_cells(torch.from_numpy(ref_profiles), codes[rows], groups[rows],
+                                                           len(names), k=k, seed=seed))
+        held, q_input, k_query = profile_distances(ref_profiles, groups[rows], shared if len(shared) else cal["rows"],
                                                    np.asarray(profiles[1]), k=2 * k, device=dev)
         input_threshold = float(np.nanquantile(held, quantile))
         far_input = q_input > input_threshold
