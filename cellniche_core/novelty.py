@@ -24,9 +24,10 @@ Calibration (reference only)
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
-__all__ = ["input_profiles", "model_input_profiles", "nearest_euclidean", "profile_distances", "spatial_blocks"]
+__all__ = ["calibration_groups", "input_profiles", "model_input_profiles", "nearest_euclidean", "profile_distances", "spatial_blocks"]
 
 #: query rows x reference rows per distance block (float32): ~64 MB
 _BLOCK = 16 * 2**20
@@ -121,3 +122,15 @@ def model_input_profiles(model, adata) -> np.ndarray:
     x, _ = make_features(adata, model.spec, cell_type_key=model.keys.cell_type_key)
     graph = spatial_graph(adata, model.graph, model.keys)
     return input_profiles(x, graph.indptr, graph.indices, (max(model.config.profile_hops),))
+
+
+def calibration_groups(reference, keys, spatial_key: str, *, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Group codes that calibration holds out, and what they are: the first ``obs`` column
+    of ``keys`` with two groups or more, else :func:`spatial_blocks` of
+    ``obsm[spatial_key]``, else single cells."""
+    for key in keys:
+        if key and key in reference.obs and reference.obs[key].nunique() > 1:
+            return pd.Categorical(reference.obs[key].astype(str)).codes.astype(np.int64), key
+    if spatial_key in reference.obsm:
+        return spatial_blocks(np.asarray(reference.obsm[spatial_key]), seed=seed), "spatial block"
+    return np.arange(reference.n_obs, dtype=np.int64), "cell"

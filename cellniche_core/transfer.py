@@ -69,7 +69,7 @@ from .features import FeatureSpec
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
 from .layout import nearest_cosine
-from .novelty import model_input_profiles, profile_distances, spatial_blocks
+from .novelty import calibration_groups, model_input_profiles, profile_distances
 from .train import resolve_device
 
 __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_query", "transfer_file",
@@ -157,18 +157,6 @@ def _subsample_by_label(codes: np.ndarray, max_cells: int, rng: np.random.Genera
     keep = [rng.choice(np.flatnonzero(codes == c), size=q, replace=False)
             for c, q in enumerate(quota) if q > 0]
     return np.sort(np.concatenate(keep))
-
-
-def _calibration_groups(reference: ad.AnnData, keys: Sequence[str], spatial_key: str,
-                        seed: int) -> tuple[np.ndarray, str]:
-    """Group codes that calibration holds out: the first key with two groups or more, else
-    spatial blocks of each slide (:func:`~cellniche_core.novelty.spatial_blocks`), else cells."""
-    for key in keys:
-        if key and key in reference.obs and reference.obs[key].nunique() > 1:
-            return pd.Categorical(reference.obs[key].astype(str)).codes.astype(np.int64), key
-    if spatial_key in reference.obsm:
-        return spatial_blocks(np.asarray(reference.obsm[spatial_key]), seed=seed), "spatial block"
-    return np.arange(reference.n_obs, dtype=np.int64), "cell"
 
 
 def _outside_own_group(groups: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -324,14 +312,21 @@ def transfer_labels(
     dev = resolve_device(device)
     codes, names = _reference_labels(reference, label_key)
     rows = _subsample_by_label(codes, max_reference_cells, rng)
-    groups, held_out_by = _calibration_groups(reference, calibration_keys, spatial_key, seed)
+    groups, held_out_by = calibration_groups(reference, calibration_keys, spatial_key, seed=seed)
     k = int(min(n_neighbors, len(rows) - 1))
     if k < 1:
         raise CohortError(f"reference: only {len(rows)} labelled cell(s) in obs[{label_key!r}]")
 
     index = _unit_rows(ref_emb[rows], dev)
-    cal = _calibrate(index, codes[rows], groups[rows], len(names), k=k, quantile=quantile,
-                     n_cells=calibration_cells, seed=seed)
+    try:
+        cal = _calibrate(index, codes[rows], groups[rows], len(names), k=k, quantile=quantile,
+                         n_cells=calibration_cells, seed=seed)
+    except CohortError:
+        if held_out_by != "spatial block":  # no block shares a label with the rest: hold out cells
+            raise
+        groups, held_out_by = np.arange(reference.n_obs, dtype=np.int64), "cell"
+        cal = _calibrate(index, codes[rows], groups[rows], len(names), k=k, quantile=quantile,
+                         n_cells=calibration_cells, seed=seed)
 
     dist, nbr = _nearest(_unit_rows(q_emb, dev), index, k)
     voted, confidence = _vote(dist, codes[rows][nbr], len(names))
