@@ -43,7 +43,7 @@ The unknown rule
       catches cells where three or more labels split the vote.
 
     So about ``1 - quantile`` of the cells of a new patient resembling the reference
-    patients are called unknown, per label. Without two patients (or slides) the
+    patients are called unknown by each distance rule. Without two patients (or slides) the
     calibration holds out spatial blocks of each slide (``"spatial block"``), and
     without coordinates single cells, which is optimistic (``"cell"``).
 
@@ -279,8 +279,10 @@ def transfer_labels(
     -------
     dict
         ``n_cells``, ``counts`` (label → cells, ``unknown`` included), ``n_unknown``,
-        ``n_far``, ``n_ambiguous``, ``unknown_fraction``, ``mean_confidence`` and
-        ``calibration`` (thresholds per label, median held-out distance, held-out groups).
+        ``n_far`` (of which ``n_far_input`` by the input rule), ``n_ambiguous``,
+        ``unknown_fraction``, ``mean_confidence`` and ``calibration`` (thresholds per
+        label, median held-out distance, held-out groups; ``input_threshold``,
+        ``input_neighbors`` and ``input_median_distance`` with ``profiles``).
 
     Writes
     ------
@@ -307,6 +309,8 @@ def transfer_labels(
         raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
     if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be positive, got {n_neighbors}")
+    if profiles is not None and [len(p) for p in profiles] != [reference.n_obs, query.n_obs]:
+        raise ValueError(f"profiles need one row per reference and query cell, got {[len(p) for p in profiles]}")
 
     rng = np.random.default_rng(seed)
     dev = resolve_device(device)
@@ -378,7 +382,7 @@ def transfer_labels(
         "calibration": calibration,
     }
     params = {"label_key": label_key, "use_rep": use_rep, "n_neighbors": k, "quantile": quantile,
-              "min_confidence": min_confidence, "calibration_keys": list(calibration_keys),
+              "min_confidence": min_confidence, "calibration_keys": list(calibration_keys), "input_rule": profiles is not None,
               "max_reference_cells": max_reference_cells, "n_reference_cells": int(len(rows)),
               "calibration_cells": calibration_cells, "key_added": key_added,
               "confidence_key": confidence_key, "distance_key": distance_key, "seed": seed}

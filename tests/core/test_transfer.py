@@ -139,9 +139,12 @@ def test_inputs_unlike_the_reference_are_unknown_even_where_the_embedding_is_clo
     calibration = summary["calibration"]
     assert 0.1 < calibration["input_threshold"] < 1.0
     assert calibration["input_neighbors"] == 40  # 2 x 15 neighbours, at the density of 4 patients minus one
+    assert q.uns[TRANSFER_UNS_KEY]["params"]["input_rule"] is True
     # without the input profiles the same cell keeps its label
     transfer_labels(ref, q)
     assert q.obs[Keys.TRANSFERRED].astype(str).tolist() == ["A", "A", "B"]
+    with pytest.raises(ValueError, match="one row per reference and query cell"):
+        transfer_labels(ref, q, profiles=(ref_profiles, q_profiles[:2]))
 
 
 def test_one_slide_is_calibrated_on_spatial_blocks():
