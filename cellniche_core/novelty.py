@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["calibration_groups", "input_profiles", "model_input_profiles", "nearest_euclidean", "profile_distances", "spatial_blocks"]
+__all__ = ["calibration_groups", "input_profiles", "model_input_profiles", "nearest_euclidean", "profile_distances",
+           "spatial_blocks"]
 
 #: query rows x reference rows per distance block (float32): 8 MB on a CPU, where a block
 #: that stays in the caches is faster, 256 MB on a GPU (as :func:`~cellniche_core.layout.nearest_cosine`)

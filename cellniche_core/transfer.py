@@ -382,7 +382,8 @@ def transfer_labels(
         "calibration": calibration,
     }
     params = {"label_key": label_key, "use_rep": use_rep, "n_neighbors": k, "quantile": quantile,
-              "min_confidence": min_confidence, "calibration_keys": list(calibration_keys), "input_rule": profiles is not None,
+              "min_confidence": min_confidence, "calibration_keys": list(calibration_keys),
+              "input_rule": profiles is not None,
               "max_reference_cells": max_reference_cells, "n_reference_cells": int(len(rows)),
               "calibration_cells": calibration_cells, "key_added": key_added,
               "confidence_key": confidence_key, "distance_key": distance_key, "seed": seed}
