@@ -174,18 +174,20 @@ def baselines(ds: Dataset, features: str, seeds) -> dict:
 
 
 def run_fit(inputs, out: Path, args: list[str], threads: int) -> dict:
-    """``python -m cellniche_core fit`` in its own process: wall time, peak RSS, exit code."""
+    """``python -m cellniche_core fit`` in its own process: its wall time and peak RSS."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                NUMBA_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "cellniche_core", "fit", *map(str, inputs), "--out", str(out), "--quiet", *args]
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    err = proc.stderr.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile(mode="w+") as err:  # a file, not a pipe: a full pipe would block the child
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+        wall = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        message = err.read()
     if proc.returncode != 0:
-        raise SystemExit(f"fit failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
+        raise SystemExit(f"fit failed: {' '.join(cmd)}\n{message}")
     return {"wall_s": wall, "peak_rss_gb": usage.ru_maxrss / 2**20}
 
 

@@ -45,7 +45,7 @@ def cohort_file(out: Path, n_cells: int, simulate_max: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     if n_cells <= simulate_max:
-        n_patients = max(2, min(20, n_cells // CELLS_PER_SLIDE))
+        n_patients = max(1, min(20, n_cells // CELLS_PER_SLIDE))  # up to 50k cells: one slide
         adata = simulate_cohort(n_patients=n_patients, cells_per_slide=n_cells // n_patients,
                                 slides_per_patient=1, seed=0)
     else:

@@ -14,8 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from .embed import embed_nodes
-from .features import (FeatureSpec, fit_features, make_features, neighbourhood_profiles,
-                       resolve_feature_mode)
+from .features import FeatureSpec, fit_features, make_features, resolve_feature_mode
 from .graph import GraphSettings, SpatialGraph, build_graph
 from .keys import InputKeys, Keys
 from .train import History, NicheModel, Progress, TrainConfig, autocast_dtype, resolve_device, train_model
@@ -88,13 +87,9 @@ class CellNiche:
                                  seed=self.config.seed)
         x_np, _ = make_features(adata, self.spec, cell_type_key=self.keys.cell_type_key)
         graph = graph if graph is not None else spatial_graph(adata, self.graph, self.keys)
-        profiles = None
-        if self.config.strategy != "freq":
-            profiles = torch.from_numpy(neighbourhood_profiles(x_np, graph.indptr, graph.indices,
-                                                                   hops=self.config.profile_hops)).to(dev)
         indptr, indices = _csr_tensors(graph, dev)
         self.model, self.history = train_model(
-            torch.from_numpy(x_np).to(dev), indptr, indices, self.config, profiles=profiles,
+            torch.from_numpy(x_np).to(dev), indptr, indices, self.config,
             progress=progress, should_stop=should_stop, rank=rank, world_size=world_size)
         self.model.cpu()
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .graph import DEFAULT_KNN, GraphSettings
-from .keys import Keys
+from .keys import DEMO_COHORT, DEMO_QUERY, Keys
 from .sampling import STRATEGIES
 from .tally import MIN_CELLS, MIN_FRACTION
 from .train import PRECISIONS, TrainConfig
@@ -95,6 +96,48 @@ class TerminalProgress:
             print(f"[{time.perf_counter() - self.t0:7.1f}s] {stage}: {message}", file=sys.stderr)
 
 
+class ProgressFile:
+    """Progress written to a small JSON file for another process: ``{"stage", "fraction",
+    "message", "share"}``, ``share`` being the whole job's share done over ``stages``
+    (:func:`cellniche_core.pipeline.overall_progress`).
+
+    Each write replaces the file atomically; within a stage, writes are at most every
+    ``every_s`` seconds, so a training loop reporting every step costs nothing.
+    """
+
+    def __init__(self, path: str | Path, stages=None, every_s: float = 0.25):
+        from .pipeline import STAGES
+
+        self.path = Path(path)
+        self.stages = tuple(stages or STAGES)
+        self.every_s = every_s
+        self._last = (None, 0.0)
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        last_stage, last_time = self._last
+        if stage == last_stage and fraction < 1.0 and now - last_time < self.every_s:
+            return
+        self._last = (stage, now)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            from .pipeline import overall_progress
+
+            share = overall_progress(stage, fraction, self.stages)
+            tmp.write_text(json.dumps({"stage": stage, "fraction": float(fraction), "message": message,
+                                       "share": share}))
+            os.replace(tmp, self.path)
+        except OSError:  # progress is best effort; the build itself goes on
+            pass
+
+
+def _both(*callbacks):
+    def call(stage: str, fraction: float, message: str) -> None:
+        for callback in callbacks:
+            callback(stage, fraction, message)
+    return call
+
+
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cohort keys")
     g.add_argument("--sample-key", default=Keys.SAMPLE,
@@ -171,9 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     demo.add_argument("--overwrite", action="store_true", help="rebuild if present")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
+    demo.add_argument("--progress-file", metavar="FILE", help=argparse.SUPPRESS)  # for the dashboard
     _add_compare_parser(sub)
     _add_transfer_parser(sub)
     _add_embed_parser(sub)
+    _add_names_parser(sub)
     return parser
 
 
@@ -218,7 +263,9 @@ def run_compare(args) -> Path:
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
     t0 = time.perf_counter()
-    run = load_run(args.run, with_weights=False)
+    from .names import named_run
+
+    run = named_run(load_run(args.run, with_weights=False), niche_key=args.niche_key)
     tables = compare_run(run, group_key=args.group_key, reference=args.reference, niche_key=args.niche_key,
                          min_fraction=args.min_fraction, min_cells=args.min_cells,
                          border_threshold=args.border_threshold, n_boot=args.n_boot, seed=args.seed)
@@ -303,6 +350,47 @@ def run_transfer(args) -> Path:
     return path
 
 
+def _add_names_parser(sub) -> None:
+    names = sub.add_parser(
+        "names", help="show or set the names of a run's niches",
+        description="Print each niche's id, automatic name (its most enriched cell types, or top markers) "
+                    "and the name given to it. --from sets names from a CSV with the header 'niche,name' "
+                    "(niches not listed keep theirs; an empty name goes back to the automatic one). Names "
+                    "are kept in RUN_DIR/niche_names.json; cohort.h5ad is not modified.")
+    names.add_argument("run", metavar="RUN_DIR", help="run folder written by 'fit' or 'demo'")
+    names.add_argument("--from", dest="from_csv", metavar="CSV", help="two columns: niche,name")
+    names.add_argument("--reset", action="store_true", help="forget every name given (back to automatic names)")
+
+
+def run_names(args) -> Path:
+    """The ``names`` command: set names from a CSV, then print the table of niches."""
+    import csv
+
+    from . import names as niche_names
+    from .io import load_run
+    from .niches import niche_categories
+
+    run = load_run(args.run, with_weights=False)
+    obs = run.adata.obs
+    niche_key = run.keys.niche
+    if niche_key not in obs:
+        raise ValueError(f"{args.run}: the run has no obs[{niche_key!r}] niches")
+    niches = niche_categories(obs[niche_key])
+    current = {} if args.reset else niche_names.read_names(run.path)
+    if args.from_csv:
+        current.update(niche_names.read_names_csv(args.from_csv, niches))
+    if args.reset or args.from_csv:
+        niche_names.write_names(run.path, current, niches=niches)
+    auto = niche_names.auto_names_for(run.adata, niche_key=niche_key,
+                                      cell_type_key=run.keys.cell_type)
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["niche", "auto_name", "name", "label"])
+    for niche in niches:
+        name = current.get(niche, "")
+        writer.writerow([niche, auto.get(niche, ""), name, niche_names.label(niche, name or auto.get(niche))])
+    return run.path / niche_names.NAMES_FILE
+
+
 def _add_embed_parser(sub) -> None:
     embed = sub.add_parser(
         "embed", help="embed a cohort with a trained run, reading it lazily (larger than memory)",
@@ -352,17 +440,26 @@ def options_from_args(args) -> RunOptions:
 
 def build_demo(out: str | Path, *, seed: int = 0, device: str = "auto", overwrite: bool = False,
                on_stage=None) -> Path:
-    """Write ``out/demo_cohort.h5ad`` and the run ``out/runs/demo``; returns the run path."""
-    from .pipeline import RunOptions, fit_run
-    from .simulate import simulate_cohort
+    """Write ``out/demo_cohort.h5ad``, the run ``out/runs/demo`` and a query slide; returns the run path.
 
+    The query, ``out/demo_query.h5ad``, is one more patient simulated like the cohort's but
+    left out of the run (:data:`DEMO_QUERY`): a new slide to try label transfer on.
+    """
+    from .pipeline import RunOptions, fit_run
+    from .simulate import simulate_cohort, simulate_query_patient
+
+    say = on_stage or (lambda stage, fraction, message: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cohort = out / "demo_cohort.h5ad"
+    cohort = out / DEMO_COHORT
     if overwrite or not cohort.exists():
-        tmp = out / ".demo_cohort.h5ad.tmp"
-        simulate_cohort(seed=seed).write_h5ad(tmp)
-        os.replace(tmp, cohort)
+        say("simulate", 0.0, "simulating the demo cohort")
+        _write_h5ad(simulate_cohort(seed=seed), cohort)
+    query = out / DEMO_QUERY
+    if overwrite or not query.exists():
+        say("simulate", 0.8, "simulating a query patient left out of the run")
+        _write_h5ad(simulate_query_patient(seed=seed), query)
+    say("simulate", 1.0, "demo cohort ready")
     # the planted number of niches: the demo shows the method at the true k (auto may
     # split a niche whose two sides differ, see the README)
     from .simulate import DEMO_NICHES
@@ -372,13 +469,19 @@ def build_demo(out: str | Path, *, seed: int = 0, device: str = "auto", overwrit
                    overwrite=overwrite, on_stage=on_stage)
 
 
+def _write_h5ad(adata, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    adata.write_h5ad(tmp)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .distributed import from_environment
     from .io import CohortError
 
     is_main = from_environment().is_main  # under torchrun only rank 0 reports
-    progress = TerminalProgress(enabled=not args.quiet and is_main)
+    progress = TerminalProgress(enabled=not getattr(args, "quiet", False) and is_main)
     try:
         if args.command == "fit":
             from .pipeline import fit_run
@@ -391,9 +494,16 @@ def main(argv=None) -> int:
             path = run_transfer(args)
         elif args.command == "embed":
             path = run_embed(args)
+        elif args.command == "names":
+            run_names(args)
+            return 0
         else:
+            from .pipeline import DEMO_STAGES
+
+            on_stage = (_both(progress, ProgressFile(args.progress_file, DEMO_STAGES)) if args.progress_file
+                        else progress)
             path = build_demo(args.out, seed=args.seed, device=args.device, overwrite=args.overwrite,
-                              on_stage=progress)
+                              on_stage=on_stage)
     except (CohortError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

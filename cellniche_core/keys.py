@@ -53,6 +53,13 @@ RUN_ADATA = "cohort.h5ad"
 RUN_WEIGHTS = "model.pt"
 RUN_MODEL_CONFIG = "model.json"
 RUN_MANIFEST = "manifest.json"
+#: in a run folder: the names given to its niches (see :mod:`cellniche_core.names`)
+RUN_NAMES = "niche_names.json"
+
+# files of the demo (``python -m cellniche_core demo --out DIR``), in DIR
+DEMO_COHORT = "demo_cohort.h5ad"
+#: a query slide: one more patient, simulated like the cohort's but left out of the demo run
+DEMO_QUERY = "demo_query.h5ad"
 
 
 @dataclass

@@ -220,3 +220,21 @@ def marker_scores(adata, *, niche_key: str, layer: str | None = None) -> pd.Data
     sd = np.sqrt(np.maximum(np.asarray(sq.mean(0, dtype=np.float64)).ravel() - mean ** 2, 0.0))
     z = (group_mean - mean) / np.where(sd > 0, sd, 1.0)
     return pd.DataFrame(z, index=pd.Index(names, name=niche_key), columns=adata.var_names.astype(str))
+
+
+#: most niches a run may ask for; more are not niches a person can read (the dashboard's
+#: palette, tables and names are made for a handful to a few dozen)
+MAX_NICHES = 50
+
+
+def check_n_niches(n_niches: int | str, n_cells: int) -> None:
+    """Raise ValueError when a fixed number of niches is more than :data:`MAX_NICHES` or the cells."""
+    if n_niches == "auto":
+        return
+    k = int(n_niches)
+    if k > MAX_NICHES:
+        raise ValueError(f"n_niches={k} (--n-niches): at most {MAX_NICHES} niches; use 'auto' to choose "
+                         "among 3..15 by stability")
+    if k > n_cells:
+        raise ValueError(f"n_niches={k} (--n-niches): more niches than the cohort's {n_cells:,} cells")
+

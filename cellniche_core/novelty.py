@@ -11,6 +11,10 @@ Why not only in embedding space
     (the mean over the cell and its neighbours at each of the model's ``profile_hops``,
     side by side; Euclidean: the magnitude counts) to its nearest reference cells.
 
+Both distance rules of :mod:`.transfer` share the calibration's choices kept here: which
+groups are held out (:func:`calibration_groups`) and which reference cells may calibrate
+(:func:`shared_cells`).
+
 Calibration (reference only)
     Reference cells are measured against the reference cells of *other* groups (patients,
     slides or spatial blocks, as for the embedding rule). A held-out cell thus sees a
@@ -27,9 +31,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["calibration_groups", "input_profiles", "model_input_profiles", "nearest_euclidean", "profile_distances",
-           "spatial_blocks"]
+__all__ = ["calibration_groups", "input_profiles", "model_input_profiles", "nearest_euclidean", "outside_own_group",
+           "profile_distances", "shared_cells", "spatial_blocks"]
 
+#: a micro-cluster with more than this share of its cells in one group is group-specific
+OWN_GROUP_MAX = 0.9
 #: query rows x reference rows per distance block (float32): 8 MB on a CPU, where a block
 #: that stays in the caches is faster, 256 MB on a GPU (as :func:`~cellniche_core.layout.nearest_cosine`)
 _BLOCK = {"cpu": 2 * 2**20, "cuda": 64 * 2**20}
@@ -136,3 +142,33 @@ def calibration_groups(reference, keys, spatial_key: str, *, seed: int = 0) -> t
     if spatial_key in reference.obsm:
         return spatial_blocks(np.asarray(reference.obsm[spatial_key]), seed=seed), "spatial block"
     return np.arange(reference.n_obs, dtype=np.int64), "cell"
+
+
+def outside_own_group(groups: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """For each cell, how many cells of its ``members`` class lie outside its own group."""
+    table = pd.crosstab(groups, members)
+    outside = table.sum(0).to_numpy()[None, :] - table.to_numpy()
+    return outside[pd.Index(table.index).get_indexer(groups), pd.Index(table.columns).get_indexer(members)]
+
+
+def shared_cells(x: np.ndarray, codes: np.ndarray, groups: np.ndarray, n_labels: int, *, k: int,
+                 seed: int) -> np.ndarray:
+    """Cells that may calibrate: their label and their local population recur in other groups.
+
+    ``x`` (n, d): the representation whose micro-clusters are the local populations.
+    A label needs ``k`` cells outside the cell's group. A population is a micro-cluster
+    (KMeans, ``5 x n_labels`` clusters, 20-100): it needs ``k`` cells and at least
+    ``1 - OWN_GROUP_MAX`` of its cells outside the group, so that a patient-specific
+    population hidden inside a broader label (a niche that clustering merged into
+    another) does not pass for in-distribution.
+    """
+    from sklearn.cluster import KMeans
+
+    ok = outside_own_group(groups, codes) >= k
+    n_micro = int(min(np.clip(5 * n_labels, 20, 100), len(codes) // (2 * k)))
+    if n_micro >= 2 and len(np.unique(groups)) < len(groups):
+        micro = KMeans(n_clusters=n_micro, n_init=1, random_state=seed).fit_predict(x)
+        size = np.bincount(micro, minlength=n_micro)[micro]
+        outside = outside_own_group(groups, micro)
+        ok &= outside >= np.maximum(k, (1.0 - OWN_GROUP_MAX) * size)
+    return np.flatnonzero(ok)

@@ -33,6 +33,27 @@ from .train import TrainConfig, resolve_device
 StageCallback = Callable[[str, float, str], None]
 
 STAGES = ("read", "graph", "train", "embed", "niches", "umap", "write")
+#: the stages of building the demo (:func:`cellniche_core.cli.build_demo` simulates its cohort first)
+DEMO_STAGES = ("simulate", *STAGES)
+
+#: relative share of a progress bar given to each stage of a run (building the demo
+#: simulates its cohort first)
+STAGE_WEIGHTS = {"simulate": 3, "read": 3, "graph": 3, "train": 73, "embed": 5, "niches": 5, "umap": 7,
+                 "write": 3}
+
+
+def overall_progress(stage: str, fraction: float, stages=STAGES) -> float:
+    """Position on the progress bar of a run made of ``stages`` of ``fraction`` of ``stage``.
+
+    Each stage gets its share of ``STAGE_WEIGHTS``; an unknown stage spans the whole bar.
+    """
+    weights = [STAGE_WEIGHTS.get(s, 1) for s in stages]
+    if stage not in stages:
+        lo, hi = 0.0, 1.0
+    else:
+        i, total = list(stages).index(stage), sum(weights)
+        lo, hi = sum(weights[:i]) / total, sum(weights[:i + 1]) / total
+    return lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0)
 
 _PACKAGES = ("torch", "torch-geometric", "anndata", "numpy", "scipy", "scikit-learn", "pandas",
              "umap-learn")
@@ -185,6 +206,9 @@ def fit_run(paths, out: str | Path, options: RunOptions, *, group_keys=(), overw
     adata = read_cohort(paths, spatial_key=options.keys.spatial_key, sample_key=options.keys.sample_key,
                         patient_key=options.patient_key, cell_type_key=options.keys.cell_type_key,
                         group_keys=tuple(group_keys), features=options.features)
+    from .niches import check_n_niches
+
+    check_n_niches(options.n_niches, adata.n_obs)  # before any training
     read_s = time.perf_counter() - t0
     on_stage("read", 1.0, f"{adata.n_obs:,} cells")
     context = from_environment()

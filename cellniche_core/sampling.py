@@ -214,24 +214,58 @@ def sample_walk_batch(
     if strategy == "freq":
         return WalkBatch(nodes=nodes, pairs=torch.stack([co.first[frequent], co.second[frequent]]))
 
-    # similarity strategies compare every pair of batch cells
-    p = torch.nn.functional.normalize(profiles[nodes].float(), dim=1)
+    if k is not None:  # numpy: a tenth of torch's per-call cost on a few hundred cells
+        pairs = similar_pairs_numpy(profiles.numpy()[nodes.numpy()], co.first.numpy(), co.second.numpy(),
+                                    frequent.numpy(), strategy)
+        return WalkBatch(nodes=nodes, pairs=torch.from_numpy(pairs))
+    return WalkBatch(nodes=nodes, pairs=similar_pairs(profiles[nodes], co.first, co.second, frequent, strategy))
+
+
+def similar_pairs(profiles: torch.Tensor, first: torch.Tensor, second: torch.Tensor, frequent: torch.Tensor,
+                  strategy: str) -> torch.Tensor:
+    """(2, p) positive pairs ``i < j`` of the ``sim`` / ``and`` / ``or`` rules (see :func:`sample_walk_batch`).
+
+    ``profiles`` are the batch cells' rows (m, f); ``first``, ``second`` their co-visited
+    pairs and ``frequent`` which of those are frequent.
+    """
+    m, device = profiles.shape[0], profiles.device
+    p = torch.nn.functional.normalize(profiles.float(), dim=1)
     sim = p @ p.T
     # mean and standard deviation of the off-diagonal similarities, without an m x m mask
     n_off = max(m * m - m, 2)
     diag = sim.diagonal()
     mu = (sim.sum() - diag.sum()) / n_off
     sd = (((sim - mu) ** 2).sum() - ((diag - mu) ** 2).sum()).div(n_off - 1).sqrt()
-    first, second = torch.triu_indices(m, m, offset=1, device=device)
-    similar = sim[first, second]
+    upper_i, upper_j = torch.triu_indices(m, m, offset=1, device=device)
+    similar = sim[upper_i, upper_j]
     if strategy == "sim":
         keep = similar > mu + sd
     else:
         walked = torch.zeros(m, m, dtype=torch.bool, device=device)
-        walked[co.first[frequent], co.second[frequent]] = True
-        walked = walked[first, second]
+        walked[first[frequent], second[frequent]] = True
+        walked = walked[upper_i, upper_j]
         keep = walked & (similar > mu) if strategy == "and" else walked | (similar > mu + sd)
-    return WalkBatch(nodes=nodes, pairs=torch.stack([first[keep], second[keep]]))
+    return torch.stack([upper_i[keep], upper_j[keep]])
+
+
+def similar_pairs_numpy(profiles: np.ndarray, first: np.ndarray, second: np.ndarray, frequent: np.ndarray,
+                        strategy: str) -> np.ndarray:
+    """:func:`similar_pairs` in numpy, for the CPU: the same rule, the same pair order."""
+    m = len(profiles)
+    p = profiles.astype(np.float32, copy=False)
+    p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+    sim = p @ p.T
+    n_off = max(m * m - m, 2)
+    diag = np.diagonal(sim)
+    mu = (sim.sum() - diag.sum()) / n_off
+    sd = np.sqrt(max((np.square(sim - mu).sum() - np.square(diag - mu).sum()) / (n_off - 1), 0.0))
+    if strategy == "sim":
+        keep = sim > mu + sd
+    else:
+        walked = np.zeros((m, m), dtype=bool)
+        walked[first[frequent], second[frequent]] = True
+        keep = walked & (sim > mu) if strategy == "and" else walked | (sim > mu + sd)
+    return np.stack(np.nonzero(np.triu(keep, 1))).astype(np.int64)
 
 
 @dataclass

@@ -311,6 +311,25 @@ def simulate_cohort(
     return adata
 
 
+def simulate_query_patient(*, patient: str = "P7", cells_per_slide: int = 3000, n_genes: int = 30,
+                           seed: int = 0) -> ad.AnnData:
+    """One slide of a new patient, for label transfer against a run of :func:`simulate_cohort`.
+
+    Simulated like the cohort's patients (same cell types, markers and niches; a
+    responder, so with TLS, and with the necrotic niche) but from its own random draws,
+    so no cell of it is in the cohort. Keys as in :func:`simulate_cohort`; the slide is
+    ``"<patient>_s1"``.
+    """
+    adata = simulate_cohort(n_patients=1, cells_per_slide=cells_per_slide, slides_per_patient=1,
+                            n_genes=n_genes, seed=seed + 104_729)
+    sample = f"{patient}_s1"
+    adata.obs[Keys.PATIENT] = pd.Categorical([patient] * adata.n_obs)
+    adata.obs[Keys.SAMPLE] = pd.Categorical([sample] * adata.n_obs)
+    adata.obs_names = [name.replace("P1_s1", sample, 1) for name in adata.obs_names]
+    adata.uns["simulation"]["params"]["query_patient"] = patient
+    return adata
+
+
 def _resolve_slides(slides_per_patient, n_patients: int) -> list[int]:
     if slides_per_patient is None:
         return [2 if p < 2 else 1 for p in range(n_patients)]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .features import neighbourhood_profiles
 from .model import LearnableTemperature, NicheEncoder, ProjectionHead, multi_positive_info_nce
 from .sampling import Neighbourhood, sample_batch
 
@@ -176,7 +177,8 @@ def train_model(
     indptr, indices
         CSR graph on the same device.
     profiles
-        (n, f) profiles for the ``sim``/``and``/``or`` strategies.
+        (n, f) profiles for the ``sim``/``and``/``or`` strategies; by default the inputs
+        averaged over ``config.profile_hops`` hops (:func:`~cellniche_core.features.neighbourhood_profiles`).
     progress
         Called after every step with ``(step, n_steps, loss)``.
     should_stop
@@ -185,6 +187,9 @@ def train_model(
         Position under ``torchrun``; every rank draws different seed cells.
     """
     device = x.device
+    if profiles is None and config.strategy != "freq":
+        profiles = torch.from_numpy(neighbourhood_profiles(
+            x.cpu().numpy(), indptr.cpu().numpy(), indices.cpu().numpy(), hops=config.profile_hops)).to(device)
     torch.manual_seed(config.seed)  # parameter initialisation
     model = NicheModel(x.shape[1], config).to(device)
     ddp_model: nn.Module = model

@@ -69,7 +69,7 @@ from .features import FeatureSpec
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
 from .layout import nearest_cosine
-from .novelty import calibration_groups, model_input_profiles, profile_distances
+from .novelty import calibration_groups, model_input_profiles, profile_distances, shared_cells
 from .train import resolve_device
 
 __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_query", "transfer_file",
@@ -78,8 +78,6 @@ __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_que
 
 #: a label needs this many calibration cells for a threshold of its own
 _MIN_LABEL_CELLS = 100
-#: a micro-cluster with more than this share of its cells in one group is group-specific
-_OWN_GROUP_MAX = 0.9
 _SHOW = 8
 
 
@@ -159,40 +157,10 @@ def _subsample_by_label(codes: np.ndarray, max_cells: int, rng: np.random.Genera
     return np.sort(np.concatenate(keep))
 
 
-def _outside_own_group(groups: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """For each cell, how many cells of its ``members`` class lie outside its own group."""
-    table = pd.crosstab(groups, members)
-    outside = table.sum(0).to_numpy()[None, :] - table.to_numpy()
-    return outside[pd.Index(table.index).get_indexer(groups), pd.Index(table.columns).get_indexer(members)]
-
-
-def _shared_cells(emb: torch.Tensor, codes: np.ndarray, groups: np.ndarray, n_labels: int, *, k: int,
-                  seed: int) -> np.ndarray:
-    """Cells that may calibrate: their label and their local population recur in other groups.
-
-    A label needs ``k`` cells outside the cell's group. A population is a micro-cluster
-    (KMeans, ``5 x n_labels`` clusters, 20-100): it needs ``k`` cells and at least
-    ``1 - _OWN_GROUP_MAX`` of its cells outside the group, so that a patient-specific
-    population hidden inside a broader label (a niche that clustering merged into
-    another) does not pass for in-distribution.
-    """
-    from sklearn.cluster import KMeans
-
-    ok = _outside_own_group(groups, codes) >= k
-    n_micro = int(min(np.clip(5 * n_labels, 20, 100), len(codes) // (2 * k)))
-    if n_micro >= 2 and len(np.unique(groups)) < len(groups):
-        x = emb.cpu().numpy()
-        micro = KMeans(n_clusters=n_micro, n_init=1, random_state=seed).fit_predict(x)
-        size = np.bincount(micro, minlength=n_micro)[micro]
-        outside = _outside_own_group(groups, micro)
-        ok &= outside >= np.maximum(k, (1.0 - _OWN_GROUP_MAX) * size)
-    return np.flatnonzero(ok)
-
-
 def _calibrate(emb: torch.Tensor, codes: np.ndarray, groups: np.ndarray, n_labels: int, *, k: int,
                quantile: float, n_cells: int, seed: int) -> dict:
     """Distance thresholds of the unknown rule from held-out reference cells (see module doc)."""
-    eligible = _shared_cells(emb, codes, groups, n_labels, k=k, seed=seed)
+    eligible = shared_cells(emb.cpu().numpy(), codes, groups, n_labels, k=k, seed=seed)
     if len(eligible) == 0:
         raise CohortError("reference: no label is found in two patients (or slides) with at least "
                           f"n_neighbors={k} cells each, so the unknown rule cannot be calibrated")
@@ -340,7 +308,7 @@ def transfer_labels(
     if profiles is not None:
         ref_profiles = np.asarray(profiles[0], dtype=np.float32)[rows]
         # as in the embedding: populations of one group only would teach that far is normal
-        shared = np.intersect1d(cal["rows"], _shared_cells(torch.from_numpy(ref_profiles), codes[rows], groups[rows],
+        shared = np.intersect1d(cal["rows"], shared_cells(ref_profiles, codes[rows], groups[rows],
                                                            len(names), k=k, seed=seed))
         held, q_input, k_query = profile_distances(ref_profiles, groups[rows], shared if len(shared) else cal["rows"],
                                                    np.asarray(profiles[1]), k=2 * k, device=dev)
@@ -534,6 +502,10 @@ def transfer_file(run_dir: str | os.PathLike, query_path: str | os.PathLike, out
 
     say("read", f"loading the reference run {run_dir}")
     run = load_run(run_dir)
+    if label_key == Keys.NICHE:  # niches transfer under their labels ("N3 · B cell + ..."), see names.py
+        from .names import named_run
+
+        run = named_run(run)
     say("read", f"reading the query {query_path}")
     query = read_query(run, query_path)
     say("transfer", f"embedding {query.n_obs:,} cells and transferring obs[{label_key!r}]")

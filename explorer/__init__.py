@@ -10,15 +10,19 @@ A page ``pages/<name>.py`` finds its helpers in ``explorer/<name>.py`` (plain) a
 =================  ==========================  ========================================
 page               plain                        cached (Streamlit)
 =================  ==========================  ========================================
-overview, maps,    ``tables``, ``figures``,     ``state`` (run list, loading, demo
-embedding,         ``palette``                  build, every cached run-wide table)
-composition
+overview, maps,    ``tables``, ``figures``,     ``state`` (run list, loading with the
+embedding,         ``palette``                  niches' names, every cached run-wide
+composition,                                    table)
+names
+select             ``select``                   ``select_state``
 compare            ``compare``                  ``compare_state``
 transfer           ``transfer``                 ``transfer_state``
 train              ``train``, ``job_queue``     ``train_state``
 =================  ==========================  ========================================
 
-Shared by several pages: ``uploads`` (uploaded files, staged only inside the uploads
+``startup`` is what ``app.py`` draws before the library is imported (Streamlit and the
+standard library only): the page's title, and the demo run's build in a child process with
+its progress bar. Shared by several pages: ``uploads`` (uploaded files, staged only inside the uploads
 folder; plain), ``view`` (the view state mirrored in the URL; Streamlit), ``auth`` (sign-in
 for hosted use; Streamlit) and ``imagecheck`` (counting colours in a screenshot, for tests).
 """

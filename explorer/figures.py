@@ -60,6 +60,7 @@ def niche_map_deck(
     height_px: int = 520,
     radius: float | None = None,
     value_label: str | None = None,
+    selected: np.ndarray | None = None,
 ) -> pdk.Deck:
     """A slide's cells as coloured dots in an orthographic view, with no base map.
 
@@ -81,6 +82,8 @@ def niche_map_deck(
     value_label
         Name of the coloured column, shown with its value in the tooltip; None leaves
         it out (when the colour is the niche or the cell type, already in the tooltip).
+    selected
+        Boolean per point: a linked selection; points outside it are dimmed too.
 
     Returns
     -------
@@ -91,6 +94,9 @@ def niche_map_deck(
         and the coloured value.
     """
     dimmed = _dimmed(points, highlight)
+    if selected is not None:
+        outside = ~np.asarray(selected, dtype=bool)
+        dimmed = outside if dimmed is None else dimmed | outside
     # highlighted cells last, so they are drawn over the dimmed ones
     order = np.arange(len(points)) if dimmed is None else np.argsort(~dimmed, kind="stable")
     columns = {"x": points["x"].to_numpy()[order].tolist(), "y": points["y"].to_numpy()[order].tolist(),
@@ -193,18 +199,23 @@ def _axis_off(fig: go.Figure) -> None:
 
 
 def umap_figure(points: pd.DataFrame, scale: ColorScale, *, color_column: str,
-                highlight: str | None = None, height: int = 620) -> go.Figure:
+                highlight: str | None = None, height: int = 620, selected: np.ndarray | None = None) -> go.Figure:
     """UMAP scatter (WebGL ``Scattergl``), one trace per category of ``color_column``.
 
     ``points`` has ``x``, ``y``, ``niche`` and the ``color_column``; with ``highlight``,
-    cells of other niches form one grey trace underneath.
+    cells of other niches form one grey trace underneath, and so do the cells outside
+    ``selected`` (boolean per point: a linked selection).
     """
     fig = go.Figure()
     dimmed = _dimmed(points, highlight)
+    if selected is not None:
+        outside = ~np.asarray(selected, dtype=bool)
+        dimmed = outside if dimmed is None else dimmed | outside
     if dimmed is not None and dimmed.any():
         rest = points[dimmed]
         fig.add_trace(go.Scattergl(
-            x=rest["x"], y=rest["y"], mode="markers", name=f"not {highlight}",
+            x=rest["x"], y=rest["y"], mode="markers",
+            name=f"not {highlight}" if selected is None else "not selected",
             marker=dict(size=3, color=rgba_css(DIMMED_COLOR, DIMMED_ALPHA / 255)),
             hoverinfo="skip"))
         points = points[~dimmed]

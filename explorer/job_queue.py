@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cellniche_core.keys import CohortKeys
-from cellniche_core.pipeline import STAGES, RunOptions, fit_run
+from cellniche_core.pipeline import STAGE_WEIGHTS, STAGES, RunOptions, fit_run, overall_progress  # noqa: F401
 
 from .train import run_name_problem
 from .uploads import JOB_FOLDER_PREFIX, STALE_AFTER_S, Upload, shown_message, stage_uploads
@@ -34,26 +34,6 @@ KEEP_FINISHED = 5
 # job states
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING)
-
-#: relative share of a progress bar given to each stage of a run (building the demo
-#: simulates its cohort first)
-STAGE_WEIGHTS = {"simulate": 3, "read": 3, "graph": 3, "train": 73, "embed": 5, "niches": 5, "umap": 7,
-                 "write": 3}
-
-
-def overall_progress(stage: str, fraction: float, stages=STAGES) -> float:
-    """Position on the progress bar of a run made of ``stages`` of ``fraction`` of ``stage``.
-
-    Each stage gets its share of ``STAGE_WEIGHTS``; an unknown stage spans the whole bar.
-    """
-    weights = [STAGE_WEIGHTS.get(s, 1) for s in stages]
-    if stage not in stages:
-        lo, hi = 0.0, 1.0
-    else:
-        i, total = list(stages).index(stage), sum(weights)
-        lo, hi = sum(weights[:i]) / total, sum(weights[:i + 1]) / total
-    return lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0)
-
 
 class JobRefused(Exception):
     """A job cannot be queued now; the message says why."""

@@ -1,4 +1,4 @@
-"""Cached access to runs for the dashboard, and the one-time build of the demo run.
+"""Cached access to runs for the dashboard (the demo run's build is in :mod:`explorer.startup`).
 
 A run is addressed by a :class:`RunRef` (name, folder, modification time of its files):
 hashable, so it is the cache key of everything derived from the run, and a run rebuilt
@@ -8,29 +8,21 @@ derived from them are ``st.cache_data``. Every cached function reads only its ar
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 import streamlit as st
 
-from cellniche_core import cli
 from cellniche_core.io import Run, list_runs, load_run
 from cellniche_core.keys import RUN_ADATA, RUN_MANIFEST, RunKeys
 from cellniche_core.metrics import batch_mixing
-from cellniche_core.niches import enrichment, marker_scores
-from cellniche_core.pipeline import STAGES
+from cellniche_core.names import NAMES_FILE, auto_names_for, label, named_run, niche_id, read_names, write_names
+from cellniche_core.niches import enrichment, marker_scores, niche_categories
 
-from . import job_queue, tables
+from . import tables
 from .palette import ColorScale, color_scale
-
-APP_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_RUNS_DIR = APP_DIR / "data" / "runs"
-RUNS_DIR_ENV = "CELLNICHE_RUNS_DIR"
-DEMO_RUN = "demo"
+from .startup import APP_DIR, DEFAULT_RUNS_DIR, DEMO_RUN, RUNS_DIR_ENV, runs_dir  # noqa: F401
 
 #: most cells drawn on one slide map by default; larger slides show a random sample (the
 #: browser paints 25k points of a 56k-cell slide in ~4 s with software WebGL, 50k in ~6 s)
@@ -47,12 +39,7 @@ class RunRef(NamedTuple):
     name: str
     path: str
     stamp: float  # latest modification time of the manifest and the cohort file
-
-
-def runs_dir() -> Path:
-    """The runs folder: ``$CELLNICHE_RUNS_DIR``, else ``data/runs`` next to ``app.py``."""
-    value = os.environ.get(RUNS_DIR_ENV, "").strip()
-    return Path(value).expanduser() if value else DEFAULT_RUNS_DIR
+    names_stamp: float = 0.0  # modification time of the niche names file (0: none)
 
 
 def find_runs(directory: Path) -> dict[str, RunRef]:
@@ -64,7 +51,12 @@ def find_runs(directory: Path) -> dict[str, RunRef]:
                         if (path / f).exists())
         except (OSError, ValueError):
             continue
-        out[path.name] = RunRef(path.name, str(path), stamp)
+        names_file = path / NAMES_FILE
+        try:
+            names_stamp = names_file.stat().st_mtime if names_file.is_file() else 0.0
+        except OSError:
+            names_stamp = 0.0
+        out[path.name] = RunRef(path.name, str(path), stamp, names_stamp)
     return out
 
 
@@ -72,9 +64,38 @@ def find_runs(directory: Path) -> dict[str, RunRef]:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading run…")
+def _read(path: str, stamp: float) -> Run:
+    return load_run(path, with_weights=False)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Naming niches…")
 def load(ref: RunRef) -> Run:
-    """The run's annotated cohort and manifest (no model weights), shared by all sessions."""
-    return load_run(ref.path, with_weights=False)
+    """The run's annotated cohort and manifest (no model weights), shared by all sessions.
+
+    Its niche column holds the niches' labels (``"N3 · B cell + Dendritic cell"``, see
+    :mod:`cellniche_core.names`), so every table, legend, tooltip and download shows them.
+    A rename changes ``ref.names_stamp`` only: the cohort file is not read again.
+    """
+    run = _read(ref.path, ref.stamp)
+    return named_run(run)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def niche_names_table(ref: RunRef) -> pd.DataFrame:
+    """One row per niche: ``niche`` (id), ``auto_name``, ``name`` (the user's, or empty), ``label``."""
+    run = _read(ref.path, ref.stamp)
+    keys = run.keys
+    auto = auto_names_for(run.adata, niche_key=keys.niche, cell_type_key=keys.cell_type)
+    given = read_names(ref.path)
+    ids = niche_categories(run.adata.obs[keys.niche])
+    return pd.DataFrame({"niche": ids, "auto_name": [auto.get(n, "") for n in ids],
+                         "name": [given.get(n, "") for n in ids],
+                         "label": [label(n, given.get(n) or auto.get(n)) for n in ids]})
+
+
+def save_niche_names(ref: RunRef, names: dict[str, str]) -> None:
+    """Store the user's names of ``ref``'s niches (raises NamesError on a bad name)."""
+    write_names(ref.path, names, niches=niche_names_table(ref)["niche"].tolist())
 
 
 def run_keys(ref: RunRef) -> RunKeys:
@@ -161,7 +182,9 @@ def mixing(ref: RunRef, batch: str) -> tuple[pd.DataFrame, float | None, str]:
                if len(keep) < run.adata.n_obs else "")
     recorded = (run.manifest.get("metrics") or {}).get("batch_mixing_per_niche")
     if batch == "sample" and recorded:
-        per_niche, source = pd.Series(recorded, dtype=float), "per niche from the run manifest"
+        labels = {niche_id(n): n for n in niches(ref)}  # the manifest knows the niches by id
+        per_niche = pd.Series(recorded, dtype=float).rename(index=lambda n: labels.get(n, n))
+        source = "per niche from the run manifest"
     else:
         per_niche = batch_mixing(emb, batches, run.adata.obs[keys.niche].iloc[keep])["mixing"]
         source = f"per niche computed{sampled}"
@@ -181,105 +204,3 @@ def cell_type_enrichment(ref: RunRef) -> pd.DataFrame:
 def markers(ref: RunRef) -> pd.DataFrame:
     """(niches x features) mean z-scored expression."""
     return marker_scores(load(ref).adata, niche_key=run_keys(ref).niche)
-
-
-# ----------------------------------------------------------------------------- demo run
-
-#: the stages of the demo build, whose progress bar :func:`explorer.job_queue.overall_progress` draws
-DEMO_STAGES = ("simulate", *STAGES)
-
-
-def overall_progress(stage: str, fraction: float) -> float:
-    """Position on the whole build's progress bar of ``fraction`` of ``stage``."""
-    return job_queue.overall_progress(stage, fraction, DEMO_STAGES)
-
-
-def _build_demo(directory: Path, on_stage) -> Path:
-    """Build the demo run as ``directory/demo``; the simulated cohort is kept beside it."""
-    # data/runs -> the cohort goes to data/demo_cohort.h5ad; another runs folder keeps it hidden
-    out = directory.parent if directory.name == "runs" else directory / ".demo"
-    try:
-        built = cli.build_demo(out, on_stage=on_stage)
-    except FileExistsError:  # built meanwhile by another process
-        built = out / "runs" / DEMO_RUN
-    target = directory / DEMO_RUN
-    if Path(built).resolve() != target.resolve() and not target.exists():
-        os.replace(built, target)
-    return target
-
-
-class DemoBuild:
-    """The demo run being built in a background thread, shared by every session.
-
-    The build runs outside any script run, so a user who clicks or navigates meanwhile
-    does not interrupt it; every session only reads its progress.
-    """
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self.progress = 0.0
-        self.text = "simulating the demo cohort"
-        self.error: str | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        """Start the build unless it is running or has failed (see :meth:`retry`)."""
-        with self._lock:
-            if self.running or self.error is not None:
-                return
-            self._thread = threading.Thread(target=self._run, name="cellniche-demo-build", daemon=True)
-            self._thread.start()
-
-    def retry(self) -> None:
-        """Forget a failed build so that :meth:`start` tries again."""
-        with self._lock:
-            if not self.running:
-                self._thread, self.error, self.progress = None, None, 0.0
-
-    def _on_stage(self, stage: str, fraction: float, message: str) -> None:
-        self.progress = overall_progress(stage, fraction)
-        self.text = f"{stage}: {message}"
-
-    def _run(self) -> None:
-        try:
-            _build_demo(self.directory, self._on_stage)
-            self.progress, self.text = 1.0, "demo run ready"
-        except Exception as exc:  # reported to every session by ensure_demo_run
-            self.error = f"{type(exc).__name__}: {exc}"
-
-
-@st.cache_resource
-def _demo_build(directory: str) -> DemoBuild:
-    # one build per runs folder for the whole server
-    return DemoBuild(Path(directory))
-
-
-def ensure_demo_run(directory: Path, *, poll_s: float = 0.5) -> bool:
-    """Build the demo run into an empty runs folder, with a progress bar; True when it exists.
-
-    The build happens once per server (a shared background thread) and the run is kept
-    on disk. A failure is shown with ``st.error`` and a button to try again.
-    """
-    build = _demo_build(str(directory.resolve()))
-    if find_runs(directory):
-        return True
-    build.start()
-    if build.error is None:
-        st.info(f"No run found in `{directory}`: building the demo run once (under a minute "
-                "on a laptop CPU). It is kept on disk for next time.")
-        bar = st.progress(build.progress, text=build.text)
-        while build.running:
-            time.sleep(poll_s)
-            bar.progress(build.progress, text=build.text)
-    if build.error is not None:
-        st.error(f"Building the demo run failed: {build.error}")
-        if st.button("Try again"):
-            build.retry()
-            st.rerun()
-        return False
-    return bool(find_runs(directory))

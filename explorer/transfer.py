@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from cellniche_core.io import Run, load_weights
-from cellniche_core.keys import RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
+from cellniche_core.keys import DEMO_QUERY, RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
 from cellniche_core.transfer import annotate_query, read_query
 
 from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale, rgba_css
@@ -48,6 +48,16 @@ def query_files(directory: Path) -> dict[str, Path]:
     files = {p.relative_to(directory).as_posix(): p for p in found
              if p.is_file() and not p.name.startswith(".")}
     return dict(sorted(files.items()))
+
+
+def query_choices(files: dict[str, Path], upload: str) -> list[str]:
+    """The Query picker's options, the first being the default.
+
+    The demo's query slide comes first when it is there, so a newcomer sees the page at
+    work at once; otherwise ``upload`` (the page asks for a file), then the files.
+    """
+    others = [name for name in files if name != DEMO_QUERY]
+    return [DEMO_QUERY, upload, *others] if DEMO_QUERY in files else [upload, *others]
 
 
 def with_weights(run: Run) -> Run:

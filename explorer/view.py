@@ -17,8 +17,10 @@ import streamlit as st
 
 from cellniche_core.io import Run
 from cellniche_core.keys import RunKeys
+from cellniche_core.names import niche_id
 
 from . import state
+from .startup import enter_page  # noqa: F401  (pages call view.enter_page)
 from .state import RunRef
 
 _STATE = "_view"
@@ -28,8 +30,7 @@ _PAGE = "_view_page"
 _RUNS = "_view_runs"
 _WARNINGS = "_view_warning_box"
 _PENDING = "_view_pending_warnings"
-_GOTO = "_view_goto"
-_ENTERED = "_view_entered"
+from .startup import ENTERED as _ENTERED, GOTO as _GOTO  # noqa: E402
 
 NO_NICHE = "none"
 
@@ -61,20 +62,6 @@ def start(page_name: str, pages: dict) -> None:
     ss[_WARNINGS] = st.container()
     for message in ss.pop(_PENDING, []):
         ss[_WARNINGS].warning(message)
-
-
-def enter_page(page_name: str) -> None:
-    """Call first in every page file: make sure ``app.py`` ran before the page.
-
-    Until some session has called ``st.navigation``, Streamlit serves a ``pages/`` folder
-    the legacy way and runs a deep-linked page file on its own, without the entrypoint
-    (no run picker, no URL sync). Such a run is sent back through ``app.py``, which then
-    switches to ``page_name`` with the query string kept.
-    """
-    if st.session_state.pop(_ENTERED, False):
-        return
-    st.session_state[_GOTO] = page_name
-    st.switch_page("app.py", query_params=_query_items())
 
 
 def _query_items() -> dict[str, list[str]]:
@@ -117,18 +104,21 @@ def _state_key(name: str, per_page: bool) -> str:
 
 def choice(name: str, label: str, options: Sequence, *, default, what: str = "",
            per_page: bool = False, container=None, format_func: Callable = str,
-           help: str | None = None):
-    """A selectbox whose value lives in the URL as ``?name=value``.
+           help: str | None = None, url_value: Callable = str):
+    """A selectbox whose value lives in the URL as ``?name=url_value(value)``.
 
     An unknown value from the link falls back to ``default`` with a warning; a stored
-    value no longer offered (e.g. after switching runs) falls back silently.
+    value no longer offered (e.g. after switching runs) falls back silently. A link
+    value matches an option by its text or by its ``url_value`` (a niche by its id, so
+    that a link survives a rename).
     """
     options = list(options)
     view = st.session_state.setdefault(_STATE, {})
     key = _state_key(name, per_page)
     link = _from_link(name)
     if link is not None:
-        by_text = {str(o): o for o in options}  # query values are text; options may be numbers
+        # query values are text; options may be numbers
+        by_text = {url_value(o): o for o in options} | {str(o): o for o in options}
         if link and link[0] in by_text:
             view[key] = by_text[link[0]]
         else:
@@ -142,7 +132,7 @@ def choice(name: str, label: str, options: Sequence, *, default, what: str = "",
         st.session_state[widget_key] = view[key]
     (container or st).selectbox(label, options, key=widget_key, format_func=format_func, help=help,
                                 on_change=_copy_widget, args=(key, widget_key))
-    _set_query(name, str(view[key]))
+    _set_query(name, url_value(view[key]))
     return view[key]
 
 
@@ -173,6 +163,38 @@ def choices(name: str, label: str, options: Sequence[str], *, default: Sequence[
                                   help=help, on_change=_copy_widget, args=(key, widget_key))
     _set_query(name, view[key])
     return list(view[key])
+
+
+def text(name: str, *, per_page: bool = True) -> str | None:
+    """A free-text view value kept in the URL as ``?name=...`` (read from the link once).
+
+    The caller checks the value (it comes from a link) and calls :func:`set_text` with
+    None to drop one it cannot use.
+    """
+    view = st.session_state.setdefault(_STATE, {})
+    key = _state_key(name, per_page)
+    link = _from_link(name)
+    if link:
+        view[key] = link[0]
+    value = view.get(key)
+    _set_query(name, [value] if value else [])
+    return value
+
+
+def set_text(name: str, value: str | None, *, per_page: bool = True) -> None:
+    """Store a free-text view value (None removes it) and mirror it in the URL."""
+    view = st.session_state.setdefault(_STATE, {})
+    key = _state_key(name, per_page)
+    if value:
+        view[key] = value
+    else:
+        view.pop(key, None)
+    _set_query(name, [value] if value else [])
+
+
+def warn(message: str) -> None:
+    """A warning about the link, shown at the top of the page."""
+    _warn(message)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -233,5 +255,5 @@ def highlight(niches: Sequence[str], *, container=None) -> str | None:
     """Highlighted-niche picker, synced with ``?niche=``; None for no highlight."""
     value = choice("niche", "Highlight niche", [NO_NICHE, *niches], default=NO_NICHE, what="niche",
                    container=container, format_func=lambda v: "— none —" if v == NO_NICHE else v,
-                   help="Draw one niche in colour and dim the others")
+                   help="Draw one niche in colour and dim the others", url_value=niche_id)
     return None if value == NO_NICHE else value

@@ -1,5 +1,9 @@
 """Cohort comparison: conserved vs sample-specific niches, group differences, two patients, transition zones."""
 
+from explorer.startup import enter_page
+
+enter_page("compare")  # before the heavy imports: see explorer.startup
+
 import streamlit as st
 
 from explorer import compare, compare_state, figures, state, view
@@ -14,7 +18,6 @@ def download(table, name: str, label: str = "Download CSV") -> None:
                        mime="text/csv", key=f"download_{name}")
 
 
-view.enter_page("compare")
 st.title("Cohort comparison")
 current = view.current_run()
 ref, keys = current.ref, current.keys

@@ -1,11 +1,14 @@
 """What each niche is made of: cell-type enrichment, top markers, sizes."""
 
+from explorer.startup import enter_page
+
+enter_page("composition")  # before the heavy imports: see explorer.startup
+
 import streamlit as st
 
 from explorer import figures, state, tables, view
 from explorer.palette import niche_colors
 
-view.enter_page("composition")
 st.title("Niche composition")
 current = view.current_run()
 ref, keys = current.ref, current.keys

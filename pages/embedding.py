@@ -1,11 +1,14 @@
 """Shared-embedding UMAP and how well samples or patients mix in it."""
 
+from explorer.startup import enter_page
+
+enter_page("embedding")  # before the heavy imports: see explorer.startup
+
 import streamlit as st
 
-from explorer import figures, state, view
+from explorer import figures, select_state, state, view
 from explorer.palette import niche_colors
 
-view.enter_page("embedding")
 st.title("Embedding")
 current = view.current_run()
 ref, keys = current.ref, current.keys
@@ -34,10 +37,17 @@ scale = state.scale(ref, source_column)
 
 left, right = st.columns([3, 2])
 with left:
-    st.plotly_chart(figures.umap_figure(points, scale, color_column=color_by, highlight=highlighted),
-                    key="umap")
+    linked = select_state.current(ref)
+    show_selection = bool(linked) and st.toggle(
+        "Dim the cells outside the selection made on the Select cells page", value=True,
+        key="embedding_selection")
+    selected = select_state.on_umap(ref, state.UMAP_POINT_BUDGET, linked) if show_selection else None
+    st.plotly_chart(figures.umap_figure(points, scale, color_column=color_by, highlight=highlighted,
+                                        selected=selected), key="umap")
     if len(points) < n_cells:
         st.caption(f"Showing a random sample of {len(points):,} of {n_cells:,} cells.")
+    st.page_link("pages/select.py", label="Select cells with a lasso and find them on the slides",
+                 icon=":material/highlight_alt:")
 with right:
     table, cohort, note = state.mixing(ref, batch)
     st.subheader(f"Batch mixing of {batch}s")

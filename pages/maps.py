@@ -1,13 +1,16 @@
 """Spatial niche maps: one to four slides side by side, coloured by any obs column."""
 
+from explorer.startup import enter_page
+
+enter_page("maps")  # before the heavy imports: see explorer.startup
+
 import streamlit as st
 
-from explorer import figures, state, view
+from explorer import figures, select_state, state, view
 
 MAX_MAPS = 4
 BUDGETS = (10_000, 25_000, 50_000, 100_000)
 
-view.enter_page("maps")
 st.title("Niche maps")
 current = view.current_run()
 ref, keys = current.ref, current.keys
@@ -32,6 +35,11 @@ if not chosen:
     st.info("Choose at least one slide.")
     st.stop()
 
+linked = select_state.current(ref)
+show_selection = bool(linked) and st.toggle(
+    "Dim the cells outside the selection made on the Select cells page", value=True, key="maps_selection",
+    help="Lasso or box on the embedding or a slide, on the Select cells page")
+
 scale = state.scale(ref, color_by)
 value_label = None if color_by in (keys.niche, keys.cell_type) else color_by
 present = set()
@@ -44,8 +52,10 @@ for column, sample in zip(columns, chosen):
     points, n_cells = state.map_points(ref, sample, color_by, budget)
     if not scale.is_numeric:
         present.update(points["value"].unique())
+    selected = select_state.on_map(ref, sample, budget, linked) if show_selection else None
     deck = figures.niche_map_deck(points, scale, highlight=highlighted, sample=sample,
-                                  width_px=width_px, height_px=height_px, value_label=value_label)
+                                  width_px=width_px, height_px=height_px, value_label=value_label,
+                                  selected=selected)
     with column:
         st.markdown(f"**{sample}** · {n_cells:,} cells")
         st.pydeck_chart(deck, height=height_px, key=f"map_{sample}")

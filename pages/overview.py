@@ -1,5 +1,9 @@
 """Cohort overview: patients, slides, cells, niches, clinical columns, niche abundance per slide."""
 
+from explorer.startup import enter_page
+
+enter_page("overview")  # before the heavy imports: see explorer.startup
+
 import streamlit as st
 
 from explorer import figures, state, view
@@ -7,7 +11,6 @@ from explorer.palette import niche_colors
 
 from cellniche_core.scale import scale_lines
 
-view.enter_page("overview")
 st.title("Cohort overview")
 current = view.current_run()
 ref = current.ref

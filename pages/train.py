@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from explorer.startup import enter_page
+
+enter_page("train")  # before the heavy imports: see explorer.startup
+
 import streamlit as st
 
 from cellniche_core.keys import CohortKeys, Keys
@@ -15,7 +19,6 @@ FEATURE_LABELS = {"auto": "auto (cell types when there is a cell-type column, el
                   "pheno": "cell types (pheno)", "expr": "expression (expr)",
                   "pheno_expr": "cell types and expression (pheno_expr)"}
 
-view.enter_page("train")
 st.title("Train a run")
 registry = train_state.registry()
 train_state.clean_uploads(str(train_state.uploads_dir()))

@@ -1,5 +1,9 @@
 """Label transfer: annotate a new slide from the selected run, and show what is unknown."""
 
+from explorer.startup import enter_page
+
+enter_page("transfer")  # before the heavy imports: see explorer.startup
+
 from pathlib import Path
 
 import streamlit as st
@@ -12,7 +16,6 @@ from explorer import figures, state, transfer, transfer_state, view
 UPLOAD = "upload"
 MAP_POINTS = 25_000
 
-view.enter_page("transfer")
 st.title("Label transfer")
 current = view.current_run()
 ref, keys = current.ref, current.keys
@@ -30,7 +33,8 @@ with pick[0]:
                             what="label column", per_page=True,
                             help="A categorical column of the reference: its niches, or an expert annotation")
 with pick[1]:
-    source = view.choice("query", "Query", [UPLOAD, *files], default=UPLOAD, what="query file", per_page=True,
+    offered = transfer.query_choices(files, UPLOAD)  # the demo's held-out patient first
+    source = view.choice("query", "Query", offered, default=offered[0], what="query file", per_page=True,
                          format_func=lambda v: "— upload an .h5ad file —" if v == UPLOAD else f"data/{v}",
                          help=f".h5ad files in {transfer_state.data_dir()}, or an upload")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv and start the dashboard; the first launch builds the demo run (about 25 s on 2 cores).
+# Set up .venv and start the dashboard; with no run yet, pages show a progress bar while the demo run is built once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

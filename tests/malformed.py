@@ -304,3 +304,29 @@ CASES: list[Case] = [
 ]
 
 assert len({c.name for c in CASES}) == len(CASES), "case names must be unique"
+
+
+@dataclass(frozen=True)
+class BadArgument:
+    """A valid file (:func:`make_adata`: obs ``cell_type``, obsm ``spatial``) with a bad ``fit`` option.
+
+    ``message``: lower-case fragment of the one-line error; ``names_columns``: the message
+    must also list the columns (or obsm keys) the file does have.
+    """
+
+    name: str
+    args: tuple[str, ...]
+    message: str
+    names_columns: bool = True
+
+
+BAD_ARGUMENTS = [
+    BadArgument("cell-type-key-typo", ("--cell-type-key", "celltype_typo"), "obs['celltype_typo'] is missing"),
+    BadArgument("sample-key-typo", ("--sample-key", "slide_typo"), "obs['slide_typo'] is missing"),
+    BadArgument("patient-key-typo", ("--patient-key", "patient_typo"), "obs['patient_typo'] is missing"),
+    BadArgument("group-key-typo", ("--group-key", "respnse"), "obs['respnse'] is missing"),
+    BadArgument("spatial-key-typo", ("--spatial-key", "xy_typo"), "obsm['xy_typo'] is missing"),
+    BadArgument("n-niches-above-the-maximum", ("--n-niches", "100000"), "at most 50 niches", names_columns=False),
+    BadArgument("n-niches-above-the-cells", ("--n-niches", str(N_CELLS + 1)),
+                f"more niches than the cohort's {N_CELLS} cells", names_columns=False),
+]

@@ -45,7 +45,9 @@ class Run:
     manifest
         Parameters, seed, versions, device, timings, metrics.
     niche_names
-        A readable name for each niche label, where one was given (else empty).
+        A readable name for each niche label, where one was given (else empty): the
+        manifest's ``niche_names`` under those of ``niche_names.json`` (see
+        :mod:`cellniche_core.names`).
     """
 
     path: Path
@@ -204,9 +206,9 @@ def load_run(run_dir: str | os.PathLike, *, with_weights: bool = True) -> Run:
     adata = ad.read_h5ad(run_dir / RUN_ADATA)
     adata.uns[Keys.UNS] = manifest
     state_dict = load_weights(run_dir / RUN_WEIGHTS) if with_weights else None
-    names = manifest.get("niche_names") or {}
-    return Run(run_dir, adata, state_dict, model_config, manifest,
-               niche_names={str(k): str(v) for k, v in names.items()})
+    from ..names import given_names
+
+    return Run(run_dir, adata, state_dict, model_config, manifest, niche_names=given_names(run_dir, manifest))
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, Any]:

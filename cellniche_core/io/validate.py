@@ -41,7 +41,9 @@ def validate_cohort(
         Name used at the start of every error message (a path or upload name).
     spatial_key, sample_key, patient_key, cell_type_key, group_keys, features, min_cells_per_sample
         As in :func:`read_cohort`. A missing default ``sample_key`` means one
-        slide; a missing non-default ``sample_key`` / ``patient_key`` is an error.
+        slide; a missing non-default ``sample_key`` / ``patient_key`` is an error, and so
+        is a missing non-default ``cell_type_key`` with ``features="auto"`` (no silent
+        fall-back to expression).
 
     Raises
     ------
@@ -49,7 +51,7 @@ def validate_cohort(
         At the first problem found, naming ``source``.
     """
     check_features(features)
-    features = resolve_feature_mode(features, adata.obs.columns, cell_type_key)
+    requested, features = features, resolve_feature_mode(features, adata.obs.columns, cell_type_key)
     if adata.n_obs == 0:
         raise cohort_error(source, "has zero cells")
     if adata.n_obs == 1:
@@ -60,6 +62,8 @@ def validate_cohort(
     named = {k: "group_keys" for k in group_keys}
     if features in PHENO_MODES:
         named[cell_type_key] = "cell_type_key"
+    if cell_type_key != Keys.CELL_TYPE and requested == "auto":
+        named[cell_type_key] = "cell_type_key"  # named on purpose: a typo must not fall back to expression
     if sample_key != Keys.SAMPLE:
         named[sample_key] = "sample_key"
     if patient_key != Keys.PATIENT:

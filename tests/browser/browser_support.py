@@ -4,13 +4,14 @@ the dashboard served by a real Streamlit server on a free loopback port."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ def free_port() -> int:
 def dashboard_server(runs_dir: Path, log_path: Path, *, env: dict | None = None,
                      start_timeout_s: float = 60.0) -> Iterator[str]:
     """The dashboard on a free loopback port, runs folder ``runs_dir``; yields its URL and
-    stops the server (by its own PID) at the end."""
+    stops the server (by its own process group, which holds the server and a demo build it
+    started) at the end."""
     port = free_port()
     full_env = {**os.environ, "CELLNICHE_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": "1", **(env or {})}
     with open(log_path, "wb") as log:
@@ -39,7 +41,7 @@ def dashboard_server(runs_dir: Path, log_path: Path, *, env: dict | None = None,
             [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
              "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
              "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + start_timeout_s
@@ -55,5 +57,22 @@ def dashboard_server(runs_dir: Path, log_path: Path, *, env: dict | None = None,
             time.sleep(0.3)
         yield url
     finally:
-        server.kill()
+        # the server's process group: a demo build it started goes with it
+        with suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+#: Streamlit's progress bar
+PROGRESS = '[data-testid="stProgress"]'
+
+
+def wait_until_idle(page, timeout_ms: int = 90_000) -> None:
+    """Until the script has finished (Streamlit's "running" widget is gone)."""
+    page.wait_for_timeout(500)
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=timeout_ms)
+
+
+def no_error(page) -> bool:
+    """No exception box on the page."""
+    return not page.query_selector_all('[data-testid="stException"]')

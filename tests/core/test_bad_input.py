@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from malformed import CASES, N_CELLS, Case, make_adata, valid_file
+from malformed import BAD_ARGUMENTS, CASES, N_CELLS, Case, make_adata, valid_file
 
 from cellniche_core.cli import EXIT_BAD_INPUT, main
 from cellniche_core.io import INPUT_UNS_KEY, CohortError, read_cohort, validate_cohort
@@ -179,3 +179,34 @@ def test_a_file_pointing_outside_itself_is_never_read(tmp_path):
     with pytest.raises(CohortError, match="stores its data in another file") as err:
         preview_upload(Upload(path.name, path.read_bytes()), tmp_path / "uploads")
     assert secret.hex() not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- bad options
+
+
+@pytest.mark.parametrize("bad", BAD_ARGUMENTS, ids=lambda b: b.name)
+def test_cli_fit_refuses_a_key_or_niche_count_the_data_lacks(bad, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    path = valid_file(tmp_path / "in" / "tumour.h5ad")
+    before = digest(path)
+    code = main(["fit", str(path), "--out", str(tmp_path / "runs" / "r1"), "--device", "cpu", "--quiet",
+                 *bad.args])
+    captured = capsys.readouterr()
+    assert code == EXIT_BAD_INPUT, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert bad.message in lines[0].lower()
+    if bad.names_columns:  # what the file does have, so the fix is one look away
+        assert "cell_type" in lines[0] or "spatial" in lines[0]
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert not (tmp_path / "runs").exists()
+    assert digest(path) == before
+
+
+def test_a_named_cell_type_column_is_required_also_with_auto_features(tmp_path):
+    path = valid_file(tmp_path / "tumour.h5ad")
+    with pytest.raises(CohortError, match=r"obs\['celltype_typo'\] is missing.*found obs columns: \['cell_type'"):
+        read_cohort([path], cell_type_key="celltype_typo", features="auto")
+    # with expression features a cell-type column is not needed, named or not
+    adata = read_cohort([path], cell_type_key="celltype_typo", features="expr")
+    assert adata.n_obs == N_CELLS

@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats
 
+from cellniche_core.names import SEPARATOR, niche_id
 from cellniche_core.cli import main
 from cellniche_core.compare import (compare_groups, compare_patients, niche_abundance, niche_adjacency,
                                     summarise_adjacency, summarise_niches, summarise_transitions,
@@ -382,7 +383,9 @@ def test_compare_command_on_a_run(small_run, tmp_path, capsys):
     assert {"niche", "n_cells", "n_samples_present", "pattern"} <= set(niches.columns)
     adata = ad.read_h5ad(small_run / RUN_ADATA)
     assert niches["n_cells"].sum() == adata.n_obs
-    assert set(niches["niche"]) == set(adata.obs[Keys.NICHE].astype(str))
+    # exported under their labels, "N3 · <most enriched cell types>"
+    assert {niche_id(n) for n in niches["niche"]} == set(adata.obs[Keys.NICHE].astype(str))
+    assert all(SEPARATOR in n for n in niches["niche"])
     tests = pd.read_csv(out / "group_tests.csv")
     assert {"niche", "effect", "p_value", "q_value"} <= set(tests.columns)
     assert tests["p_value"].between(0, 1).all() and tests["q_value"].between(0, 1).all()

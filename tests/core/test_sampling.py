@@ -400,3 +400,22 @@ def test_compiled_walk_batch_refuses_unknown_seeds():
         with pytest.raises(ValueError, match="not a cell id of the graph"):
             sample_walk_batch(indptr, indices, torch.tensor(bad), walks_per_seed=2, walk_length=2,
                               generator=torch.Generator())
+
+
+@pytest.mark.parametrize("strategy", ["sim", "and", "or"])
+def test_similarity_pairs_agree_between_numpy_and_torch(strategy):
+    from cellniche_core.sampling import similar_pairs, similar_pairs_numpy
+
+    rng = np.random.default_rng(5)
+    m = 120
+    profiles = rng.integers(0, 4, (m, 6)).astype(np.float32)  # small integers: ties are exact in both
+    first, second = np.triu_indices(m, 1)
+    pick = rng.random(len(first)) < 0.05
+    first, second = first[pick], second[pick]
+    frequent = rng.random(len(first)) < 0.5
+    ours = similar_pairs_numpy(profiles, first, second, frequent, strategy)
+    ref = similar_pairs(torch.from_numpy(profiles), torch.from_numpy(first), torch.from_numpy(second),
+                        torch.from_numpy(frequent), strategy).numpy()
+    assert ours.shape[1] > 0
+    assert set(map(tuple, ours.T)) == set(map(tuple, ref.T))
+    assert (ours[0] < ours[1]).all()

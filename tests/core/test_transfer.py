@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cellniche_core.names import SEPARATOR, niche_id
 from cellniche_core.cli import main
 from cellniche_core.io import CohortError, Run, load_run
 from cellniche_core.keys import UNKNOWN, Keys
@@ -315,7 +316,9 @@ def test_transfer_through_the_command_line(small_run, query_path, tmp_path, caps
     assert a.obsm[Keys.EMBEDDING].shape == (a.n_obs, 32)
     assert UNKNOWN in a.obs[Keys.TRANSFERRED].cat.categories
     reference_niches = set(load_run(small_run, with_weights=False).adata.obs[Keys.NICHE].astype(str))
-    assert set(a.obs[Keys.TRANSFERRED].astype(str)) <= reference_niches | {UNKNOWN}
+    transferred = set(a.obs[Keys.TRANSFERRED].astype(str)) - {UNKNOWN}
+    assert {niche_id(n) for n in transferred} <= reference_niches
+    assert all(SEPARATOR in n for n in transferred)  # niches transfer under their labels
     conf = a.obs[Keys.CONFIDENCE].to_numpy()
     assert ((conf >= 0) & (conf <= 1)).all()
     uns = a.uns[TRANSFER_UNS_KEY]

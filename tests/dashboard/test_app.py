@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from apptest_support import assert_clean, decks, query
 from apptest_support import open_app as _open_app
+from cellniche_core.names import niche_id
 from explorer import state
 
 PAGES = ("pages/overview.py", "pages/maps.py", "pages/embedding.py", "pages/composition.py")
@@ -16,6 +17,11 @@ PAGES = ("pages/overview.py", "pages/maps.py", "pages/embedding.py", "pages/comp
 
 def open_app(query: dict | None = None):
     return _open_app(query, timeout=120)
+
+
+def option(at: AppTest, key: str, niche: str) -> str:
+    """The option of selectbox ``key`` that is niche ``niche`` (shown as "N3 · name")."""
+    return next(o for o in at.selectbox(key=key).options if niche_id(o) == niche)
 
 
 def markdown_text(at: AppTest) -> str:
@@ -94,7 +100,7 @@ def test_link_opens_the_same_map_view(runs_dir):
     assert "outside niche N2" in markdown_text(at)
     for spec in decks(at):
         data = spec["layers"][0]["data"]
-        assert all(d["c"][3] < 255 for d in data if d["n"] != "N2")
+        assert all(d["c"][3] < 255 for d in data if niche_id(d["n"]) != "N2")
     assert query(at, "color") == ["cell_type"] and query(at, "niche") == ["N2"]
 
 
@@ -102,7 +108,7 @@ def test_widgets_write_the_view_into_the_url(runs_dir):
     at = open_app()
     at.switch_page("pages/maps.py").run()
     at.selectbox(key="_w_maps:color").set_value("response").run()
-    at.selectbox(key="_w_niche").set_value("N3").run()
+    at.selectbox(key="_w_niche").set_value(option(at, "_w_niche", "N3")).run()
     at.multiselect[0].set_value(["P2_s2"]).run()
     assert_clean(at)
     assert query(at, "color") == ["response"]
@@ -218,57 +224,6 @@ def test_heavy_work_is_cached_across_pages_and_colours(runs_dir, small_run, monk
     for page in PAGES:
         at.switch_page(page).run()
     at.switch_page("pages/maps.py").run()
-    at.selectbox(key="_w_niche").set_value("N1").run()  # recolouring reuses the sampled points
+    at.selectbox(key="_w_niche").set_value(option(at, "_w_niche", "N1")).run()  # recolouring reuses the sampled points
     assert_clean(at)
     assert calls == {"load": 1, "points": 2}
-
-
-def _fake_build(small_run, calls):
-    def build_demo(out, *, seed=0, device="auto", overwrite=False, on_stage=None):
-        calls.append(Path(out))
-        for stage in ("read", "train", "embed", "niches", "umap", "write"):
-            on_stage(stage, 0.5, f"{stage} half way")
-        target = Path(out) / "runs" / "demo"
-        shutil.copytree(small_run, target)
-        return target
-    return build_demo
-
-
-def test_first_launch_builds_the_demo_once(tmp_path, small_run, monkeypatch):
-    runs = tmp_path / "data" / "runs"
-    monkeypatch.setenv(state.RUNS_DIR_ENV, str(runs))
-    calls = []
-    monkeypatch.setattr(state.cli, "build_demo", _fake_build(small_run, calls))
-    at = open_app()
-    assert_clean(at)
-    assert calls == [runs.parent]
-    assert state.find_runs(runs).keys() == {"demo"}
-    assert at.sidebar.selectbox[0].value == "demo"
-    assert at.title[0].value == "Cohort overview"
-    open_app()  # a second session finds the run on disk
-    assert len(calls) == 1
-
-
-def test_demo_in_a_runs_folder_with_another_name(tmp_path, small_run, monkeypatch):
-    runs = tmp_path / "my-runs"
-    monkeypatch.setenv(state.RUNS_DIR_ENV, str(runs))
-    calls = []
-    monkeypatch.setattr(state.cli, "build_demo", _fake_build(small_run, calls))
-    at = open_app()
-    assert_clean(at)
-    assert state.find_runs(runs).keys() == {"demo"}
-
-
-def test_failed_demo_build_is_an_error_message(tmp_path, monkeypatch):
-    monkeypatch.setenv(state.RUNS_DIR_ENV, str(tmp_path / "runs"))
-
-    def failing(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(state.cli, "build_demo", failing)
-    at = open_app()
-    assert not at.exception
-    assert any("disk full" in e.value for e in at.error)
-    at.switch_page("pages/maps.py").run()
-    assert not at.exception
-    assert any("No run to show" in e.value for e in at.error)

@@ -201,7 +201,7 @@ def test_a_permalink_survives_the_sign_in(password_hash, tiny_run, monkeypatch):
     assert at.sidebar.selectbox[0].value == TINY
     assert at.multiselect[0].value == [slides[-1]]
     assert at.selectbox(key="_w_maps:color").value == "cell_type"
-    assert at.selectbox(key="_w_niche").value == "N2"
+    assert at.selectbox(key="_w_niche").value.startswith("N2 · ")  # shown with its name
     assert query(at, "slides") == [slides[-1]] and query(at, "niche") == ["N2"]
 
 

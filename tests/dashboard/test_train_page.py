@@ -419,3 +419,20 @@ def test_progress_runs_through_the_stages_in_order():
 
     positions = [job_queue.overall_progress(stage, f) for stage in STAGES for f in (0.0, 0.5, 1.0)]
     assert positions == sorted(positions) and positions[0] == 0.0 and positions[-1] == 1.0
+
+
+def test_train_page_check_names_the_columns_of_the_upload(tmp_path):
+    from malformed import valid_file
+
+    from cellniche_core.io import CohortError
+    from cellniche_core.keys import CohortKeys
+    from explorer.train import check_cohort
+    from explorer.uploads import Upload
+
+    path = valid_file(tmp_path / "tumour.h5ad")
+    upload = Upload("tumour.h5ad", path.read_bytes())
+    with pytest.raises(CohortError) as info:
+        check_cohort([upload], tmp_path / "uploads", CohortKeys(cell_type="celltype_typo"))
+    message = str(info.value)
+    assert message.startswith("tumour.h5ad: ") and "obs['celltype_typo'] is missing" in message
+    assert "'cell_type'" in message

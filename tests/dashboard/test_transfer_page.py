@@ -105,6 +105,30 @@ def test_transfer_page_warns_about_an_unknown_query_in_the_link(data_dir):
     assert at.selectbox(key="_w_transfer:query").value == "upload"
 
 
+def test_demo_query_is_the_first_choice(data_dir, query_bytes):
+    (data_dir / transfer.DEMO_QUERY).write_bytes(query_bytes)
+    at = open_transfer()
+    assert_clean(at)
+    options = at.selectbox(key="_w_transfer:query").options
+    assert options == ["data/demo_query.h5ad", "— upload an .h5ad file —", "data/new_patient.h5ad"]
+    assert at.selectbox(key="_w_transfer:query").value == transfer.DEMO_QUERY
+    assert len(decks(at)) == 3 and not at.file_uploader  # annotated at once, nothing to upload
+    assert at.query_params["query"] == transfer.DEMO_QUERY
+
+
+def test_demo_writes_a_held_out_query_patient():
+    from cellniche_core.cli import DEMO_QUERY
+    from cellniche_core.simulate import simulate_cohort, simulate_query_patient
+
+    assert DEMO_QUERY == transfer.DEMO_QUERY
+    query = simulate_query_patient(cells_per_slide=400, seed=0)
+    cohort = simulate_cohort(n_patients=2, cells_per_slide=400, seed=0)
+    assert set(query.obs[Keys.PATIENT]) == {"P7"} and set(query.obs[Keys.SAMPLE]) == {"P7_s1"}
+    assert not set(query.obs_names) & set(cohort.obs_names)
+    assert list(query.var_names) == list(cohort.var_names)
+    assert not np.allclose(query.obsm["spatial"][:50], cohort.obsm["spatial"][:50])
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -148,3 +172,23 @@ def test_label_table_and_scales():
     assert [t.name for t in fig.data] == ["reference", "query"]
     assert transfer.label_options({"niche": "niche", "cell_type": "category", "sample": "category",
                                         "transfer_confidence": "numeric"}, RunKeys()) == ["niche", "cell_type"]
+
+
+def test_build_demo_writes_the_query_beside_the_cohort(tmp_path, monkeypatch):
+    import cellniche_core.pipeline as pipeline
+    from cellniche_core.cli import build_demo
+
+    calls, stages = [], []
+
+    def fake_fit(inputs, out, options, **kwargs):
+        calls.append([str(p) for p in inputs])
+        return out
+
+    monkeypatch.setattr(pipeline, "fit_run", fake_fit)
+    build_demo(tmp_path, on_stage=lambda stage, fraction, message: stages.append(stage))
+    assert calls == [[str(tmp_path / "demo_cohort.h5ad")]]  # the query is not in the run
+    query = ad.read_h5ad(tmp_path / transfer.DEMO_QUERY)
+    cohort = ad.read_h5ad(tmp_path / "demo_cohort.h5ad", backed="r")
+    assert set(query.obs[Keys.PATIENT]) == {"P7"} and "P7" not in set(cohort.obs[Keys.PATIENT])
+    assert stages[0] == "simulate"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_cohort.h5ad", "demo_query.h5ad"]
