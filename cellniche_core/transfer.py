@@ -31,15 +31,21 @@ The unknown rule
       embeddings, 5 per label, 20-100), which must also have at least 10 % of its cells
       there: a one-patient population that niche calling merged into a broader label is
       caught by the latter.
+    - far from the inputs (:mod:`.novelty`; when ``profiles`` are given, as
+      :func:`annotate_query` does): the encoder folds inputs it never saw onto the nearest
+      niche it knows, so the cell's neighbourhood-averaged inputs are also compared with
+      the reference's (mean Euclidean distance to ``2 x n_neighbors`` cells), with a
+      threshold at the same ``quantile`` of the held-out reference cells whose label
+      and input micro-cluster recur in other groups.
     - ambiguous: no majority, ``confidence < min_confidence`` (default 0.5). Between two
       labels the winner always holds at least half, so a cell on a two-niche boundary
       keeps its plurality label, with a confidence near 0.5 that says so; the rule
       catches cells where three or more labels split the vote.
 
     So about ``1 - quantile`` of the cells of a new patient resembling the reference
-    patients are called unknown, per label. Without two patients (or slides) the
-    calibration holds out single cells instead, which is optimistic: the summary's
-    ``calibration["held_out_by"]`` is then ``"cell"``.
+    patients are called unknown by each distance rule. Without two patients (or slides) the
+    calibration holds out spatial blocks of each slide (``"spatial block"``), and
+    without coordinates single cells, which is optimistic (``"cell"``).
 
 Scale: the reference index is at most ``max_reference_cells`` cells (default 50,000,
 drawn per label in proportion to its size, with a floor for rare labels); neighbours are
@@ -63,6 +69,7 @@ from .features import FeatureSpec
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
 from .layout import nearest_cosine
+from .novelty import calibration_groups, model_input_profiles, profile_distances, shared_cells
 from .train import resolve_device
 
 __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_query", "transfer_file",
@@ -71,8 +78,6 @@ __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_que
 
 #: a label needs this many calibration cells for a threshold of its own
 _MIN_LABEL_CELLS = 100
-#: a micro-cluster with more than this share of its cells in one group is group-specific
-_OWN_GROUP_MAX = 0.9
 _SHOW = 8
 
 
@@ -152,48 +157,10 @@ def _subsample_by_label(codes: np.ndarray, max_cells: int, rng: np.random.Genera
     return np.sort(np.concatenate(keep))
 
 
-def _calibration_groups(reference: ad.AnnData, keys: Sequence[str]) -> tuple[np.ndarray, str]:
-    """Group codes that calibration holds out, from the first key with two groups or more."""
-    for key in keys:
-        if key and key in reference.obs and reference.obs[key].nunique() > 1:
-            return pd.Categorical(reference.obs[key].astype(str)).codes.astype(np.int64), key
-    return np.arange(reference.n_obs, dtype=np.int64), "cell"
-
-
-def _outside_own_group(groups: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """For each cell, how many cells of its ``members`` class lie outside its own group."""
-    table = pd.crosstab(groups, members)
-    outside = table.sum(0).to_numpy()[None, :] - table.to_numpy()
-    return outside[pd.Index(table.index).get_indexer(groups), pd.Index(table.columns).get_indexer(members)]
-
-
-def _shared_cells(emb: torch.Tensor, codes: np.ndarray, groups: np.ndarray, n_labels: int, *, k: int,
-                  seed: int) -> np.ndarray:
-    """Cells that may calibrate: their label and their local population recur in other groups.
-
-    A label needs ``k`` cells outside the cell's group. A population is a micro-cluster
-    (KMeans, ``5 x n_labels`` clusters, 20-100): it needs ``k`` cells and at least
-    ``1 - _OWN_GROUP_MAX`` of its cells outside the group, so that a patient-specific
-    population hidden inside a broader label (a niche that clustering merged into
-    another) does not pass for in-distribution.
-    """
-    from sklearn.cluster import KMeans
-
-    ok = _outside_own_group(groups, codes) >= k
-    n_micro = int(min(np.clip(5 * n_labels, 20, 100), len(codes) // (2 * k)))
-    if n_micro >= 2 and len(np.unique(groups)) < len(groups):
-        x = emb.cpu().numpy()
-        micro = KMeans(n_clusters=n_micro, n_init=1, random_state=seed).fit_predict(x)
-        size = np.bincount(micro, minlength=n_micro)[micro]
-        outside = _outside_own_group(groups, micro)
-        ok &= outside >= np.maximum(k, (1.0 - _OWN_GROUP_MAX) * size)
-    return np.flatnonzero(ok)
-
-
 def _calibrate(emb: torch.Tensor, codes: np.ndarray, groups: np.ndarray, n_labels: int, *, k: int,
                quantile: float, n_cells: int, seed: int) -> dict:
     """Distance thresholds of the unknown rule from held-out reference cells (see module doc)."""
-    eligible = _shared_cells(emb, codes, groups, n_labels, k=k, seed=seed)
+    eligible = shared_cells(emb.cpu().numpy(), codes, groups, n_labels, k=k, seed=seed)
     if len(eligible) == 0:
         raise CohortError("reference: no label is found in two patients (or slides) with at least "
                           f"n_neighbors={k} cells each, so the unknown rule cannot be calibrated")
@@ -211,7 +178,7 @@ def _calibrate(emb: torch.Tensor, codes: np.ndarray, groups: np.ndarray, n_label
         per_label[c] = np.quantile(score[voted == c], quantile)
     return {"median_distance": float(np.median(score)), "threshold": overall, "per_label": per_label,
             "n_per_label": n_per_label, "n_cells": len(cal), "n_eligible": len(eligible), "n_index": len(codes),
-            "own_label_agreement": float(np.mean(voted == codes[cal]))}
+            "own_label_agreement": float(np.mean(voted == codes[cal])), "rows": cal}
 
 
 # ----------------------------------------------------------------------- transfer
@@ -227,6 +194,8 @@ def transfer_labels(
     quantile: float = 0.99,
     min_confidence: float = 0.5,
     calibration_keys: Sequence[str] = (Keys.PATIENT, Keys.SAMPLE),
+    spatial_key: str = Keys.SPATIAL,
+    profiles: tuple[np.ndarray, np.ndarray] | None = None,
     max_reference_cells: int = 50_000,
     calibration_cells: int = 10_000,
     key_added: str = Keys.TRANSFERRED,
@@ -259,6 +228,12 @@ def transfer_labels(
     calibration_keys
         ``obs`` columns whose groups calibration holds out: the first present with two
         groups or more (patients, else slides; else single cells).
+    spatial_key
+        ``obsm`` coordinates of the reference, cut into spatial blocks for the calibration
+        when no ``calibration_keys`` column has two groups.
+    profiles
+        ``(reference, query)`` neighbourhood-averaged inputs, (n, f) each
+        (:func:`~cellniche_core.novelty.model_input_profiles`): adds the input distance rule.
     max_reference_cells
         Cap on the reference cells indexed (drawn per label, see module doc).
     calibration_cells
@@ -272,8 +247,10 @@ def transfer_labels(
     -------
     dict
         ``n_cells``, ``counts`` (label → cells, ``unknown`` included), ``n_unknown``,
-        ``n_far``, ``n_ambiguous``, ``unknown_fraction``, ``mean_confidence`` and
-        ``calibration`` (thresholds per label, median held-out distance, held-out groups).
+        ``n_far`` (of which ``n_far_input`` by the input rule), ``n_ambiguous``,
+        ``unknown_fraction``, ``mean_confidence`` and ``calibration`` (thresholds per
+        label, median held-out distance, held-out groups; ``input_threshold``,
+        ``input_neighbors`` and ``input_median_distance`` with ``profiles``).
 
     Writes
     ------
@@ -300,24 +277,44 @@ def transfer_labels(
         raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
     if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be positive, got {n_neighbors}")
+    if profiles is not None and [len(p) for p in profiles] != [reference.n_obs, query.n_obs]:
+        raise ValueError(f"profiles need one row per reference and query cell, got {[len(p) for p in profiles]}")
 
     rng = np.random.default_rng(seed)
     dev = resolve_device(device)
     codes, names = _reference_labels(reference, label_key)
     rows = _subsample_by_label(codes, max_reference_cells, rng)
-    groups, held_out_by = _calibration_groups(reference, calibration_keys)
+    groups, held_out_by = calibration_groups(reference, calibration_keys, spatial_key, seed=seed)
     k = int(min(n_neighbors, len(rows) - 1))
     if k < 1:
         raise CohortError(f"reference: only {len(rows)} labelled cell(s) in obs[{label_key!r}]")
 
     index = _unit_rows(ref_emb[rows], dev)
-    cal = _calibrate(index, codes[rows], groups[rows], len(names), k=k, quantile=quantile,
-                     n_cells=calibration_cells, seed=seed)
+    try:
+        cal = _calibrate(index, codes[rows], groups[rows], len(names), k=k, quantile=quantile,
+                         n_cells=calibration_cells, seed=seed)
+    except CohortError:
+        if held_out_by != "spatial block":  # no block shares a label with the rest: hold out cells
+            raise
+        groups, held_out_by = np.arange(reference.n_obs, dtype=np.int64), "cell"
+        cal = _calibrate(index, codes[rows], groups[rows], len(names), k=k, quantile=quantile,
+                         n_cells=calibration_cells, seed=seed)
 
     dist, nbr = _nearest(_unit_rows(q_emb, dev), index, k)
     voted, confidence = _vote(dist, codes[rows][nbr], len(names))
     distance = dist.mean(1)
     far = distance > cal["per_label"][voted]
+    far_input = np.zeros_like(far)
+    if profiles is not None:
+        ref_profiles = np.asarray(profiles[0], dtype=np.float32)[rows]
+        # as in the embedding: populations of one group only would teach that far is normal
+        shared = np.intersect1d(cal["rows"], shared_cells(ref_profiles, codes[rows], groups[rows],
+                                                           len(names), k=k, seed=seed))
+        held, q_input, k_query = profile_distances(ref_profiles, groups[rows], shared if len(shared) else cal["rows"],
+                                                   np.asarray(profiles[1]), k=2 * k, device=dev)
+        input_threshold = float(np.nanquantile(held, quantile))
+        far_input = q_input > input_threshold
+        far |= far_input
     ambiguous = confidence < min_confidence
     unknown = far | ambiguous
 
@@ -338,11 +335,15 @@ def transfer_labels(
         "group_specific_fraction": 1.0 - cal["n_eligible"] / cal["n_index"],
         "own_label_agreement": cal["own_label_agreement"],
     }
+    if profiles is not None:
+        calibration.update(input_threshold=input_threshold, input_neighbors=k_query,
+                           input_median_distance=float(np.nanmedian(held)))
     summary = {
         "n_cells": int(query.n_obs),
         "counts": {str(n): int(c) for n, c in counts.items()},
         "n_unknown": int(unknown.sum()),
         "n_far": int(far.sum()),
+        "n_far_input": int(far_input.sum()),
         "n_ambiguous": int(ambiguous.sum()),
         "unknown_fraction": float(unknown.mean()) if len(unknown) else 0.0,
         "mean_confidence": float(confidence.mean()) if len(confidence) else 0.0,
@@ -350,6 +351,7 @@ def transfer_labels(
     }
     params = {"label_key": label_key, "use_rep": use_rep, "n_neighbors": k, "quantile": quantile,
               "min_confidence": min_confidence, "calibration_keys": list(calibration_keys),
+              "input_rule": profiles is not None,
               "max_reference_cells": max_reference_cells, "n_reference_cells": int(len(rows)),
               "calibration_cells": calibration_cells, "key_added": key_added,
               "confidence_key": confidence_key, "distance_key": distance_key, "seed": seed}
@@ -461,8 +463,9 @@ def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, devic
     model = CellNiche.from_state(run.model_config, run.state_dict)
     _check_alignable(query, model.spec, cell_type_key=model.keys.cell_type_key, source=source)
     alignment = model.embed(query, device=device)
-    summary = transfer_labels(run.adata, query, label_key=label_key, device=device,
-                              calibration_keys=(keys.patient, keys.sample), **options)
+    profiles = tuple(model_input_profiles(model, a) for a in (run.adata, query))
+    summary = transfer_labels(run.adata, query, label_key=label_key, device=device, profiles=profiles,
+                              calibration_keys=(keys.patient, keys.sample), spatial_key=keys.spatial, **options)
     query.uns[TRANSFER_UNS_KEY]["alignment"] = to_plain(alignment)
     query.uns[TRANSFER_UNS_KEY]["reference"] = str(run.path)
     return {**summary, "alignment": alignment}

@@ -125,6 +125,59 @@ def test_calibration_falls_back_to_single_cells_without_patients():
     assert summary["counts"]["A"] == 1 and summary["counts"][UNKNOWN] == 1
 
 
+def test_inputs_unlike_the_reference_are_unknown_even_where_the_embedding_is_close():
+    # the encoder folds a new input onto a niche it knows (embedding right at "A"); the
+    # cell's averaged inputs are 3x as strong as any reference cell's: far from the inputs
+    ref = _cloud(AB)
+    rng = np.random.default_rng(4)
+    ref_profiles = np.where(ref.obs[Keys.NICHE].to_numpy()[:, None] == "A", [1.0, 0.0], [0.0, 1.0])
+    ref_profiles = ref_profiles + 0.1 * rng.standard_normal((ref.n_obs, 2))
+    q = _query([[1, 0, 0], [1, 0.01, 0], [0, 1, 0]])
+    q_profiles = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 1.05]])
+    summary = transfer_labels(ref, q, profiles=(ref_profiles, q_profiles))
+    assert q.obs[Keys.TRANSFERRED].astype(str).tolist() == ["A", UNKNOWN, "B"]
+    assert summary["n_far_input"] == 1
+    calibration = summary["calibration"]
+    assert 0.1 < calibration["input_threshold"] < 1.0
+    assert calibration["input_neighbors"] == 40  # 2 x 15 neighbours, at the density of 4 patients minus one
+    assert q.uns[TRANSFER_UNS_KEY]["params"]["input_rule"] is True
+    # without the input profiles the same cell keeps its label
+    transfer_labels(ref, q)
+    assert q.obs[Keys.TRANSFERRED].astype(str).tolist() == ["A", "A", "B"]
+    with pytest.raises(ValueError, match="one row per reference and query cell"):
+        transfer_labels(ref, q, profiles=(ref_profiles, q_profiles[:2]))
+
+
+def test_one_slide_is_calibrated_on_spatial_blocks():
+    ref = _cloud(AB, patients=("P1",), n_per_patient=200)
+    del ref.obs[Keys.PATIENT]
+    rng = np.random.default_rng(0)
+    ref.obsm[Keys.SPATIAL] = rng.uniform(0, 1000, (ref.n_obs, 2))
+    summary = transfer_labels(ref, _query([[1, 0, 0], [0, 0, 1]]))
+    assert summary["calibration"]["held_out_by"] == "spatial block"
+    assert summary["counts"]["A"] == 1 and summary["counts"][UNKNOWN] == 1
+
+
+def test_nearest_euclidean_skips_the_own_group_and_matches_brute_force():
+    from cellniche_core.novelty import nearest_euclidean, profile_distances, spatial_blocks
+
+    rng = np.random.default_rng(1)
+    index, points = rng.standard_normal((50, 3)), rng.standard_normal((7, 3))
+    brute = np.sort(np.linalg.norm(points[:, None] - index[None], axis=2), axis=1)[:, :4]
+    np.testing.assert_allclose(nearest_euclidean(points, index, 4), brute, rtol=1e-4, atol=1e-4)
+    groups = np.repeat([0, 1], 25)
+    held = nearest_euclidean(index[:3], index, 2, groups=(groups[:3], groups))
+    brute = np.sort(np.linalg.norm(index[:3, None] - index[None, 25:], axis=2), axis=1)[:, :2]
+    np.testing.assert_allclose(held, brute, rtol=1e-4, atol=1e-4)
+    # two equal groups: a held-out cell sees half the reference, so the query takes twice the neighbours
+    _, query, k_query = profile_distances(index, groups, np.arange(50), points, k=5)
+    assert k_query == 10 and query.shape == (7,)
+    # one slide cut into compact blocks: every block is one side of a clear gap
+    coords = np.vstack([rng.uniform(0, 1, (30, 2)), rng.uniform(0, 1, (30, 2)) + [10, 0]])
+    blocks = spatial_blocks(coords, n_blocks=2)
+    assert len(set(blocks[:30])) == 1 and len(set(blocks[30:])) == 1 and blocks[0] != blocks[-1]
+
+
 def test_reference_subsample_keeps_every_label():
     ref = _cloud({"A": [1, 0, 0], "B": [0, 1, 0]}, n_per_patient=200)
     rare = _cloud({"R": [0, 0, 1]}, n_per_patient=8)

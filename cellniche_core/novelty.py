@@ -1,0 +1,174 @@
+"""How far a query cell's surroundings are from everything the reference has seen, in input space.
+
+Why not only in embedding space
+    The embedding is trained on reference cells alone and is L2-normalised: inputs unlike
+    any it was trained on are not pushed away from the reference, they are folded onto the
+    nearest niche it knows. On DLPFC (reference without white matter) the unseen white
+    matter spots land *closer* to reference spots than spots of the known layers do. Their
+    inputs are plainly new: a neighbourhood profile of white matter sits about 2.5 times
+    farther from the reference origin than profiles of the cortical layers. So the unknown
+    rule also measures the distance of each cell's neighbourhood-averaged encoder inputs
+    (the mean over the cell and its neighbours at each of the model's ``profile_hops``,
+    side by side; Euclidean: the magnitude counts) to its nearest reference cells.
+
+Both distance rules of :mod:`.transfer` share the calibration's choices kept here: which
+groups are held out (:func:`calibration_groups`) and which reference cells may calibrate
+(:func:`shared_cells`).
+
+Calibration (reference only)
+    Reference cells are measured against the reference cells of *other* groups (patients,
+    slides or spatial blocks, as for the embedding rule). A held-out cell thus sees a
+    smaller reference than a query cell does (with two slides, half of it), which makes its
+    nearest neighbours farther; the query's ``k`` is scaled by the inverse of the mean share
+    of the reference a held-out cell sees, so that both distances are measured at the same
+    density (the mean distance to the ``k`` nearest of ``n`` cells equals that to the
+    ``k n' / n`` nearest of ``n'`` cells drawn from the same population).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["calibration_groups", "input_profiles", "model_input_profiles", "nearest_euclidean", "outside_own_group",
+           "profile_distances", "shared_cells", "spatial_blocks"]
+
+#: a micro-cluster with more than this share of its cells in one group is group-specific
+OWN_GROUP_MAX = 0.9
+#: query rows x reference rows per distance block (float32): 8 MB on a CPU, where a block
+#: that stays in the caches is faster, 256 MB on a GPU (as :func:`~cellniche_core.layout.nearest_cosine`)
+_BLOCK = {"cpu": 2 * 2**20, "cuda": 64 * 2**20}
+
+
+def input_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarray, hops=(1,)) -> np.ndarray:
+    """Means of the input rows over each cell's 1..max(hops) hop surroundings, (n, f * len(hops)).
+
+    As :func:`cellniche_core.features.neighbourhood_profiles`, but each scale is kept at its
+    own magnitude (not L2-normalised), since how strong a signal is tells new from known.
+    """
+    from .features import neighbourhood_profiles
+
+    hops = tuple(sorted(set(int(h) for h in hops)))
+    return np.concatenate([neighbourhood_profiles(x, indptr, indices, (h,)) for h in hops], axis=1)
+
+
+def nearest_euclidean(points: np.ndarray, index: np.ndarray, k: int, *, groups=None,
+                      device: str | torch.device = "cpu") -> np.ndarray:
+    """Euclidean distances (m, k), ascending, of each point to its ``k`` nearest index rows.
+
+    ``groups = (point_groups, index_groups)``: index rows of the point's own group are
+    skipped. Chunked matrix products on ``device``; ``k`` is capped at the index size.
+    """
+    ref = torch.as_tensor(np.ascontiguousarray(index, dtype=np.float32), device=device)
+    pts = torch.as_tensor(np.ascontiguousarray(points, dtype=np.float32), device=device)
+    k = int(min(k, len(ref)))
+    out = np.empty((len(pts), k), dtype=np.float32)
+    if groups is not None:
+        pg, rg = (torch.as_tensor(np.asarray(g), device=device) for g in groups)
+    ref_sq = (ref * ref).sum(1)
+    step = max(1, _BLOCK.get(ref.device.type, _BLOCK["cpu"]) // max(1, len(ref)))
+    for lo in range(0, len(pts), step):
+        p = pts[lo:lo + step]
+        d2 = (p * p).sum(1, keepdim=True) + ref_sq[None, :] - 2.0 * p @ ref.T
+        if groups is not None:
+            d2.masked_fill_(pg[lo:lo + step, None] == rg[None, :], float("inf"))
+        out[lo:lo + step] = d2.topk(k, dim=1, largest=False).values.clamp_min(0).sqrt().cpu().numpy()
+    return out
+
+
+def profile_distances(ref_profiles: np.ndarray, ref_groups: np.ndarray, calibration: np.ndarray,
+                      query_profiles: np.ndarray, *, k: int,
+                      device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray, int]:
+    """Held-out distances of the ``calibration`` reference rows and density-matched query distances.
+
+    Returns the calibration cells' mean distance to their ``k`` nearest reference cells of
+    other groups, the query cells' mean distance to their ``k_query`` nearest reference
+    cells, and ``k_query = round(k / share)`` with ``share`` the mean share of the
+    reference outside a calibration cell's own group (see the module docstring).
+    """
+    sizes = np.bincount(ref_groups)
+    share = float(np.mean(1.0 - sizes[ref_groups[calibration]] / len(ref_groups)))
+    k_query = int(min(len(ref_profiles), round(k / max(share, 1e-9))))
+    held = nearest_euclidean(ref_profiles[calibration], ref_profiles, k,
+                             groups=(ref_groups[calibration], ref_groups), device=device)
+    held = np.where(np.isfinite(held), held, np.nan)
+    query = nearest_euclidean(query_profiles, ref_profiles, k_query, device=device)
+    return np.nanmean(held, axis=1), query.mean(1), k_query
+
+
+def spatial_blocks(coords: np.ndarray, slides: np.ndarray | None = None, *, n_blocks: int = 8,
+                   seed: int = 0) -> np.ndarray:
+    """Integer block of each cell: each slide cut into ``n_blocks`` compact pieces (KMeans on x, y).
+
+    A single slide has no second slide to hold out; a block of it, compared with the rest,
+    stands in for a new section: its cells' own surroundings are not in the rest, as a
+    query cell's are not in the reference.
+    """
+    from sklearn.cluster import KMeans
+
+    coords = np.asarray(coords, dtype=np.float64)[:, :2]
+    slides = np.zeros(len(coords), dtype=np.int64) if slides is None else np.asarray(slides)
+    blocks = np.empty(len(coords), dtype=np.int64)
+    start = 0
+    for s in np.unique(slides):
+        rows = np.flatnonzero(slides == s)
+        n = int(min(n_blocks, len(rows)))
+        part = (KMeans(n_clusters=n, n_init=1, random_state=seed).fit_predict(coords[rows]) if n > 1
+                else np.zeros(len(rows), dtype=np.int64))
+        blocks[rows] = start + part
+        start += n
+    return blocks
+
+
+def model_input_profiles(model, adata) -> np.ndarray:
+    """:func:`input_profiles` of ``adata`` with a trained model's inputs, graph and ``profile_hops``
+    (the scales at which the model itself compares surroundings)."""
+    from .cellniche import spatial_graph
+    from .features import make_features
+
+    x, _ = make_features(adata, model.spec, cell_type_key=model.keys.cell_type_key)
+    graph = spatial_graph(adata, model.graph, model.keys)
+    return input_profiles(x, graph.indptr, graph.indices, model.config.profile_hops)
+
+
+def calibration_groups(reference, keys, spatial_key: str, *, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Group codes that calibration holds out, and what they are: the first ``obs`` column
+    of ``keys`` with two groups or more, else :func:`spatial_blocks` of
+    ``obsm[spatial_key]``, else single cells."""
+    for key in keys:
+        if key and key in reference.obs and reference.obs[key].nunique() > 1:
+            return pd.Categorical(reference.obs[key].astype(str)).codes.astype(np.int64), key
+    if spatial_key in reference.obsm:
+        return spatial_blocks(np.asarray(reference.obsm[spatial_key]), seed=seed), "spatial block"
+    return np.arange(reference.n_obs, dtype=np.int64), "cell"
+
+
+def outside_own_group(groups: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """For each cell, how many cells of its ``members`` class lie outside its own group."""
+    table = pd.crosstab(groups, members)
+    outside = table.sum(0).to_numpy()[None, :] - table.to_numpy()
+    return outside[pd.Index(table.index).get_indexer(groups), pd.Index(table.columns).get_indexer(members)]
+
+
+def shared_cells(x: np.ndarray, codes: np.ndarray, groups: np.ndarray, n_labels: int, *, k: int,
+                 seed: int) -> np.ndarray:
+    """Cells that may calibrate: their label and their local population recur in other groups.
+
+    ``x`` (n, d): the representation whose micro-clusters are the local populations.
+    A label needs ``k`` cells outside the cell's group. A population is a micro-cluster
+    (KMeans, ``5 x n_labels`` clusters, 20-100): it needs ``k`` cells and at least
+    ``1 - OWN_GROUP_MAX`` of its cells outside the group, so that a patient-specific
+    population hidden inside a broader label (a niche that clustering merged into
+    another) does not pass for in-distribution.
+    """
+    from sklearn.cluster import KMeans
+
+    ok = outside_own_group(groups, codes) >= k
+    n_micro = int(min(np.clip(5 * n_labels, 20, 100), len(codes) // (2 * k)))
+    if n_micro >= 2 and len(np.unique(groups)) < len(groups):
+        micro = KMeans(n_clusters=n_micro, n_init=1, random_state=seed).fit_predict(x)
+        size = np.bincount(micro, minlength=n_micro)[micro]
+        outside = outside_own_group(groups, micro)
+        ok &= outside >= np.maximum(k, (1.0 - OWN_GROUP_MAX) * size)
+    return np.flatnonzero(ok)
