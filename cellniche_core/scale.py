@@ -14,6 +14,10 @@ import numpy as np
 
 from .graph import SpatialGraph
 
+#: the positive-pair rules in words (``TrainConfig.strategy``)
+_POSITIVES = {"freq": "pairs the walks co-visit (freq)", "sim": "pairs with similar surroundings (sim)",
+              "and": "co-visited pairs with similar surroundings (and)",
+              "or": "co-visited pairs or pairs with similar surroundings (or)"}
 #: cells whose neighbourhoods are counted to describe the scale
 _SAMPLE_CELLS = 256
 
@@ -86,11 +90,12 @@ def scale_lines(scale: dict | None) -> list[str]:
              f"{scale.get('walk_length')} steps ({cells(scale.get('walk_length'))}), {scale.get('walks_per_seed')} "
              f"per seed, {scale.get('seeds_per_batch')} seeds per batch"]
     hops = scale.get("profile_hops") or []
+    rule = _POSITIVES.get(scale.get("strategy"), str(scale.get("strategy")))
     if hops:
-        lines.append(f"positives: {scale.get('strategy')}; surroundings compared at "
+        lines.append(f"positives: {rule}; surroundings compared at "
                      + ", ".join(f"{h} hop{'s' if h > 1 else ''} ({cells(h)})" for h in hops))
     else:
-        lines.append(f"positives: {scale.get('strategy')} (walk co-visits)")
+        lines.append(f"positives: {rule}")
     if "positives_per_cell" in scale:
         lines.append(f"{scale['positives_per_cell']} positive pairs per batch cell, "
                      f"{scale.get('batch_cells', 'n/a')} cells per batch")

@@ -75,7 +75,7 @@ def test_scale_record_and_its_lines():
 def test_walk_only_strategy_records_no_profile_scale():
     rec = describe_scale(path_graph(10), TrainConfig(strategy="freq"))
     assert rec["profile_hops"] == []
-    assert "walk co-visits" in scale_lines(rec)[-1]
+    assert "co-visit" in scale_lines(rec)[-1] and "similar" not in scale_lines(rec)[-1]
 
 
 def test_a_run_records_its_scale(small_run):
