@@ -253,8 +253,10 @@ def similar_pairs_numpy(profiles: np.ndarray, first: np.ndarray, second: np.ndar
     """:func:`similar_pairs` in numpy, for the CPU: the same rule, the same pair order."""
     m = len(profiles)
     p = profiles.astype(np.float32, copy=False)
-    p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
-    sim = p @ p.T
+    p = torch.from_numpy(np.ascontiguousarray(p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)))
+    # the product by torch, not numpy: numpy's BLAS threads and torch's, taking turns at
+    # every training step, kept each other waiting and made training 3.5x slower on 2 cores
+    sim = (p @ p.T).numpy()
     n_off = max(m * m - m, 2)
     diag = np.diagonal(sim)
     mu = (sim.sum() - diag.sum()) / n_off
