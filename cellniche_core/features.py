@@ -193,14 +193,15 @@ def make_features(adata, spec: FeatureSpec, *, cell_type_key: str, X=None,
 
 
 def neighbourhood_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
-                           hops: tuple[int, ...] = (1,)) -> np.ndarray:
+                           hops: tuple[int, ...] = (1,), *, normalise: bool = True) -> np.ndarray:
     """Each cell's surroundings at one or several scales, (n, f * len(hops)) float32.
 
     The profile at ``h`` hops is the mean of the feature rows of the cell and its
     neighbours, applied ``h`` times (a random-walk smoothing over roughly the ``h``-hop
     neighbourhood). With one scale the profile is returned as it is; with several, each
-    scale's profiles are L2-normalised before they are put side by side, so the cosine
-    similarity of two cells' profiles is the mean of their similarities at each scale.
+    scale's profiles are L2-normalised (unless ``normalise`` is False) before they are put
+    side by side, so the cosine similarity of two cells' profiles is the mean of their
+    similarities at each scale.
 
     The similarity strategies compare these profiles rather than single cells, so that
     "similar" means a similar surrounding, not merely the same cell type; several scales
@@ -219,7 +220,7 @@ def neighbourhood_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarra
         profile = step @ profile
         if h in hops:
             parts.append(profile)
-    if len(parts) == 1:
-        return parts[0].astype(np.float32)
+    if len(parts) == 1 or not normalise:  # ``normalise=False``: each scale at its own magnitude
+        return np.concatenate(parts, axis=1).astype(np.float32)
     norms = [np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
     return np.concatenate([p / s for p, s in zip(parts, norms)], axis=1).astype(np.float32)

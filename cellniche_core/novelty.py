@@ -49,8 +49,7 @@ def input_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarray, hops=
     """
     from .features import neighbourhood_profiles
 
-    hops = tuple(sorted(set(int(h) for h in hops)))
-    return np.concatenate([neighbourhood_profiles(x, indptr, indices, (h,)) for h in hops], axis=1)
+    return neighbourhood_profiles(x, indptr, indices, hops, normalise=False)  # one smoothing pass per hop
 
 
 def nearest_euclidean(points: np.ndarray, index: np.ndarray, k: int, *, groups=None,

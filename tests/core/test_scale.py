@@ -130,3 +130,11 @@ def test_training_makes_the_profiles_it_needs_when_none_are_given():
     for a, b in zip(own.state_dict().values(), ref.state_dict().values()):
         torch.testing.assert_close(a, b)
     assert hist.mean_positives_per_cell > 0
+
+
+def test_unnormalised_scales_keep_their_magnitude_and_equal_the_single_scales():
+    g = path_graph(6)
+    x = np.random.default_rng(1).random((6, 3)).astype(np.float32)
+    raw = neighbourhood_profiles(x, g.indptr, g.indices, hops=(1, 3), normalise=False)
+    singles = [neighbourhood_profiles(x, g.indptr, g.indices, hops=(h,)) for h in (1, 3)]
+    np.testing.assert_allclose(raw, np.concatenate(singles, axis=1), rtol=1e-6)
