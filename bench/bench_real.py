@@ -296,14 +296,15 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
 
     Prints accuracy on labels the reference knows (``unknown`` counted wrong), the share of
     them called ``unknown``, the share of ``unseen`` called ``unknown``, over the
-    calibration quantile, for the full rule (embedding and input distances) and for the
+    calibration quantile, for the full rule (embedding and input distances, each averaged over
+    the query cell and its spatial neighbours) and for the cell's own
     embedding distance alone; and a 15-NN baseline on the inputs averaged over the 30
     nearest cells (no unknown call).
     """
     import numpy as np
     from sklearn.neighbors import KNeighborsClassifier
 
-    from cellniche_core.cellniche import CellNiche
+    from cellniche_core.cellniche import CellNiche, spatial_graph
     from cellniche_core.io import load_run
     from cellniche_core.novelty import model_input_profiles
     from cellniche_core.transfer import annotate_query, transfer_labels
@@ -326,7 +327,8 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
     report = annotate_query(run, query, label_key=ds.label_key, device="cpu")
     cal = report["calibration"]
     model = CellNiche.from_state(run.model_config, run.state_dict)
-    profiles = (model_input_profiles(model, run.adata), model_input_profiles(model, query))
+    graph = spatial_graph(query, model.graph, model.keys)
+    profiles = (model_input_profiles(model, run.adata), model_input_profiles(model, query, graph=graph))
     keys = run.keys
     lines = [f"{how}; reference without {unseen!r}: {ref.n_obs:,} cells, `fit --features {features} "
              f"--n-niches {k}` {cost['wall_s']:.1f} s; query {query.n_obs:,} cells "
@@ -340,7 +342,8 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
         for with_inputs in (True, False):
             transfer_labels(run.adata, query, label_key=ds.label_key, quantile=q, seed=0,
                             calibration_keys=(keys.patient, keys.sample), spatial_key=keys.spatial,
-                            profiles=profiles if with_inputs else None)
+                            profiles=profiles if with_inputs else None,
+                            query_graph=(graph.indptr, graph.indices) if with_inputs else None)
             r = _transfer_scores(query.obs["transferred_label"].astype(str).to_numpy(), truth, known, novel)
             row += [f"{r['accuracy']:.3f}", f"{r['unknown_known']:.1%}", f"{r['unknown_novel']:.1%}"]
         mark = " (default)" if q == 0.99 else ""

@@ -37,6 +37,16 @@ The unknown rule
       the reference's (mean Euclidean distance to ``2 x n_neighbors`` cells), with a
       threshold at the same ``quantile`` of the held-out reference cells whose label
       and input micro-cluster recur in other groups.
+    - both distances are read over the cell's surroundings when the query's spatial graph
+      is given (``query_graph``, as :func:`annotate_query` does): each is averaged over
+      the cell and its neighbours before the thresholds. What is new in a slide is a
+      region (a tissue compartment the reference lacks), and a region is many adjacent
+      cells; one cell's distance is noisy (a cell at a boundary, a mis-measured cell) and
+      alone it would call scattered known cells unknown. On held-out data this lowered
+      the share of known labels called unknown (STARmap V1, one slide split in two: 12 %
+      to 9 %) while calling more of the unseen region unknown (80 % to 83 %). A single
+      novel cell among known ones is diluted by its neighbours and may keep a label, and
+      a region's edge blurs by about one cell either way.
     - ambiguous: no majority, ``confidence < min_confidence`` (default 0.5). Between two
       labels the winner always holds at least half, so a cell on a two-niche boundary
       keeps its plurality label, with a confidence near 0.5 that says so; the rule
@@ -62,9 +72,10 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
-from .cellniche import CellNiche
+from .cellniche import CellNiche, spatial_graph
 from .features import FeatureSpec
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
@@ -94,6 +105,17 @@ def _nearest(points: torch.Tensor, index: torch.Tensor, k: int, *,
     nbr, sim = nearest_cosine(index, points, k=k, device=points.device, similarity=True,
                               groups=None if groups is None else tuple(g.cpu().numpy() for g in groups))
     return np.clip(1.0 - sim, 0.0, None), nbr
+
+
+def _spatial_mean(values: np.ndarray, graph: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """``values`` (n,) averaged over each cell and its neighbours in ``graph`` (CSR ``(indptr, indices)``)."""
+    if graph is None:
+        return values
+    indptr, indices = (np.asarray(a) for a in graph)
+    if len(indptr) != len(values) + 1:
+        raise ValueError(f"query_graph has {len(indptr) - 1} nodes, the query {len(values)} cells")
+    adj = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(values),) * 2)
+    return (values + adj @ values) / (1.0 + np.diff(indptr))
 
 
 def _vote(dist: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -196,6 +218,7 @@ def transfer_labels(
     calibration_keys: Sequence[str] = (Keys.PATIENT, Keys.SAMPLE),
     spatial_key: str = Keys.SPATIAL,
     profiles: tuple[np.ndarray, np.ndarray] | None = None,
+    query_graph: tuple[np.ndarray, np.ndarray] | None = None,
     max_reference_cells: int = 50_000,
     calibration_cells: int = 10_000,
     key_added: str = Keys.TRANSFERRED,
@@ -234,6 +257,9 @@ def transfer_labels(
     profiles
         ``(reference, query)`` neighbourhood-averaged inputs, (n, f) each
         (:func:`~cellniche_core.novelty.model_input_profiles`): adds the input distance rule.
+    query_graph
+        ``(indptr, indices)``, the query's spatial graph as CSR: both distances are
+        averaged over each cell and its neighbours before the thresholds (module doc).
     max_reference_cells
         Cap on the reference cells indexed (drawn per label, see module doc).
     calibration_cells
@@ -259,7 +285,8 @@ def transfer_labels(
     ``query.obs[confidence_key]``
         float32 in [0, 1]: the winner's weight share (also for unknown cells).
     ``query.obs[distance_key]``
-        float32: mean cosine distance to the voting reference cells.
+        float32: mean cosine distance to the voting reference cells (averaged over the
+        cell's surroundings with ``query_graph``).
     ``query.uns["cellniche_transfer"]``
         Parameters, thresholds and the returned counts.
     """
@@ -302,7 +329,7 @@ def transfer_labels(
 
     dist, nbr = _nearest(_unit_rows(q_emb, dev), index, k)
     voted, confidence = _vote(dist, codes[rows][nbr], len(names))
-    distance = dist.mean(1)
+    distance = _spatial_mean(dist.mean(1).astype(np.float64), query_graph)
     far = distance > cal["per_label"][voted]
     far_input = np.zeros_like(far)
     if profiles is not None:
@@ -313,7 +340,7 @@ def transfer_labels(
         held, q_input, k_query = profile_distances(ref_profiles, groups[rows], shared if len(shared) else cal["rows"],
                                                    np.asarray(profiles[1]), k=2 * k, device=dev)
         input_threshold = float(np.nanquantile(held, quantile))
-        far_input = q_input > input_threshold
+        far_input = _spatial_mean(q_input.astype(np.float64), query_graph) > input_threshold
         far |= far_input
     ambiguous = confidence < min_confidence
     unknown = far | ambiguous
@@ -351,7 +378,7 @@ def transfer_labels(
     }
     params = {"label_key": label_key, "use_rep": use_rep, "n_neighbors": k, "quantile": quantile,
               "min_confidence": min_confidence, "calibration_keys": list(calibration_keys),
-              "input_rule": profiles is not None,
+              "input_rule": profiles is not None, "spatial_mean": query_graph is not None,
               "max_reference_cells": max_reference_cells, "n_reference_cells": int(len(rows)),
               "calibration_cells": calibration_cells, "key_added": key_added,
               "confidence_key": confidence_key, "distance_key": distance_key, "seed": seed}
@@ -463,8 +490,10 @@ def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, devic
     model = CellNiche.from_state(run.model_config, run.state_dict)
     _check_alignable(query, model.spec, cell_type_key=model.keys.cell_type_key, source=source)
     alignment = model.embed(query, device=device)
-    profiles = tuple(model_input_profiles(model, a) for a in (run.adata, query))
+    graph = spatial_graph(query, model.graph, model.keys)
+    profiles = (model_input_profiles(model, run.adata), model_input_profiles(model, query, graph=graph))
     summary = transfer_labels(run.adata, query, label_key=label_key, device=device, profiles=profiles,
+                              query_graph=(graph.indptr, graph.indices),
                               calibration_keys=(keys.patient, keys.sample), spatial_key=keys.spatial, **options)
     query.uns[TRANSFER_UNS_KEY]["alignment"] = to_plain(alignment)
     query.uns[TRANSFER_UNS_KEY]["reference"] = str(run.path)

@@ -148,6 +148,35 @@ def test_inputs_unlike_the_reference_are_unknown_even_where_the_embedding_is_clo
         transfer_labels(ref, q, profiles=(ref_profiles, q_profiles[:2]))
 
 
+def _chain(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of a path graph 0 - 1 - ... - n-1 (a row of cells along a slide)."""
+    nbrs = [[j for j in (i - 1, i + 1) if 0 <= j < n] for i in range(n)]
+    return np.cumsum([0] + [len(r) for r in nbrs]), np.array([j for r in nbrs for j in r])
+
+
+def test_distances_are_read_over_each_cells_surroundings_with_the_query_graph():
+    # a row of 30 query cells: 20 at A, one lone cell a little off A inside them (cell 10),
+    # then 9 far cells side by side (a region the reference lacks)
+    ref = _cloud(AB)
+    far = [0, 0.3, 1]
+    q = _query([[1, 0, 0]] * 10 + [[1, 0, 0.2]] + [[1, 0, 0]] * 10 + [far] * 9)
+    summary = transfer_labels(ref, q)
+    alone = q.obs[Keys.TRANSFERRED].astype(str).to_numpy()
+    own = q.obs[Keys.TRANSFER_DISTANCE].to_numpy()
+    assert alone[10] == UNKNOWN and (alone[21:] == UNKNOWN).all() and summary["n_far"] == 10
+    summary = transfer_labels(ref, q, query_graph=_chain(q.n_obs))
+    labels = q.obs[Keys.TRANSFERRED].astype(str).to_numpy()
+    mean = q.obs[Keys.TRANSFER_DISTANCE].to_numpy()
+    np.testing.assert_allclose(mean[10], own[9:12].mean(), rtol=1e-5)
+    np.testing.assert_allclose(mean[0], own[:2].mean(), rtol=1e-5)  # an end of the row has one neighbour
+    assert (labels[:20] == "A").all()  # the lone cell is averaged with its two known neighbours
+    assert (labels[21:] == UNKNOWN).all()  # the region stays unknown, its edge cell included
+    assert labels[20] == UNKNOWN  # and blurs by a cell: the known cell beside it is pulled in
+    assert summary["n_far"] == 10 and q.uns[TRANSFER_UNS_KEY]["params"]["spatial_mean"] is True
+    with pytest.raises(ValueError, match="query_graph has 29 nodes, the query 30 cells"):
+        transfer_labels(ref, q, query_graph=_chain(29))
+
+
 def test_one_slide_is_calibrated_on_spatial_blocks():
     ref = _cloud(AB, patients=("P1",), n_per_patient=200)
     del ref.obs[Keys.PATIENT]
