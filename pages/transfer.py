@@ -22,8 +22,9 @@ ref, keys = current.ref, current.keys
 st.caption(
     f"Reference atlas: run **{ref.name}** (pick another in the sidebar). The query is embedded by the "
     "run's frozen encoder, its features aligned to the reference's; each query cell takes the label its 15 "
-    "nearest reference cells vote for, and is called **unknown** when it lies farther from the reference "
-    "than 99 % of reference cells seen from other patients, or when no label has a majority.")
+    "nearest reference cells vote for, and is called **unknown** when it and its spatial neighbours lie, on "
+    "average, farther from the reference than 99 % of reference cells seen from other patients (in the "
+    "embedding or in the inputs), or when no label has a majority.")
 
 labels_offered = transfer.label_options(state.color_options(ref), keys)
 files = transfer.query_files(transfer_state.data_dir())
