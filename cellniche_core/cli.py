@@ -59,6 +59,16 @@ def _hops(value) -> tuple[int, ...]:
     return hops
 
 
+def _share(value) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value!r}")
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (exclusive), got {value!r}")
+    return v
+
+
 def _positive_int(value: str) -> int:
     try:
         v = int(value)
@@ -172,6 +182,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--profile-hops", type=_hops, default=defaults.profile_hops, metavar="H[,H...]",
                    help="scales, in graph hops, at which surroundings are compared by the sim/and/or "
                         "strategies (default: %s)" % ",".join(map(str, defaults.profile_hops)))
+    m.add_argument("--similar-share", type=_share, default=defaults.similar_share, metavar="F",
+                   help="share of each batch's cell pairs, the most similar surroundings, that the sim/or "
+                        "strategies make positive (default: %(default)s)")
     m.add_argument("--walk-length", type=_positive_int, default=defaults.walk_length,
                    help="steps of each random walk (default: %(default)s = encoder layers + 1)")
     m.add_argument("--seeds-per-batch", type=_positive_int, default=defaults.seeds_per_batch,
@@ -430,7 +443,8 @@ def options_from_args(args) -> RunOptions:
     from .pipeline import RunOptions
 
     graph = GraphSettings(n_neighbors=args.knn or DEFAULT_KNN, radius=args.radius)
-    train = TrainConfig(strategy=args.strategy, profile_hops=args.profile_hops, walk_length=args.walk_length,
+    train = TrainConfig(strategy=args.strategy, profile_hops=args.profile_hops, similar_share=args.similar_share,
+                        walk_length=args.walk_length,
                         seeds_per_batch=args.seeds_per_batch, hard_weight=args.hard_weight, n_steps=args.steps,
                         out_channels=args.dim, seed=args.seed, precision=args.precision)
     keys = InputKeys(spatial_key=args.spatial_key, sample_key=args.sample_key, cell_type_key=args.cell_type_key)

@@ -12,6 +12,7 @@ CSR convention: the neighbours of node ``i`` are ``indices[indptr[i]:indptr[i + 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -19,6 +20,13 @@ import numpy as np
 import torch
 
 STRATEGIES = ("freq", "sim", "and", "or")
+#: share of a batch's cell pairs, the most similar, that the similarity strategies make
+#: positive. A share, not a similarity above the mean by some standard deviations: the
+#: spread of the similarities depends on the inputs (one-hot cell types or expression PCs)
+#: and on how skewed the niche sizes are, and a rule in standard deviations gave from 1 to
+#: 100 positives per cell on the same tissue as it moved from 0.5 to 2 sd (DLPFC), while a
+#: share fixes how many pairs are pulled together whatever the shape.
+SIMILAR_SHARE = 0.15
 
 
 _KERNELS: object = False  # the compiled kernels' module once imported; None without numba
@@ -167,6 +175,7 @@ def sample_walk_batch(
     generator: torch.Generator,
     strategy: str = "freq",
     profiles: torch.Tensor | None = None,
+    share: float = SIMILAR_SHARE,
 ) -> WalkBatch:
     """Random walks from ``seeds`` define a batch and its positive pairs.
 
@@ -176,8 +185,9 @@ def sample_walk_batch(
     ``strategy``:
 
     ``freq``  they occur together in more walks than the average co-occurring pair;
-    ``sim``   the cosine similarity of their ``profiles`` exceeds the batch mean by one
-              standard deviation;
+    ``sim``   the cosine similarity of their ``profiles`` is among the top ``share`` of the
+              batch's pairs (default 15 %; ties at the cut are left out, unless nothing
+              is above it);
     ``and``   ``freq`` pairs whose similarity is above the batch mean (a filter);
     ``or``    ``freq`` pairs plus ``sim`` pairs.
 
@@ -216,13 +226,20 @@ def sample_walk_batch(
 
     if k is not None:  # numpy: a tenth of torch's per-call cost on a few hundred cells
         pairs = similar_pairs_numpy(profiles.numpy()[nodes.numpy()], co.first.numpy(), co.second.numpy(),
-                                    frequent.numpy(), strategy)
+                                    frequent.numpy(), strategy, share)
         return WalkBatch(nodes=nodes, pairs=torch.from_numpy(pairs))
-    return WalkBatch(nodes=nodes, pairs=similar_pairs(profiles[nodes], co.first, co.second, frequent, strategy))
+    return WalkBatch(nodes=nodes, pairs=similar_pairs(profiles[nodes], co.first, co.second, frequent, strategy, share))
+
+
+def _cut_rank(n_pairs: int, share: float) -> int:
+    """1-based rank, from the least similar, of the last pair left out by the top ``share``."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"similar_share must be between 0 and 1, got {share}")
+    return n_pairs - math.ceil(share * n_pairs - 1e-9)
 
 
 def similar_pairs(profiles: torch.Tensor, first: torch.Tensor, second: torch.Tensor, frequent: torch.Tensor,
-                  strategy: str) -> torch.Tensor:
+                  strategy: str, share: float = SIMILAR_SHARE) -> torch.Tensor:
     """(2, p) positive pairs ``i < j`` of the ``sim`` / ``and`` / ``or`` rules (see :func:`sample_walk_batch`).
 
     ``profiles`` are the batch cells' rows (m, f); ``first``, ``second`` their co-visited
@@ -231,25 +248,24 @@ def similar_pairs(profiles: torch.Tensor, first: torch.Tensor, second: torch.Ten
     m, device = profiles.shape[0], profiles.device
     p = torch.nn.functional.normalize(profiles.float(), dim=1)
     sim = p @ p.T
-    # mean and standard deviation of the off-diagonal similarities, without an m x m mask
-    n_off = max(m * m - m, 2)
-    diag = sim.diagonal()
-    mu = (sim.sum() - diag.sum()) / n_off
-    sd = (((sim - mu) ** 2).sum() - ((diag - mu) ** 2).sum()).div(n_off - 1).sqrt()
     upper_i, upper_j = torch.triu_indices(m, m, offset=1, device=device)
     similar = sim[upper_i, upper_j]
-    if strategy == "sim":
-        keep = similar > mu + sd
+    if strategy == "and":
+        keep = similar > similar.mean()
     else:
+        rank = _cut_rank(similar.numel(), share)
+        cut = similar.kthvalue(rank).values if rank >= 1 else similar.new_tensor(-float("inf"))
+        keep = similar > cut if bool((similar > cut).any()) else similar >= cut
+    if strategy != "sim":
         walked = torch.zeros(m, m, dtype=torch.bool, device=device)
         walked[first[frequent], second[frequent]] = True
         walked = walked[upper_i, upper_j]
-        keep = walked & (similar > mu) if strategy == "and" else walked | (similar > mu + sd)
+        keep = walked & keep if strategy == "and" else walked | keep
     return torch.stack([upper_i[keep], upper_j[keep]])
 
 
 def similar_pairs_numpy(profiles: np.ndarray, first: np.ndarray, second: np.ndarray, frequent: np.ndarray,
-                        strategy: str) -> np.ndarray:
+                        strategy: str, share: float = SIMILAR_SHARE) -> np.ndarray:
     """:func:`similar_pairs` in numpy, for the CPU: the same rule, the same pair order."""
     m = len(profiles)
     p = profiles.astype(np.float32, copy=False)
@@ -257,17 +273,20 @@ def similar_pairs_numpy(profiles: np.ndarray, first: np.ndarray, second: np.ndar
     # the product by torch, not numpy: numpy's BLAS threads and torch's, taking turns at
     # every training step, kept each other waiting and made training 3.5x slower on 2 cores
     sim = (p @ p.T).numpy()
-    n_off = max(m * m - m, 2)
-    diag = np.diagonal(sim)
-    mu = (sim.sum() - diag.sum()) / n_off
-    sd = np.sqrt(max((np.square(sim - mu).sum() - np.square(diag - mu).sum()) / (n_off - 1), 0.0))
-    if strategy == "sim":
-        keep = sim > mu + sd
+    upper_i, upper_j = np.triu_indices(m, 1)
+    similar = sim[upper_i, upper_j]
+    if strategy == "and":
+        keep = similar > similar.mean(dtype=np.float64)
     else:
+        rank = _cut_rank(len(similar), share)
+        cut = np.partition(similar, rank - 1)[rank - 1] if rank >= 1 else -np.inf
+        keep = similar > cut if (similar > cut).any() else similar >= cut
+    if strategy != "sim":
         walked = np.zeros((m, m), dtype=bool)
         walked[first[frequent], second[frequent]] = True
-        keep = walked & (sim > mu) if strategy == "and" else walked | (sim > mu + sd)
-    return np.stack(np.nonzero(np.triu(keep, 1))).astype(np.int64)
+        walked = walked[upper_i, upper_j]
+        keep = walked & keep if strategy == "and" else walked | keep
+    return np.stack([upper_i[keep], upper_j[keep]]).astype(np.int64)
 
 
 @dataclass
@@ -404,6 +423,7 @@ def sample_batch(
     generator: torch.Generator,
     strategy: str = "freq",
     profiles: torch.Tensor | None = None,
+    share: float = SIMILAR_SHARE,
 ) -> tuple[WalkBatch, Neighbourhood]:
     """A training batch: :func:`sample_walk_batch` from ``seeds``, then
     :func:`sample_neighbourhood` of the batch cells, with the same rules.
@@ -414,7 +434,7 @@ def sample_batch(
     k = _kernels(seeds.device)
     if k is None or strategy != "freq":
         batch = sample_walk_batch(indptr, indices, seeds, walks_per_seed=walks_per_seed, walk_length=walk_length,
-                                  generator=generator, strategy=strategy, profiles=profiles)
+                                  generator=generator, strategy=strategy, profiles=profiles, share=share)
         return batch, sample_neighbourhood(indptr, indices, batch.nodes, fanouts, generator=generator)
     ip, ix, order, rank, count, local = _kernel_inputs(k, indptr, indices, walks_per_seed, walk_length)
     nodes, pairs, *hood = k.batch_kernel(ip, ix, order, rank, seeds.numpy(), walks_per_seed, walk_length,

@@ -68,6 +68,8 @@ def describe_scale(graph: SpatialGraph, config, *, positives_per_cell: float | N
         "strategy": config.strategy,
         "profile_hops": list(hops),
     }
+    if hops:
+        out["similar_share"] = config.similar_share
     if positives_per_cell is not None:
         out["positives_per_cell"] = round(float(positives_per_cell), 2)
     if batch_cells is not None:
@@ -92,8 +94,10 @@ def scale_lines(scale: dict | None) -> list[str]:
     hops = scale.get("profile_hops") or []
     rule = _POSITIVES.get(scale.get("strategy"), str(scale.get("strategy")))
     if hops:
+        share = scale.get("similar_share")
+        similar = f"; similar = the {share:.0%} most similar pairs of a batch" if share else ""
         lines.append(f"positives: {rule}; surroundings compared at "
-                     + ", ".join(f"{h} hop{'s' if h > 1 else ''} ({cells(h)})" for h in hops))
+                     + ", ".join(f"{h} hop{'s' if h > 1 else ''} ({cells(h)})" for h in hops) + similar)
     else:
         lines.append(f"positives: {rule}")
     if "positives_per_cell" in scale:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .features import neighbourhood_profiles
 from .model import LearnableTemperature, NicheEncoder, ProjectionHead, multi_positive_info_nce
-from .sampling import Neighbourhood, sample_batch
+from .sampling import SIMILAR_SHARE, Neighbourhood, sample_batch
 
 #: progress callback: (step, n_steps, loss)
 Progress = Callable[[int, int, float], None]
@@ -46,6 +46,8 @@ class TrainConfig:
     # spots) the embedding did no better than averaging the inputs over neighbours.
     strategy: str = "or"
     profile_hops: tuple[int, ...] = (1, 2, 3)
+    # the most similar share of each batch's pairs are "similar" (sampling.SIMILAR_SHARE)
+    similar_share: float = SIMILAR_SHARE
     hard_weight: float = 0.0
     init_temperature: float = 0.1
     lr: float = 2e-3
@@ -213,7 +215,7 @@ def train_model(
         seeds = torch.randint(0, n, (config.seeds_per_batch,), generator=gen, device=device)
         batch, hood = sample_batch(indptr, indices, seeds, walks_per_seed=config.walks_per_seed,
                                    walk_length=config.walk_length, fanouts=config.fanouts, generator=gen,
-                                   strategy=config.strategy, profiles=profiles)
+                                   strategy=config.strategy, profiles=profiles, share=config.similar_share)
         sampling += time.perf_counter() - t_sample
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             z = ddp_model(x[hood.n_id], hood)

@@ -419,3 +419,49 @@ def test_similarity_pairs_agree_between_numpy_and_torch(strategy):
     assert ours.shape[1] > 0
     assert set(map(tuple, ours.T)) == set(map(tuple, ref.T))
     assert (ours[0] < ours[1]).all()
+
+
+def test_similar_pairs_are_the_most_similar_share_of_the_batch():
+    from cellniche_core.sampling import similar_pairs, similar_pairs_numpy
+
+    rng = np.random.default_rng(2)
+    m = 80
+    profiles = rng.random((m, 5)).astype(np.float32)  # continuous: no ties
+    none = np.zeros(0, dtype=np.int64)
+    n_pairs = m * (m - 1) // 2
+    for share in (0.05, 0.15, 0.5):
+        pairs = similar_pairs_numpy(profiles, none, none, none.astype(bool), "sim", share)
+        assert pairs.shape[1] == int(np.ceil(share * n_pairs))
+        # every kept pair is at least as similar as every pair left out
+        p = profiles / np.linalg.norm(profiles, axis=1, keepdims=True)
+        sim = p @ p.T
+        i, j = np.triu_indices(m, 1)
+        kept = np.zeros((m, m), dtype=bool)
+        kept[pairs[0], pairs[1]] = True
+        assert sim[pairs[0], pairs[1]].min() >= sim[i, j][~kept[i, j]].max()
+        ref = similar_pairs(torch.from_numpy(profiles), torch.from_numpy(none), torch.from_numpy(none),
+                            torch.from_numpy(none.astype(bool)), "sim", share).numpy()
+        assert set(map(tuple, pairs.T)) == set(map(tuple, ref.T))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        similar_pairs_numpy(profiles, none, none, none.astype(bool), "sim", 1.0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_ties_at_the_cut_neither_flood_nor_empty_the_positives(backend):
+    from cellniche_core.sampling import similar_pairs, similar_pairs_numpy
+
+    def pairs(profiles):
+        none = np.zeros(0, dtype=np.int64)
+        if backend == "numpy":
+            return similar_pairs_numpy(profiles, none, none, none.astype(bool), "sim", 0.15)
+        return similar_pairs(torch.from_numpy(profiles), *(torch.from_numpy(none),) * 2,
+                             torch.from_numpy(none.astype(bool)), "sim", 0.15).numpy()
+
+    # 3 of 20 one-hot cells alike, the rest all unlike (similarity 0, tied below the cut):
+    # only the 3 alike pairs, not every tied pair
+    onehot = np.eye(20, dtype=np.float32)
+    onehot[[4, 9]] = onehot[2]
+    assert sorted(map(tuple, pairs(onehot).T)) == [(2, 4), (2, 9), (4, 9)]
+    # every cell alike (all tied at the top): every pair, not none
+    same = np.ones((6, 3), dtype=np.float32)
+    assert pairs(same).shape[1] == 15

@@ -89,11 +89,29 @@ def test_scale_flags_reach_the_training_config():
     from cellniche_core.cli import build_parser, options_from_args
 
     args = build_parser().parse_args(["fit", "x.h5ad", "--out", "r", "--profile-hops", "2,4",
-                                      "--walk-length", "5", "--seeds-per-batch", "256", "--strategy", "sim"])
+                                      "--walk-length", "5", "--seeds-per-batch", "256", "--strategy", "sim",
+                                      "--similar-share", "0.3"])
     train = options_from_args(args).train
     assert (train.profile_hops, train.walk_length, train.seeds_per_batch, train.strategy) == ((2, 4), 5, 256, "sim")
+    assert train.similar_share == 0.3
     defaults = options_from_args(build_parser().parse_args(["fit", "x.h5ad", "--out", "r"])).train
     assert defaults.to_dict() == TrainConfig().to_dict()
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "x"])
+def test_bad_similar_share_exits_with_a_message(value, capsys, tmp_path):
+    from cellniche_core.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", str(tmp_path / "x.h5ad"), "--out", str(tmp_path / "r"), "--similar-share", value])
+    assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_the_similar_share_is_stated_in_the_run_details():
+    scale = describe_scale(path_graph(10), TrainConfig(similar_share=0.2))
+    assert scale["similar_share"] == 0.2
+    assert any("the 20% most similar pairs of a batch" in line for line in scale_lines(scale))
+    assert "similar_share" not in describe_scale(path_graph(10), TrainConfig(strategy="freq"))
 
 
 @pytest.mark.parametrize("value", ["0", "a,b", "", "1,-2"])
