@@ -335,8 +335,11 @@ def transfer_labels(
     if profiles is not None:
         ref_profiles = np.asarray(profiles[0], dtype=np.float32)[rows]
         # as in the embedding: populations of one group only would teach that far is normal
-        shared = np.intersect1d(cal["rows"], shared_cells(ref_profiles, codes[rows], groups[rows],
-                                                           len(names), k=k, seed=seed))
+        # (in input space: not narrowed to the embedding's calibration cells, which left a
+        # few hundred cells on a one-slide reference and moved the threshold by 15 %)
+        shared = shared_cells(ref_profiles, codes[rows], groups[rows], len(names), k=k, seed=seed)
+        if len(shared) > calibration_cells:
+            shared = np.sort(np.random.default_rng(seed).choice(shared, calibration_cells, replace=False))
         held, q_input, k_query = profile_distances(ref_profiles, groups[rows], shared if len(shared) else cal["rows"],
                                                    np.asarray(profiles[1]), k=2 * k, device=dev)
         input_threshold = float(np.nanquantile(held, quantile))

@@ -148,6 +148,25 @@ def test_inputs_unlike_the_reference_are_unknown_even_where_the_embedding_is_clo
         transfer_labels(ref, q, profiles=(ref_profiles, q_profiles[:2]))
 
 
+def test_the_input_threshold_does_not_depend_on_the_embedding():
+    # same inputs and labels, two embeddings: in the second, patient P4's A cells sit apart
+    # (patient-specific in the embedding, left out of its calibration); the input rule is
+    # calibrated in input space, so its threshold must not move
+    ref = _cloud(AB, n_per_patient=80)
+    rng = np.random.default_rng(7)
+    profiles = np.where(ref.obs[Keys.NICHE].to_numpy()[:, None] == "A", [1.0, 0.0], [0.0, 1.0])
+    profiles = profiles + rng.gamma(2.0, 0.05, (ref.n_obs, 2))  # skewed: the top quantile depends on who counts
+    q = _query([[1, 0, 0], [0, 1, 0]])
+    q_profiles = np.array([[1.0, 0.0], [0.0, 1.0]])
+    first = transfer_labels(ref, q, profiles=(profiles, q_profiles))["calibration"]
+    moved = ref.copy()
+    odd = ((moved.obs[Keys.PATIENT] == "P4") & (moved.obs[Keys.NICHE] == "A")).to_numpy()
+    moved.obsm[Keys.EMBEDDING][odd] = np.array([0, 0, 1], dtype=np.float32)
+    second = transfer_labels(moved, q, profiles=(profiles, q_profiles))["calibration"]
+    assert second["group_specific_fraction"] > first["group_specific_fraction"]
+    assert second["input_threshold"] == pytest.approx(first["input_threshold"])
+
+
 def _chain(n: int) -> tuple[np.ndarray, np.ndarray]:
     """CSR of a path graph 0 - 1 - ... - n-1 (a row of cells along a slide)."""
     nbrs = [[j for j in (i - 1, i + 1) if 0 <= j < n] for i in range(n)]
