@@ -12,6 +12,7 @@ CSR convention: the neighbours of node ``i`` are ``indices[indptr[i]:indptr[i + 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -264,6 +265,14 @@ def similar_pairs(profiles: torch.Tensor, first: torch.Tensor, second: torch.Ten
     return torch.stack([upper_i[keep], upper_j[keep]])
 
 
+@functools.lru_cache(maxsize=64)
+def _upper(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-major upper triangle of an (m, m) matrix: its mask and its (i, j) pairs."""
+    mask = np.triu(np.ones((m, m), dtype=bool), 1)
+    i, j = np.nonzero(mask)
+    return mask, i, j
+
+
 def similar_pairs_numpy(profiles: np.ndarray, first: np.ndarray, second: np.ndarray, frequent: np.ndarray,
                         strategy: str, share: float = SIMILAR_SHARE) -> np.ndarray:
     """:func:`similar_pairs` in numpy, for the CPU: the same rule, the same pair order."""
@@ -273,18 +282,21 @@ def similar_pairs_numpy(profiles: np.ndarray, first: np.ndarray, second: np.ndar
     # the product by torch, not numpy: numpy's BLAS threads and torch's, taking turns at
     # every training step, kept each other waiting and made training 3.5x slower on 2 cores
     sim = (p @ p.T).numpy()
-    upper_i, upper_j = np.triu_indices(m, 1)
-    similar = sim[upper_i, upper_j]
+    mask, upper_i, upper_j = _upper(m)
+    similar = sim[mask]
     if strategy == "and":
         keep = similar > similar.mean(dtype=np.float64)
     else:
         rank = _cut_rank(len(similar), share)
         cut = np.partition(similar, rank - 1)[rank - 1] if rank >= 1 else -np.inf
-        keep = similar > cut if (similar > cut).any() else similar >= cut
+        keep = similar > cut
+        if not keep.any():
+            keep = similar >= cut
     if strategy != "sim":
-        walked = np.zeros((m, m), dtype=bool)
-        walked[first[frequent], second[frequent]] = True
-        walked = walked[upper_i, upper_j]
+        a, b = first[frequent], second[frequent]
+        a, b = a[a < b], b[a < b]
+        walked = np.zeros(len(similar), dtype=bool)
+        walked[a * m - a * (a + 1) // 2 + (b - a - 1)] = True  # row-major index of (a, b) in the triangle
         keep = walked & keep if strategy == "and" else walked | keep
     return np.stack([upper_i[keep], upper_j[keep]]).astype(np.int64)
 
