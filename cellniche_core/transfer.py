@@ -72,11 +72,10 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from .cellniche import CellNiche, spatial_graph
-from .features import FeatureSpec
+from .features import FeatureSpec, neighbourhood_profiles
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
 from .layout import nearest_cosine
@@ -114,8 +113,7 @@ def _spatial_mean(values: np.ndarray, graph: tuple[np.ndarray, np.ndarray] | Non
     indptr, indices = (np.asarray(a) for a in graph)
     if len(indptr) != len(values) + 1:
         raise ValueError(f"query_graph has {len(indptr) - 1} nodes, the query {len(values)} cells")
-    adj = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(values),) * 2)
-    return (values + adj @ values) / (1.0 + np.diff(indptr))
+    return neighbourhood_profiles(values[:, None], indptr, indices, (1,))[:, 0]
 
 
 def _vote(dist: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -329,7 +327,7 @@ def transfer_labels(
 
     dist, nbr = _nearest(_unit_rows(q_emb, dev), index, k)
     voted, confidence = _vote(dist, codes[rows][nbr], len(names))
-    distance = _spatial_mean(dist.mean(1).astype(np.float64), query_graph)
+    distance = _spatial_mean(dist.mean(1), query_graph)
     far = distance > cal["per_label"][voted]
     far_input = np.zeros_like(far)
     if profiles is not None:
@@ -343,7 +341,7 @@ def transfer_labels(
         held, q_input, k_query = profile_distances(ref_profiles, groups[rows], shared if len(shared) else cal["rows"],
                                                    np.asarray(profiles[1]), k=2 * k, device=dev)
         input_threshold = float(np.nanquantile(held, quantile))
-        far_input = _spatial_mean(q_input.astype(np.float64), query_graph) > input_threshold
+        far_input = _spatial_mean(q_input, query_graph) > input_threshold
         far |= far_input
     ambiguous = confidence < min_confidence
     unknown = far | ambiguous
