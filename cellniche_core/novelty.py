@@ -53,8 +53,9 @@ def input_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarray, hops=
 
 
 def nearest_euclidean(points: np.ndarray, index: np.ndarray, k: int, *, groups=None,
-                      device: str | torch.device = "cpu") -> np.ndarray:
-    """Euclidean distances (m, k), ascending, of each point to its ``k`` nearest index rows.
+                      device: str | torch.device = "cpu", return_index: bool = False):
+    """Euclidean distances (m, k), ascending, of each point to its ``k`` nearest index rows
+    (and, with ``return_index``, those rows (m, k)).
 
     ``groups = (point_groups, index_groups)``: index rows of the point's own group are
     skipped. Chunked matrix products on ``device``; ``k`` is capped at the index size.
@@ -63,6 +64,7 @@ def nearest_euclidean(points: np.ndarray, index: np.ndarray, k: int, *, groups=N
     pts = torch.as_tensor(np.ascontiguousarray(points, dtype=np.float32), device=device)
     k = int(min(k, len(ref)))
     out = np.empty((len(pts), k), dtype=np.float32)
+    at = np.empty((len(pts), k), dtype=np.int64)
     if groups is not None:
         pg, rg = (torch.as_tensor(np.asarray(g), device=device) for g in groups)
     ref_sq = (ref * ref).sum(1)
@@ -72,19 +74,22 @@ def nearest_euclidean(points: np.ndarray, index: np.ndarray, k: int, *, groups=N
         d2 = (p * p).sum(1, keepdim=True) + ref_sq[None, :] - 2.0 * p @ ref.T
         if groups is not None:
             d2.masked_fill_(pg[lo:lo + step, None] == rg[None, :], float("inf"))
-        out[lo:lo + step] = d2.topk(k, dim=1, largest=False).values.clamp_min(0).sqrt().cpu().numpy()
-    return out
+        top = d2.topk(k, dim=1, largest=False)
+        out[lo:lo + step] = top.values.clamp_min(0).sqrt().cpu().numpy()
+        at[lo:lo + step] = top.indices.cpu().numpy()
+    return (out, at) if return_index else out
 
 
 def profile_distances(ref_profiles: np.ndarray, ref_groups: np.ndarray, calibration: np.ndarray,
                       query_profiles: np.ndarray, *, k: int,
-                      device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray, int]:
+                      device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray, int, tuple]:
     """Held-out distances of the ``calibration`` reference rows and density-matched query distances.
 
     Returns the calibration cells' mean distance to their ``k`` nearest reference cells of
     other groups, the query cells' mean distance to their ``k_query`` nearest reference
-    cells, and ``k_query = round(k / share)`` with ``share`` the mean share of the
-    reference outside a calibration cell's own group (see the module docstring).
+    cells, ``k_query = round(k / share)`` with ``share`` the mean share of the reference
+    outside a calibration cell's own group (see the module docstring), and the query
+    cells' ``k`` nearest reference rows with their distances ``(dist, rows)``, (m, k) each.
     """
     sizes = np.bincount(ref_groups)
     share = float(np.mean(1.0 - sizes[ref_groups[calibration]] / len(ref_groups)))
@@ -92,8 +97,8 @@ def profile_distances(ref_profiles: np.ndarray, ref_groups: np.ndarray, calibrat
     held = nearest_euclidean(ref_profiles[calibration], ref_profiles, k,
                              groups=(ref_groups[calibration], ref_groups), device=device)
     held = np.where(np.isfinite(held), held, np.nan)
-    query = nearest_euclidean(query_profiles, ref_profiles, k_query, device=device)
-    return np.nanmean(held, axis=1), query.mean(1), k_query
+    query, rows = nearest_euclidean(query_profiles, ref_profiles, k_query, device=device, return_index=True)
+    return np.nanmean(held, axis=1), query.mean(1), k_query, (query[:, :k], rows[:, :k])
 
 
 def spatial_blocks(coords: np.ndarray, slides: np.ndarray | None = None, *, n_blocks: int = 8,

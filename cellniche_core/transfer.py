@@ -10,7 +10,15 @@ The vote
     for the closest (``d_1``) down to 1/e for the k-th (``d_k``): closer cells count more,
     at most e times more, on each cell's own distance scale, so that a cell midway between
     two labels weighs both alike however far it is, and labels mixed in one place split
-    the vote. ``confidence`` is the winning label's share of the weight, in [1/k, 1].
+    the vote. When the cells' neighbourhood-averaged inputs are given (``profiles``, as
+    :func:`annotate_query` does), the ``2 x n_neighbors`` reference cells nearest in input
+    space, those the input rule below measures, vote in the same way, and each label's
+    share is the mean of its shares in the two votes. The encoder is trained on the
+    reference alone and a new slide's cells are embedded by it, slightly off; the inputs
+    are what the embedding was learnt from, so the two sets of neighbours err in different
+    places (held out on real tissue: DLPFC, two sections to two others, 0.82-0.83 to
+    0.84; STARmap V1, one half of a slide to the other, 0.66-0.70 to 0.69-0.72). ``confidence``
+    is the winning label's share, in [1/k, 1].
 
 The unknown rule
     A query cell is ``unknown`` when it is *far* or *ambiguous*:
@@ -75,12 +83,12 @@ import pandas as pd
 import torch
 
 from .cellniche import CellNiche, spatial_graph
-from .features import FeatureSpec, neighbourhood_profiles
+from .features import FeatureSpec
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
-from .layout import nearest_cosine
 from .novelty import calibration_groups, model_input_profiles, profile_distances, shared_cells
 from .train import resolve_device
+from .vote import label_shares, nearest, spatial_mean, vote, winner
 
 __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_query", "transfer_file",
            "transfer_labels"]
@@ -89,41 +97,6 @@ __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_que
 #: a label needs this many calibration cells for a threshold of its own
 _MIN_LABEL_CELLS = 100
 _SHOW = 8
-
-
-# ----------------------------------------------------------------------- neighbours
-
-
-def _nearest(points: torch.Tensor, index: torch.Tensor, k: int, *,
-             groups: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest index rows of every point by cosine distance (rows are unit vectors).
-
-    ``groups = (point_groups, index_groups)``: an index row in the point's own group is
-    never its neighbour. Returns distances (m, k) float32, ascending, and index rows (m, k).
-    """
-    nbr, sim = nearest_cosine(index, points, k=k, device=points.device, similarity=True,
-                              groups=None if groups is None else tuple(g.cpu().numpy() for g in groups))
-    return np.clip(1.0 - sim, 0.0, None), nbr
-
-
-def _spatial_mean(values: np.ndarray, graph: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    """``values`` (n,) averaged over each cell and its neighbours in ``graph`` (CSR ``(indptr, indices)``)."""
-    if graph is None:
-        return values
-    indptr, indices = (np.asarray(a) for a in graph)
-    if len(indptr) != len(values) + 1:
-        raise ValueError(f"query_graph has {len(indptr) - 1} nodes, the query {len(values)} cells")
-    return neighbourhood_profiles(values[:, None], indptr, indices, (1,))[:, 0]
-
-
-def _vote(dist: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distance-weighted vote: winning label code (m,) and its weight share (m,)."""
-    spread = np.maximum(dist[:, -1:] - dist[:, :1], 1e-12)
-    w = np.exp(-(dist - dist[:, :1]) / spread)
-    scores = np.zeros((len(dist), n_labels))
-    np.add.at(scores, (np.repeat(np.arange(len(dist)), dist.shape[1]), labels.ravel()), w.ravel())
-    winner = scores.argmax(1)
-    return winner, scores[np.arange(len(dist)), winner] / scores.sum(1)
 
 
 # ----------------------------------------------------------------------- reference
@@ -187,10 +160,10 @@ def _calibrate(emb: torch.Tensor, codes: np.ndarray, groups: np.ndarray, n_label
     rng = np.random.default_rng(seed)
     cal = np.sort(rng.choice(eligible, size=min(n_cells, len(eligible)), replace=False))
     dev = emb.device
-    dist, nbr = _nearest(emb[cal], emb, k, groups=(torch.from_numpy(groups[cal]).to(dev),
+    dist, nbr = nearest(emb[cal], emb, k, groups=(torch.from_numpy(groups[cal]).to(dev),
                                                    torch.from_numpy(groups).to(dev)))
     score = dist.mean(1)
-    voted, _ = _vote(dist, codes[nbr], n_labels)
+    voted, _ = vote(dist, codes[nbr], n_labels)
     overall = float(np.quantile(score, quantile))
     per_label = np.full(n_labels, overall)
     n_per_label = np.bincount(voted, minlength=n_labels)
@@ -254,7 +227,8 @@ def transfer_labels(
         when no ``calibration_keys`` column has two groups.
     profiles
         ``(reference, query)`` neighbourhood-averaged inputs, (n, f) each
-        (:func:`~cellniche_core.novelty.model_input_profiles`): adds the input distance rule.
+        (:func:`~cellniche_core.novelty.model_input_profiles`): adds the input distance rule
+        and the vote of the cells nearest in input space.
     query_graph
         ``(indptr, indices)``, the query's spatial graph as CSR: both distances are
         averaged over each cell and its neighbours before the thresholds (module doc).
@@ -325,11 +299,9 @@ def transfer_labels(
         cal = _calibrate(index, codes[rows], groups[rows], len(names), k=k, quantile=quantile,
                          n_cells=calibration_cells, seed=seed)
 
-    dist, nbr = _nearest(_unit_rows(q_emb, dev), index, k)
-    voted, confidence = _vote(dist, codes[rows][nbr], len(names))
-    distance = _spatial_mean(dist.mean(1), query_graph)
-    far = distance > cal["per_label"][voted]
-    far_input = np.zeros_like(far)
+    dist, nbr = nearest(_unit_rows(q_emb, dev), index, k)
+    shares = label_shares(dist, codes[rows][nbr], len(names))
+    far_input = np.zeros(query.n_obs, dtype=bool)
     if profiles is not None:
         ref_profiles = np.asarray(profiles[0], dtype=np.float32)[rows]
         # as in the embedding: populations of one group only would teach that far is normal
@@ -338,11 +310,15 @@ def transfer_labels(
         shared = shared_cells(ref_profiles, codes[rows], groups[rows], len(names), k=k, seed=seed)
         if len(shared) > calibration_cells:
             shared = np.sort(np.random.default_rng(seed).choice(shared, calibration_cells, replace=False))
-        held, q_input, k_query = profile_distances(ref_profiles, groups[rows], shared if len(shared) else cal["rows"],
-                                                   np.asarray(profiles[1]), k=2 * k, device=dev)
+        held, q_input, k_query, (in_dist, in_nbr) = profile_distances(
+            ref_profiles, groups[rows], shared if len(shared) else cal["rows"], np.asarray(profiles[1]),
+            k=2 * k, device=dev)
         input_threshold = float(np.nanquantile(held, quantile))
-        far_input = _spatial_mean(q_input, query_graph) > input_threshold
-        far |= far_input
+        far_input = spatial_mean(q_input, query_graph) > input_threshold
+        shares = (shares + label_shares(in_dist, codes[rows][in_nbr], len(names))) / 2
+    voted, confidence = winner(shares)
+    distance = spatial_mean(dist.mean(1), query_graph)
+    far = (distance > cal["per_label"][voted]) | far_input
     ambiguous = confidence < min_confidence
     unknown = far | ambiguous
 

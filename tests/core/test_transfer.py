@@ -218,12 +218,41 @@ def test_nearest_euclidean_skips_the_own_group_and_matches_brute_force():
     brute = np.sort(np.linalg.norm(index[:3, None] - index[None, 25:], axis=2), axis=1)[:, :2]
     np.testing.assert_allclose(held, brute, rtol=1e-4, atol=1e-4)
     # two equal groups: a held-out cell sees half the reference, so the query takes twice the neighbours
-    _, query, k_query = profile_distances(index, groups, np.arange(50), points, k=5)
+    _, query, k_query, (near, rows) = profile_distances(index, groups, np.arange(50), points, k=5)
     assert k_query == 10 and query.shape == (7,)
+    # the query's k nearest rows come back for the input vote, closest first
+    np.testing.assert_allclose(near, np.linalg.norm(points[:, None] - index[rows], axis=2), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(near, np.sort(np.linalg.norm(points[:, None] - index[None], axis=2), axis=1)[:, :5],
+                               rtol=1e-4, atol=1e-4)
     # one slide cut into compact blocks: every block is one side of a clear gap
     coords = np.vstack([rng.uniform(0, 1, (30, 2)), rng.uniform(0, 1, (30, 2)) + [10, 0]])
     blocks = spatial_blocks(coords, n_blocks=2)
     assert len(set(blocks[:30])) == 1 and len(set(blocks[30:])) == 1 and blocks[0] != blocks[-1]
+
+
+def test_cells_nearest_in_input_space_vote_beside_the_embedding():
+    """An embedding that cannot tell A from B leaves the vote to chance; the inputs decide it."""
+    rng = np.random.default_rng(3)
+    n = 240
+    ref = ad.AnnData(obs=pd.DataFrame({Keys.NICHE: pd.Categorical(np.repeat(["A", "B"], n // 2)),
+                                       Keys.PATIENT: np.tile(["P1", "P2", "P3", "P4"], n // 4)},
+                                      index=[f"r{i}" for i in range(n)]))
+    blur = lambda m: np.array([1.0, 0.0, 0.0]) + 0.05 * rng.standard_normal((m, 3))  # noqa: E731
+    ref.obsm[Keys.EMBEDDING] = blur(n).astype(np.float32)
+    sides = np.repeat([[2.0, 0.0], [0.0, 2.0]], n // 2, axis=0)
+    ref_profiles = (sides + 0.1 * rng.standard_normal((n, 2))).astype(np.float32)
+    truth = np.tile(["A", "B"], 10)
+    q = _query(blur(len(truth)))
+    q_profiles = (np.where(truth[:, None] == "A", [2.0, 0.0], [0.0, 2.0])
+                  + 0.1 * rng.standard_normal((len(truth), 2))).astype(np.float32)
+    transfer_labels(ref, q, profiles=(ref_profiles, q_profiles))
+    with_inputs = q.obs[Keys.TRANSFERRED].astype(str).to_numpy()
+    confident = q.obs[Keys.CONFIDENCE].to_numpy()
+    assert (with_inputs == truth).all()
+    # the input vote is unanimous, the embedding's split: the shares average to 0.5-1
+    assert (confident > 0.5).all() and (confident < 1.0).all()
+    transfer_labels(ref, q)
+    assert np.mean(q.obs[Keys.TRANSFERRED].astype(str).to_numpy() == truth) < 1.0
 
 
 def test_reference_subsample_keeps_every_label():

@@ -1,0 +1,61 @@
+"""The neighbour vote of label transfer: nearest reference cells, weighted label shares.
+
+:mod:`cellniche_core.transfer` asks two sets of neighbours for each query cell, the
+nearest reference cells in embedding space and in input space, and each set votes here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .features import neighbourhood_profiles
+from .layout import nearest_cosine
+
+__all__ = ["label_shares", "nearest", "spatial_mean", "vote", "winner"]
+
+
+def nearest(points: torch.Tensor, index: torch.Tensor, k: int, *,
+            groups: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest index rows of every point by cosine distance (rows are unit vectors).
+
+    ``groups = (point_groups, index_groups)``: an index row in the point's own group is
+    never its neighbour. Returns distances (m, k) float32, ascending, and index rows (m, k).
+    """
+    nbr, sim = nearest_cosine(index, points, k=k, device=points.device, similarity=True,
+                              groups=None if groups is None else tuple(g.cpu().numpy() for g in groups))
+    return np.clip(1.0 - sim, 0.0, None), nbr
+
+
+def spatial_mean(values: np.ndarray, graph: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """``values`` (n,) averaged over each cell and its neighbours in ``graph`` (CSR ``(indptr, indices)``)."""
+    if graph is None:
+        return values
+    indptr, indices = (np.asarray(a) for a in graph)
+    if len(indptr) != len(values) + 1:
+        raise ValueError(f"query_graph has {len(indptr) - 1} nodes, the query {len(values)} cells")
+    return neighbourhood_profiles(values[:, None], indptr, indices, (1,))[:, 0]
+
+
+def label_shares(dist: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
+    """Each label's share of a distance-weighted vote, (m, n_labels), rows summing to 1.
+
+    ``dist`` (m, k), ascending, and ``labels`` (m, k): each point's neighbours. Weights run
+    from 1 for the closest down to 1/e for the k-th, on each point's own distance scale.
+    """
+    spread = np.maximum(dist[:, -1:] - dist[:, :1], 1e-12)
+    w = np.exp(-(dist - dist[:, :1]) / spread)
+    scores = np.zeros((len(dist), n_labels))
+    np.add.at(scores, (np.repeat(np.arange(len(dist)), dist.shape[1]), labels.ravel()), w.ravel())
+    return scores / scores.sum(1, keepdims=True)
+
+
+def winner(shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Winning label code (m,) and its share (m,) of :func:`label_shares`."""
+    best = shares.argmax(1)
+    return best, shares[np.arange(len(shares)), best]
+
+
+def vote(dist: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distance-weighted vote: winning label code (m,) and its weight share (m,)."""
+    return winner(label_shares(dist, labels, n_labels))
