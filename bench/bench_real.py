@@ -25,7 +25,7 @@ with defaults and the first input mode; the query is the other side, embedded by
 expert label. It prints accuracy on labels the reference knows (``unknown`` counted
 wrong), the share of those cells called ``unknown``, the share of the unseen label called
 ``unknown``, over the calibration quantile (the rule's knob), for the full rule and for the
-embedding distance alone, beside a 15-NN baseline on the baseline (a) features.
+embedding alone (its vote and its distance), beside a 15-NN baseline on the baseline (a) features.
 
 Datasets known by file name (their label column and inputs) are listed in ``KNOWN``; any
 other is given with ``--dataset FILE:LABEL_KEY:FEATURES``. Nothing in the library knows
@@ -296,9 +296,10 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
 
     Prints accuracy on labels the reference knows (``unknown`` counted wrong), the share of
     them called ``unknown``, the share of ``unseen`` called ``unknown``, over the
-    calibration quantile, for the full rule (embedding and input distances, each averaged over
-    the query cell and its spatial neighbours) and for the cell's own
-    embedding distance alone; and a 15-NN baseline on the inputs averaged over the 30
+    calibration quantile, for the full rule (votes of the embedding's and the inputs'
+    neighbours; embedding and input distances, each averaged over the query cell and its
+    spatial neighbours) and for the embedding alone (its vote and the cell's own distance);
+    and a 15-NN baseline on the inputs averaged over the 30
     nearest cells (no unknown call).
     """
     import numpy as np
@@ -335,7 +336,7 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
              f"({int(known.sum()):,} of known labels, {int(novel.sum()):,} {unseen!r}); calibration held out by "
              f"{cal['held_out_by']}", "",
              "| calibration quantile | accuracy on known labels | known called unknown | unseen called unknown | "
-             "embedding distance alone: accuracy | known unknown | unseen unknown |",
+             "embedding alone: accuracy | known unknown | unseen unknown |",
              "|---|---|---|---|---|---|---|"]
     for q in QUANTILES:
         row = []

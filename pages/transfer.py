@@ -21,8 +21,9 @@ current = view.current_run()
 ref, keys = current.ref, current.keys
 st.caption(
     f"Reference atlas: run **{ref.name}** (pick another in the sidebar). The query is embedded by the "
-    "run's frozen encoder, its features aligned to the reference's; each query cell takes the label its 15 "
-    "nearest reference cells vote for, and is called **unknown** when it and its spatial neighbours lie, on "
+    "run's frozen encoder, its features aligned to the reference's; each query cell takes the label voted for "
+    "by its 15 nearest reference cells in the embedding and its 30 nearest in the neighbourhood-averaged "
+    "inputs, and is called **unknown** when it and its spatial neighbours lie, on "
     "average, farther from the reference than 99 % of reference cells seen from other patients (in the "
     "embedding or in the inputs), or when no label has a majority.")
 
