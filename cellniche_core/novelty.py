@@ -53,9 +53,10 @@ def input_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarray, hops=
 
 
 def nearest_euclidean(points: np.ndarray, index: np.ndarray, k: int, *, groups=None,
-                      device: str | torch.device = "cpu", return_index: bool = False):
-    """Euclidean distances (m, k), ascending, of each point to its ``k`` nearest index rows
-    (and, with ``return_index``, those rows (m, k)).
+                      device: str | torch.device = "cpu", return_index: int = 0):
+    """Euclidean distances (m, k), ascending, of each point to its ``k`` nearest index rows;
+    with ``return_index = j > 0``, also the rows of the ``j`` nearest, (m, min(j, k)) int32
+    (only those are kept, so that a large query does not hold (m, k) indices).
 
     ``groups = (point_groups, index_groups)``: index rows of the point's own group are
     skipped. Chunked matrix products on ``device``; ``k`` is capped at the index size.
@@ -64,7 +65,8 @@ def nearest_euclidean(points: np.ndarray, index: np.ndarray, k: int, *, groups=N
     pts = torch.as_tensor(np.ascontiguousarray(points, dtype=np.float32), device=device)
     k = int(min(k, len(ref)))
     out = np.empty((len(pts), k), dtype=np.float32)
-    at = np.empty((len(pts), k), dtype=np.int64)
+    keep = int(min(return_index, k))
+    at = np.empty((len(pts), keep), dtype=np.int32)
     if groups is not None:
         pg, rg = (torch.as_tensor(np.asarray(g), device=device) for g in groups)
     ref_sq = (ref * ref).sum(1)
@@ -76,7 +78,7 @@ def nearest_euclidean(points: np.ndarray, index: np.ndarray, k: int, *, groups=N
             d2.masked_fill_(pg[lo:lo + step, None] == rg[None, :], float("inf"))
         top = d2.topk(k, dim=1, largest=False)
         out[lo:lo + step] = top.values.clamp_min(0).sqrt().cpu().numpy()
-        at[lo:lo + step] = top.indices.cpu().numpy()
+        at[lo:lo + step] = top.indices[:, :keep].cpu().numpy()
     return (out, at) if return_index else out
 
 
@@ -97,8 +99,8 @@ def profile_distances(ref_profiles: np.ndarray, ref_groups: np.ndarray, calibrat
     held = nearest_euclidean(ref_profiles[calibration], ref_profiles, k,
                              groups=(ref_groups[calibration], ref_groups), device=device)
     held = np.where(np.isfinite(held), held, np.nan)
-    query, rows = nearest_euclidean(query_profiles, ref_profiles, k_query, device=device, return_index=True)
-    return np.nanmean(held, axis=1), query.mean(1), k_query, (query[:, :k], rows[:, :k])
+    query, rows = nearest_euclidean(query_profiles, ref_profiles, k_query, device=device, return_index=k)
+    return np.nanmean(held, axis=1), query.mean(1), k_query, (query[:, :rows.shape[1]], rows)
 
 
 def spatial_blocks(coords: np.ndarray, slides: np.ndarray | None = None, *, n_blocks: int = 8,
