@@ -65,7 +65,7 @@ def nearest_euclidean(points: np.ndarray, index: np.ndarray, k: int, *, groups=N
     pts = torch.as_tensor(np.ascontiguousarray(points, dtype=np.float32), device=device)
     k = int(min(k, len(ref)))
     out = np.empty((len(pts), k), dtype=np.float32)
-    keep = int(min(return_index, k))
+    keep = int(min(max(return_index, 0), k))
     at = np.empty((len(pts), keep), dtype=np.int32)
     if groups is not None:
         pg, rg = (torch.as_tensor(np.asarray(g), device=device) for g in groups)
@@ -91,7 +91,8 @@ def profile_distances(ref_profiles: np.ndarray, ref_groups: np.ndarray, calibrat
     other groups, the query cells' mean distance to their ``k_query`` nearest reference
     cells, ``k_query = round(k / share)`` with ``share`` the mean share of the reference
     outside a calibration cell's own group (see the module docstring), and the query
-    cells' ``k`` nearest reference rows with their distances ``(dist, rows)``, (m, k) each.
+    cells' ``k`` nearest reference rows with their distances ``(dist, rows)``, (m, k) each
+    (k capped at the number of reference rows).
     """
     sizes = np.bincount(ref_groups)
     share = float(np.mean(1.0 - sizes[ref_groups[calibration]] / len(ref_groups)))
@@ -100,7 +101,7 @@ def profile_distances(ref_profiles: np.ndarray, ref_groups: np.ndarray, calibrat
                              groups=(ref_groups[calibration], ref_groups), device=device)
     held = np.where(np.isfinite(held), held, np.nan)
     query, rows = nearest_euclidean(query_profiles, ref_profiles, k_query, device=device, return_index=k)
-    return np.nanmean(held, axis=1), query.mean(1), k_query, (query[:, :rows.shape[1]], rows)
+    return np.nanmean(held, axis=1), query.mean(1), k_query, (query[:, :rows.shape[1]].copy(), rows)
 
 
 def spatial_blocks(coords: np.ndarray, slides: np.ndarray | None = None, *, n_blocks: int = 8,

@@ -2,7 +2,8 @@
 
 A trained run is the reference atlas; a new slide is the query. The query is embedded by
 the reference's frozen encoder (:func:`annotate_query`), then every query cell takes the
-label of its nearest reference cells in embedding space (:func:`transfer_labels`).
+label its nearest reference cells vote for, in embedding space and, when given, in input
+space (:func:`transfer_labels`).
 
 The vote
     The ``n_neighbors`` nearest reference cells by cosine distance ``d = 1 - cos`` on the
@@ -18,20 +19,22 @@ The vote
     are what the embedding was learnt from, so the two sets of neighbours err in different
     places (held out on real tissue: DLPFC, two sections to two others, 0.82-0.83 to
     0.84; STARmap V1, one half of a slide to the other, 0.66-0.70 to 0.69-0.72). ``confidence``
-    is the winning label's share, in [1/k, 1].
+    is the winning label's share, in [1/k, 1] (at least 1/(2k) with the two votes).
 
 The unknown rule
     A query cell is ``unknown`` when it is *far* or *ambiguous*:
 
-    - far: its distance ``D`` (mean distance to its ``n_neighbors`` neighbours) exceeds
+    - far: its distance ``D`` (mean distance to its ``n_neighbors`` embedding neighbours) exceeds
       the ``quantile`` (default 0.99) of the same distance measured on reference cells
       *held out by patient*: each calibration cell is compared only with reference cells
       of other patients (``calibration_keys``). A new patient's slide is, by construction,
       absent from the reference, and so are its own cells' nearest twins on the same
       slide; holding out whole patients reproduces that and includes the patient-to-
       patient shift in the calibration. Thresholds are per label (the label the held-out
-      cell's own vote gave), since niches differ in spread; a label with fewer than
-      ``_MIN_LABEL_CELLS`` calibration cells falls back to the threshold of all labels.
+      cell's own embedding vote gave; a query cell is held to the threshold of the label
+      its embedding vote gives, whatever the input vote adds), since niches differ in
+      spread; a label with fewer than ``_MIN_LABEL_CELLS`` calibration cells falls back to
+      the threshold of all labels.
       Patient-specific populations are left out of the calibration: seen from the other
       patients their cells are themselves novel, and would teach the rule that far is
       normal. A reference cell calibrates only when its label has ``n_neighbors`` cells
@@ -214,7 +217,8 @@ def transfer_labels(
         Categorical ``obs`` column of the reference to transfer (a niche or an expert
         annotation). NaN and ``"unknown"`` cells do not vote.
     n_neighbors
-        Reference cells voting for each query cell.
+        Reference cells voting for each query cell in embedding space (with ``profiles``,
+        twice as many vote in input space).
     quantile
         Share of held-out reference cells (per label) that the distance rule accepts.
     min_confidence
@@ -257,8 +261,8 @@ def transfer_labels(
     ``query.obs[confidence_key]``
         float32 in [0, 1]: the winner's weight share (also for unknown cells).
     ``query.obs[distance_key]``
-        float32: mean cosine distance to the voting reference cells (averaged over the
-        cell's surroundings with ``query_graph``).
+        float32: mean cosine distance to the ``n_neighbors`` nearest reference cells in
+        the embedding (averaged over the cell's surroundings with ``query_graph``).
     ``query.uns["cellniche_transfer"]``
         Parameters, thresholds and the returned counts.
     """
@@ -301,6 +305,8 @@ def transfer_labels(
 
     dist, nbr = nearest(_unit_rows(q_emb, dev), index, k)
     shares = label_shares(dist, codes[rows][nbr], len(names))
+    # the embedding thresholds are per label of the embedding's own vote, as calibrated
+    emb_voted, _ = winner(shares)
     far_input = np.zeros(query.n_obs, dtype=bool)
     if profiles is not None:
         ref_profiles = np.asarray(profiles[0], dtype=np.float32)[rows]
@@ -318,7 +324,7 @@ def transfer_labels(
         shares = (shares + label_shares(in_dist, codes[rows][in_nbr], len(names))) / 2
     voted, confidence = winner(shares)
     distance = spatial_mean(dist.mean(1), query_graph)
-    far = (distance > cal["per_label"][voted]) | far_input
+    far = (distance > cal["per_label"][emb_voted]) | far_input
     ambiguous = confidence < min_confidence
     unknown = far | ambiguous
 
@@ -355,7 +361,7 @@ def transfer_labels(
     }
     params = {"label_key": label_key, "use_rep": use_rep, "n_neighbors": k, "quantile": quantile,
               "min_confidence": min_confidence, "calibration_keys": list(calibration_keys),
-              "input_rule": profiles is not None, "spatial_mean": query_graph is not None,
+              "input_rule": profiles is not None, "input_vote": profiles is not None, "spatial_mean": query_graph is not None,
               "max_reference_cells": max_reference_cells, "n_reference_cells": int(len(rows)),
               "calibration_cells": calibration_cells, "key_added": key_added,
               "confidence_key": confidence_key, "distance_key": distance_key, "seed": seed}

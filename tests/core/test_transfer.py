@@ -234,17 +234,20 @@ def test_cells_nearest_in_input_space_vote_beside_the_embedding():
     """An embedding that cannot tell A from B leaves the vote to chance; the inputs decide it."""
     rng = np.random.default_rng(3)
     n = 240
-    ref = ad.AnnData(obs=pd.DataFrame({Keys.NICHE: pd.Categorical(np.repeat(["A", "B"], n // 2)),
-                                       Keys.PATIENT: np.tile(["P1", "P2", "P3", "P4"], n // 4)},
+    ref = ad.AnnData(obs=pd.DataFrame({Keys.NICHE: pd.Categorical(np.tile(["A", "B"], n // 2)),
+                                       Keys.PATIENT: np.repeat(["P1", "P2", "P3", "P4"], n // 4)},
                                       index=[f"r{i}" for i in range(n)]))
-    blur = lambda m: np.array([1.0, 0.0, 0.0]) + 0.05 * rng.standard_normal((m, 3))  # noqa: E731
-    ref.obsm[Keys.EMBEDDING] = blur(n).astype(np.float32)
-    sides = np.repeat([[2.0, 0.0], [0.0, 2.0]], n // 2, axis=0)
+    blur = lambda m, sd: np.array([1.0, 0.0, 0.0]) + sd * rng.standard_normal((m, 3))  # noqa: E731
+    ref.obsm[Keys.EMBEDDING] = blur(n, 0.05).astype(np.float32)
+    sides = np.tile([[2.0, 0.0], [0.0, 2.0]], (n // 2, 1))
     ref_profiles = (sides + 0.1 * rng.standard_normal((n, 2))).astype(np.float32)
+    # unlabelled reference cells are dropped before the vote: its rows are not the reference's
+    ref.obs[Keys.NICHE] = ref.obs[Keys.NICHE].astype(object).where(np.arange(n) % 7 != 3)
+    ref.obs[Keys.NICHE] = pd.Categorical(ref.obs[Keys.NICHE])
     truth = np.tile(["A", "B"], 10)
-    q = _query(blur(len(truth)))
+    q = _query(blur(len(truth), 0.01))  # near the centre of the reference: never far
     q_profiles = (np.where(truth[:, None] == "A", [2.0, 0.0], [0.0, 2.0])
-                  + 0.1 * rng.standard_normal((len(truth), 2))).astype(np.float32)
+                  + 0.02 * rng.standard_normal((len(truth), 2))).astype(np.float32)
     transfer_labels(ref, q, profiles=(ref_profiles, q_profiles))
     with_inputs = q.obs[Keys.TRANSFERRED].astype(str).to_numpy()
     confident = q.obs[Keys.CONFIDENCE].to_numpy()
