@@ -343,7 +343,7 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
         for with_inputs in (True, False):
             transfer_labels(run.adata, query, label_key=ds.label_key, quantile=q, seed=0,
                             calibration_keys=(keys.patient, keys.sample), spatial_key=keys.spatial,
-                            profiles=profiles if with_inputs else None,
+                            profiles=profiles if with_inputs else None, profile_scales=len(model.config.profile_hops),
                             query_graph=(graph.indptr, graph.indices) if with_inputs else None)
             r = _transfer_scores(query.obs["transferred_label"].astype(str).to_numpy(), truth, known, novel)
             row += [f"{r['accuracy']:.3f}", f"{r['unknown_known']:.1%}", f"{r['unknown_novel']:.1%}"]

@@ -31,11 +31,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["calibration_groups", "input_profiles", "model_input_profiles", "nearest_euclidean", "outside_own_group",
-           "profile_distances", "shared_cells", "spatial_blocks"]
+__all__ = ["calibration_groups", "edge_quantile", "finest_scale_far", "grow_regions", "input_profiles",
+           "model_input_profiles", "nearest_euclidean", "outside_own_group", "profile_distances", "shared_cells",
+           "spatial_blocks"]
 
 #: a micro-cluster with more than this share of its cells in one group is group-specific
 OWN_GROUP_MAX = 0.9
+#: a new region's edge cells are far when they exceed the quantile whose tail is this many
+#: times the threshold's (0.95 for the default 0.99): see :func:`grow_regions`
+EDGE_TAIL = 5
 #: query rows x reference rows per distance block (float32): 8 MB on a CPU, where a block
 #: that stays in the caches is faster, 256 MB on a GPU (as :func:`~cellniche_core.layout.nearest_cosine`)
 _BLOCK = {"cpu": 2 * 2**20, "cuda": 64 * 2**20}
@@ -102,6 +106,61 @@ def profile_distances(ref_profiles: np.ndarray, ref_groups: np.ndarray, calibrat
     held = np.where(np.isfinite(held), held, np.nan)
     query, rows = nearest_euclidean(query_profiles, ref_profiles, k_query, device=device, return_index=k)
     return np.nanmean(held, axis=1), query.mean(1), k_query, (query[:, :rows.shape[1]].copy(), rows)
+
+
+def edge_quantile(quantile: float) -> float:
+    """The lower quantile up to which a far region grows: ``EDGE_TAIL`` times the tail, at least the median."""
+    return max(0.5, 1.0 - EDGE_TAIL * (1.0 - quantile))
+
+
+def grow_regions(far: np.ndarray, edge: np.ndarray, graph: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``far`` plus every ``edge`` cell joined to a far cell through ``edge`` cells of ``graph``.
+
+    Hysteresis, as an edge detector follows a strong edge through weaker pixels: a new
+    region's cells near known tissue have their surroundings averaged with it, so their
+    distance falls short of the threshold while staying above the bulk of known cells
+    (``edge``: above a lower threshold, see :func:`finest_scale_far` for the rest of the
+    test). They are called far only when connected to the region; an isolated cell above
+    the lower threshold is not. ``graph`` is CSR ``(indptr, indices)``.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    far, edge = np.asarray(far, dtype=bool), np.asarray(edge, dtype=bool)
+    candidates = np.flatnonzero(far | edge)
+    if not far.any() or len(candidates) == len(np.flatnonzero(far)):
+        return far.copy()
+    indptr, indices = (np.asarray(a) for a in graph)
+    n = len(far)
+    adjacency = csr_matrix((np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(n, n))
+    _, component = connected_components(adjacency[candidates][:, candidates], directed=False)
+    reached = np.zeros(component.max() + 1, dtype=bool)
+    reached[component[far[candidates]]] = True
+    grown = far.copy()
+    grown[candidates[reached[component]]] = True
+    return grown
+
+
+def finest_scale_far(ref_profiles: np.ndarray, ref_groups: np.ndarray, calibration: np.ndarray,
+                     query_profiles: np.ndarray, *, scales: int, quantile: float, k: int,
+                     device: str | torch.device = "cpu") -> np.ndarray:
+    """Query cells whose finest scale alone is beyond the held-out ``quantile``, (m,) bool.
+
+    The profiles' columns are ``scales`` blocks of equal width, finest first (one per
+    profile hop). Across a new region's border the coarse scales of both sides mix the
+    two, while the finest tells on which side a cell lies: a region grows into its own
+    edge cells, not into the known tissue beside it (DLPFC, white matter left out of the
+    reference: 2.3 % of the known spots called unknown with the coarse test alone,
+    1.7-2.1 % with both, for 71-74 % of the white matter against 62-67 % without growth).
+    """
+    width = ref_profiles.shape[1]
+    if scales < 1 or width % scales or query_profiles.shape[1] != width:
+        raise ValueError(f"profiles of {width} and {query_profiles.shape[1]} columns cannot be cut "
+                         f"into {scales} scales of equal width")
+    fine = width // scales
+    held, query, _, _ = profile_distances(ref_profiles[:, :fine], ref_groups, calibration,
+                                          query_profiles[:, :fine], k=k, device=device)
+    return query > float(np.nanquantile(held, quantile))
 
 
 def spatial_blocks(coords: np.ndarray, slides: np.ndarray | None = None, *, n_blocks: int = 8,

@@ -57,7 +57,11 @@ The unknown rule
       the share of known labels called unknown (STARmap V1, one slide split in two: 12 %
       to 9 %) while calling more of the unseen region unknown (80 % to 83 %). A single
       novel cell among known ones is diluted by its neighbours and may keep a label, and
-      a region's edge blurs by about one cell either way.
+      a region's edge blurs by about one cell either way. A new region's edge cells, whose
+      inputs are averaged with the known tissue beside them, are far when above a lower
+      threshold (the quantile with 5 times the tail: 0.95), at the coarse scales and at the
+      finest alone (the side of the border a cell is on), and joined to far cells through
+      such cells (:func:`~cellniche_core.novelty.grow_regions`; input rule only).
     - ambiguous: no majority, ``confidence < min_confidence`` (default 0.5). Between two
       labels the winner always holds at least half, so a cell on a two-niche boundary
       keeps its plurality label, with a confidence near 0.5 that says so; the rule
@@ -89,7 +93,8 @@ from .cellniche import CellNiche, spatial_graph
 from .features import FeatureSpec
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
-from .novelty import calibration_groups, model_input_profiles, profile_distances, shared_cells
+from .novelty import (calibration_groups, edge_quantile, finest_scale_far, grow_regions, model_input_profiles,
+                      profile_distances, shared_cells)
 from .train import resolve_device
 from .vote import label_shares, nearest, spatial_mean, vote, winner
 
@@ -193,6 +198,7 @@ def transfer_labels(
     spatial_key: str = Keys.SPATIAL,
     profiles: tuple[np.ndarray, np.ndarray] | None = None,
     query_graph: tuple[np.ndarray, np.ndarray] | None = None,
+    profile_scales: int = 1,
     max_reference_cells: int = 50_000,
     calibration_cells: int = 10_000,
     key_added: str = Keys.TRANSFERRED,
@@ -236,6 +242,9 @@ def transfer_labels(
     query_graph
         ``(indptr, indices)``, the query's spatial graph as CSR: both distances are
         averaged over each cell and its neighbours before the thresholds (module doc).
+    profile_scales
+        Scales (column blocks of equal width, finest first) in ``profiles``: a far region
+        grows into the edge cells whose finest scale is far too (module doc).
     max_reference_cells
         Cap on the reference cells indexed (drawn per label, see module doc).
     calibration_cells
@@ -316,11 +325,18 @@ def transfer_labels(
         shared = shared_cells(ref_profiles, codes[rows], groups[rows], len(names), k=k, seed=seed)
         if len(shared) > calibration_cells:
             shared = np.sort(np.random.default_rng(seed).choice(shared, calibration_cells, replace=False))
+        held_rows, q_profiles = shared if len(shared) else cal["rows"], np.asarray(profiles[1], dtype=np.float32)
         held, q_input, k_query, (in_dist, in_nbr) = profile_distances(
-            ref_profiles, groups[rows], shared if len(shared) else cal["rows"], np.asarray(profiles[1]),
-            k=2 * k, device=dev)
+            ref_profiles, groups[rows], held_rows, q_profiles, k=2 * k, device=dev)
         input_threshold = float(np.nanquantile(held, quantile))
-        far_input = spatial_mean(q_input, query_graph) > input_threshold
+        q_input = spatial_mean(q_input, query_graph)
+        far_input = q_input > input_threshold
+        if query_graph is not None:  # a new region's edge: see novelty.grow_regions
+            edge_threshold = float(np.nanquantile(held, edge_quantile(quantile)))
+            edge = (q_input > edge_threshold) & finest_scale_far(
+                ref_profiles, groups[rows], held_rows, q_profiles, scales=profile_scales,
+                quantile=edge_quantile(quantile), k=2 * k, device=dev)
+            far_input = grow_regions(far_input, edge, query_graph)
         shares = (shares + label_shares(in_dist, codes[rows][in_nbr], len(names))) / 2
     voted, confidence = winner(shares)
     distance = spatial_mean(dist.mean(1), query_graph)
@@ -347,6 +363,7 @@ def transfer_labels(
     }
     if profiles is not None:
         calibration.update(input_threshold=input_threshold, input_neighbors=k_query,
+                           input_edge_threshold=edge_threshold if query_graph is not None else None,
                            input_median_distance=float(np.nanmedian(held)))
     summary = {
         "n_cells": int(query.n_obs),
@@ -361,7 +378,10 @@ def transfer_labels(
     }
     params = {"label_key": label_key, "use_rep": use_rep, "n_neighbors": k, "quantile": quantile,
               "min_confidence": min_confidence, "calibration_keys": list(calibration_keys),
-              "input_rule": profiles is not None, "input_vote": profiles is not None, "spatial_mean": query_graph is not None,
+              "input_rule": profiles is not None, "input_vote": profiles is not None,
+              "input_edge_quantile": (edge_quantile(quantile) if profiles is not None and query_graph is not None
+                                      else None),
+              "spatial_mean": query_graph is not None, "profile_scales": profile_scales,
               "max_reference_cells": max_reference_cells, "n_reference_cells": int(len(rows)),
               "calibration_cells": calibration_cells, "key_added": key_added,
               "confidence_key": confidence_key, "distance_key": distance_key, "seed": seed}
@@ -476,6 +496,7 @@ def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, devic
     graph = spatial_graph(query, model.graph, model.keys)
     profiles = (model_input_profiles(model, run.adata), model_input_profiles(model, query, graph=graph))
     summary = transfer_labels(run.adata, query, label_key=label_key, device=device, profiles=profiles,
+                              profile_scales=len(model.config.profile_hops),
                               query_graph=(graph.indptr, graph.indices),
                               calibration_keys=(keys.patient, keys.sample), spatial_key=keys.spatial, **options)
     query.uns[TRANSFER_UNS_KEY]["alignment"] = to_plain(alignment)

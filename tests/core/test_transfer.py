@@ -196,6 +196,66 @@ def test_distances_are_read_over_each_cells_surroundings_with_the_query_graph():
         transfer_labels(ref, q, query_graph=_chain(29))
 
 
+def test_grow_regions_follows_a_far_region_through_its_edge_cells_only():
+    from cellniche_core.novelty import edge_quantile, grow_regions
+
+    far = np.zeros(20, dtype=bool)
+    far[10:13] = True
+    edge = np.zeros(20, dtype=bool)
+    edge[[2, 7, 8, 9, 13, 14, 16]] = True  # 2 and 16 are cut off from the region
+    grown = grow_regions(far, edge, _chain(20))
+    assert np.flatnonzero(grown).tolist() == list(range(7, 15))
+    assert np.flatnonzero(grow_regions(np.zeros(20, dtype=bool), edge, _chain(20))).tolist() == []
+    assert edge_quantile(0.99) == pytest.approx(0.95) and edge_quantile(0.8) == 0.5
+
+
+def test_a_new_region_grows_into_its_edge_but_not_into_known_cells_beside_it():
+    """Input distances between the edge threshold and the threshold: unknown only where the
+    cell is joined to a far region and its finest scale is far too."""
+    ref = _cloud(AB, n_per_patient=80)
+    rng = np.random.default_rng(5)
+    side = np.where(ref.obs[Keys.NICHE].to_numpy()[:, None] == "A", [1.0, 0.0], [0.0, 1.0])
+    ref_profiles = np.hstack([side, side]) + 0.1 * rng.standard_normal((ref.n_obs, 4))  # a fine and a coarse scale
+    grid = 1 + np.linspace(0.0, 1.0, 401)
+
+    def profiles(fine, coarse) -> np.ndarray:
+        """Query profiles offset along the A axis at each scale."""
+        fine, coarse = np.broadcast_arrays(np.asarray(fine, dtype=float), np.asarray(coarse, dtype=float))
+        return np.c_[fine, 0 * fine, coarse, 0 * coarse]
+
+    def first_far(quantile: float, fine: float | None = None) -> float:
+        """The smallest coarse offset of the grid whose lone cell is far at this quantile, with
+        the fine offset ``fine``; without it, the smallest far offset of the fine scale alone."""
+        probe = _query([[1, 0, 0]] * len(grid))
+        pair = (ref_profiles[:, :2], profiles(grid, 0)[:, :2]) if fine is None else (ref_profiles, profiles(fine, grid))
+        transfer_labels(ref, probe, quantile=quantile, profiles=pair)
+        far = probe.obs[Keys.TRANSFERRED].astype(str).to_numpy() == UNKNOWN
+        assert far.any() and not far[0]
+        return grid[np.argmax(far)]
+
+    edge_fine = first_far(0.95) + 0.01  # the finest scale alone is beyond the edge threshold
+    # coarse offsets that put the whole profile between the edge threshold (0.95) and the threshold
+    edge_coarse = np.mean([first_far(0.95, edge_fine), first_far(0.99, edge_fine)])
+    mixed_coarse = np.mean([first_far(0.95, 1.0), first_far(0.99, 1.0)])
+    #      known x10 | lone edge-like patch x5 | known x10 | known, coarse scale mixed x6 | edge x8 | far x10
+    fine = [1.0] * 10 + [edge_fine] * 5 + [1.0] * 10 + [1.0] * 6 + [edge_fine] * 8 + [3.0] * 10
+    coarse = [1.0] * 10 + [edge_coarse] * 5 + [1.0] * 10 + [mixed_coarse] * 6 + [edge_coarse] * 8 + [3.0] * 10
+    q = _query([[1, 0, 0]] * len(fine))  # the encoder folds them all onto A
+    args = dict(profiles=(ref_profiles, profiles(fine, coarse)), query_graph=_chain(len(fine)))
+    summary = transfer_labels(ref, q, profile_scales=2, **args)
+    labels = q.obs[Keys.TRANSFERRED].astype(str).to_numpy()
+    assert (labels[:31] == "A").all()  # the patch, like the edge, is not joined to anything far
+    assert (labels[32:] == UNKNOWN).all()  # the region and its edge (the edge's first cell is averaged)
+    calibration = summary["calibration"]
+    assert calibration["input_edge_threshold"] < calibration["input_threshold"]
+    assert q.uns[TRANSFER_UNS_KEY]["params"]["input_edge_quantile"] == pytest.approx(0.95)
+    # read as one scale, the known cells whose coarse scale is mixed are taken into the region
+    transfer_labels(ref, q, **args)
+    assert (q.obs[Keys.TRANSFERRED].astype(str).to_numpy()[26:] == UNKNOWN).all()
+    with pytest.raises(ValueError, match="cannot be cut into 3 scales"):
+        transfer_labels(ref, q, profile_scales=3, **args)
+
+
 def test_one_slide_is_calibrated_on_spatial_blocks():
     ref = _cloud(AB, patients=("P1",), n_per_patient=200)
     del ref.obs[Keys.PATIENT]
