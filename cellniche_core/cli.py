@@ -315,8 +315,9 @@ def _add_transfer_parser(sub) -> None:
                           help="categorical obs column of the reference to transfer: its niches or an expert "
                                "annotation (default: %(default)s)")
     transfer.add_argument("--n-neighbors", type=_positive_int, default=15, metavar="K",
-                          help="reference cells voting for each query cell in the embedding; twice as many vote "
-                               "in the neighbourhood-averaged inputs (default: %(default)s)")
+                          help="reference cells whose mean distance in the embedding the unknown rule reads; "
+                               "twice as many vote for each query cell, in the embedding and in the "
+                               "neighbourhood-averaged inputs, each alike (default: %(default)s)")
     transfer.add_argument("--quantile", type=float, default=0.99, metavar="Q",
                           help="a query cell farther from the reference than this quantile of held-out reference "
                                "cells (per label) is unknown; about 1-Q of a known-like slide is called unknown "

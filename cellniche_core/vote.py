@@ -1,4 +1,4 @@
-"""The neighbour vote of label transfer: nearest reference cells, weighted label shares.
+"""The neighbour vote of label transfer: nearest reference cells, label shares.
 
 :mod:`cellniche_core.transfer` asks two sets of neighbours for each query cell, the
 nearest reference cells in embedding space and in input space, and each set votes here.
@@ -38,16 +38,18 @@ def spatial_mean(values: np.ndarray, graph: tuple[np.ndarray, np.ndarray] | None
 
 
 def label_shares(dist: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
-    """Each label's share of a distance-weighted vote, (m, n_labels), rows summing to 1.
+    """Each label's share of the vote, (m, n_labels), rows summing to 1.
 
-    ``dist`` (m, k), ascending, and ``labels`` (m, k): each point's neighbours. Weights run
-    from 1 for the closest down to 1/e for the k-th, on each point's own distance scale.
+    ``dist`` (m, k) and ``labels`` (m, k): each point's neighbours. Every neighbour at a
+    finite distance counts alike (one excluded by a group mask, at an infinite distance,
+    does not). Weighting the closest more (from 1 down to 1/e for the k-th) was tried: the
+    closest cell is one noisy measurement, and on a small reference (STARmap V1, 530 cells)
+    that cost 0.03-0.05 of accuracy on known labels; on DLPFC it changed nothing.
     """
-    spread = np.maximum(dist[:, -1:] - dist[:, :1], 1e-12)
-    w = np.exp(-(dist - dist[:, :1]) / spread)
+    w = np.isfinite(dist).astype(np.float64)
     scores = np.zeros((len(dist), n_labels))
     np.add.at(scores, (np.repeat(np.arange(len(dist)), dist.shape[1]), labels.ravel()), w.ravel())
-    return scores / scores.sum(1, keepdims=True)
+    return scores / np.maximum(scores.sum(1, keepdims=True), 1e-12)
 
 
 def winner(shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,5 +59,5 @@ def winner(shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def vote(dist: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distance-weighted vote: winning label code (m,) and its weight share (m,)."""
+    """Neighbour vote: winning label code (m,) and its share (m,)."""
     return winner(label_shares(dist, labels, n_labels))

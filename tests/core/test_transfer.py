@@ -73,6 +73,28 @@ def test_vote_on_two_tight_clusters():
     assert Keys.TRANSFERRED not in ref.obs  # the reference is left as it was
 
 
+def test_twice_n_neighbors_vote_and_each_counts_alike():
+    # around a query point: 12 B cells right on it, then 18 A cells a little farther (a ring),
+    # spread over the four patients; everything else is far away
+    ref = _cloud(AB)
+    rng = np.random.default_rng(2)
+    spot = np.array([0.0, 0.0, 1.0])
+    ring = np.c_[np.cos(np.arange(18)), np.sin(np.arange(18)), np.full(18, 20.0)]
+    near = np.vstack([spot + 0.001 * rng.standard_normal((12, 3)), ring / np.linalg.norm(ring, axis=1, keepdims=True)])
+    extra = ad.AnnData(obs=pd.DataFrame({Keys.NICHE: ["B"] * 12 + ["A"] * 18,
+                                         Keys.PATIENT: np.resize(["P1", "P2", "P3", "P4"], 30)},
+                                        index=[f"s{i}" for i in range(30)]))
+    extra.obsm[Keys.EMBEDDING] = (near / np.linalg.norm(near, axis=1, keepdims=True)).astype(np.float32)
+    both = ad.concat([ref, extra])
+    both.obs[Keys.NICHE] = pd.Categorical(both.obs[Keys.NICHE])
+    q = _query([spot])
+    summary = transfer_labels(both, q, n_neighbors=15, min_confidence=0.0)
+    # the 15 nearest alone, or the closest counted more, would say B
+    assert q.obs[Keys.TRANSFERRED].astype(str).tolist() == ["A"]
+    assert q.obs[Keys.CONFIDENCE].iloc[0] == pytest.approx(18 / 30)
+    assert q.uns[TRANSFER_UNS_KEY]["params"]["vote_neighbors"] == 30 and summary["n_far"] == 0
+
+
 def test_mixed_labels_are_ambiguous_not_far():
     # A, B and C share one place: a query there is close to the reference, but no label
     # reliably holds a majority of the vote; D elsewhere is clear
