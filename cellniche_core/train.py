@@ -32,7 +32,12 @@ class TrainConfig:
     out_channels: int = 32
     num_layers: int = 2
     dropout: float = 0.1
-    projection: bool = True
+    # a projection head between the embedding and the loss (as in SimCLR) keeps out of the
+    # embedding what the loss sees: the niches are clustered on the embedding, and with the
+    # loss on it directly, cells paired as positives lie closer there. Without the head
+    # (6 training seeds each): STARmap V1 `pheno` ARI 0.651 against 0.629, `expr` 0.618
+    # against 0.613, DLPFC 0.551 against 0.546 with no section set below 0.53 (0.47 with it)
+    projection: bool = False
     fanouts: tuple[int, ...] = (15, 10)
     seeds_per_batch: int = 64
     walks_per_seed: int = 10
