@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["calibration_groups", "edge_quantile", "finest_scale_far", "grow_regions", "input_profiles",
+__all__ = ["calibration_groups", "edge_quantile", "finest_scale_far", "grow_regions", "input_profiles", "input_rule",
            "model_input_profiles", "nearest_euclidean", "outside_own_group", "profile_distances", "shared_cells",
            "spatial_blocks"]
 
@@ -161,6 +161,37 @@ def finest_scale_far(ref_profiles: np.ndarray, ref_groups: np.ndarray, calibrati
     held, query, _, _ = profile_distances(ref_profiles[:, :fine], ref_groups, calibration,
                                           query_profiles[:, :fine], k=k, device=device)
     return query > float(np.nanquantile(held, quantile))
+
+
+def input_rule(ref_profiles: np.ndarray, ref_groups: np.ndarray, calibration: np.ndarray,
+               query_profiles: np.ndarray, *, k: int, quantile: float, graph=None, scales: int = 1,
+               device: str | torch.device = "cpu") -> tuple[np.ndarray, tuple, dict]:
+    """The input rule of label transfer: which query cells are far from the reference's inputs.
+
+    A cell is far when its distance (:func:`profile_distances`, averaged over the cell and
+    its neighbours in ``graph`` when given) exceeds the ``quantile`` of the ``calibration``
+    reference rows held out by group; with ``graph``, far regions grow into their edge
+    (:func:`grow_regions`, :func:`finest_scale_far`). Returns the far cells (m,) bool, the
+    query's ``k`` nearest reference rows ``(dist, rows)`` for the vote, and the figures the
+    transfer reports (thresholds, neighbours, median held-out distance).
+    """
+    from .vote import spatial_mean
+
+    held, query, k_query, nearest_k = profile_distances(ref_profiles, ref_groups, calibration, query_profiles,
+                                                        k=k, device=device)
+    threshold = float(np.nanquantile(held, quantile))
+    query = spatial_mean(query, graph)
+    far, edge_threshold = query > threshold, None
+    if graph is not None:
+        edge_threshold = float(np.nanquantile(held, edge_quantile(quantile)))
+        edge = query > edge_threshold  # of these, the cells whose finest scale is far too
+        if edge.any():
+            edge[edge] = finest_scale_far(ref_profiles, ref_groups, calibration, query_profiles[edge], scales=scales,
+                                          quantile=edge_quantile(quantile), k=k, device=device)
+        far = grow_regions(far, edge, graph)
+    figures = {"input_threshold": threshold, "input_neighbors": k_query, "input_edge_threshold": edge_threshold,
+               "input_median_distance": float(np.nanmedian(held))}
+    return far, nearest_k, figures
 
 
 def spatial_blocks(coords: np.ndarray, slides: np.ndarray | None = None, *, n_blocks: int = 8,

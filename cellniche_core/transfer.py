@@ -91,8 +91,7 @@ from .cellniche import CellNiche, spatial_graph
 from .features import FeatureSpec
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
-from .novelty import (calibration_groups, edge_quantile, finest_scale_far, grow_regions, model_input_profiles,
-                      profile_distances, shared_cells)
+from .novelty import calibration_groups, edge_quantile, input_rule, model_input_profiles, shared_cells
 from .train import resolve_device
 from .vote import label_shares, nearest, spatial_mean, vote, winner
 
@@ -324,18 +323,10 @@ def transfer_labels(
         shared = shared_cells(ref_profiles, codes[rows], groups[rows], len(names), k=k, seed=seed)
         if len(shared) > calibration_cells:
             shared = np.sort(np.random.default_rng(seed).choice(shared, calibration_cells, replace=False))
-        held_rows, q_profiles = shared if len(shared) else cal["rows"], np.asarray(profiles[1], dtype=np.float32)
-        held, q_input, k_query, (in_dist, in_nbr) = profile_distances(
-            ref_profiles, groups[rows], held_rows, q_profiles, k=2 * k, device=dev)
-        input_threshold = float(np.nanquantile(held, quantile))
-        q_input = spatial_mean(q_input, query_graph)
-        far_input = q_input > input_threshold
-        if query_graph is not None:  # a new region's edge: see novelty.grow_regions
-            edge_threshold = float(np.nanquantile(held, edge_quantile(quantile)))
-            edge = (q_input > edge_threshold) & finest_scale_far(
-                ref_profiles, groups[rows], held_rows, q_profiles, scales=profile_scales,
-                quantile=edge_quantile(quantile), k=2 * k, device=dev)
-            far_input = grow_regions(far_input, edge, query_graph)
+        held_rows = shared if len(shared) else cal["rows"]
+        far_input, (in_dist, in_nbr), input_figures = input_rule(
+            ref_profiles, groups[rows], held_rows, np.asarray(profiles[1], dtype=np.float32), k=2 * k,
+            quantile=quantile, graph=query_graph, scales=profile_scales, device=dev)
         shares = (shares + label_shares(in_dist, codes[rows][in_nbr], len(names))) / 2
     voted, confidence = winner(shares)
     distance = spatial_mean(dist.mean(1), query_graph)
@@ -361,9 +352,7 @@ def transfer_labels(
         "own_label_agreement": cal["own_label_agreement"],
     }
     if profiles is not None:
-        calibration.update(input_threshold=input_threshold, input_neighbors=k_query,
-                           input_edge_threshold=edge_threshold if query_graph is not None else None,
-                           input_median_distance=float(np.nanmedian(held)))
+        calibration.update(input_figures)
     summary = {
         "n_cells": int(query.n_obs),
         "counts": {str(n): int(c) for n, c in counts.items()},
