@@ -197,6 +197,7 @@ def unknown_note(report: dict, *, quantile: float) -> str:
     by = report["calibration"]["held_out_by"]
     held = "reference cells held out one by one" if by == "cell" else f"reference cells held out by {by}"
     return (f"{report['n_unknown']:,} of {report['n_cells']:,} cells are unknown: {report['n_far']:,} lie "
-            f"(with their neighbours, on average) farther from the reference than {quantile:.1%} of {held} (same label), "
+            f"(with their neighbours, on average) farther from the reference than {quantile:.1%} of {held} (same label)"
+            f"{' or on the edge of such a region' if report['calibration'].get('input_edge_threshold') else ''}, "
             f"{report['n_ambiguous']:,} have no majority among their reference neighbours (a cell can be "
             "both).")

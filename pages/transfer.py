@@ -25,8 +25,9 @@ st.caption(
     "by its 30 nearest reference cells in the embedding and its 30 nearest in the neighbourhood-averaged "
     "inputs, each alike, and is called **unknown** when it and its spatial neighbours lie, on "
     "average, farther from the reference than 99 % of reference cells seen from other patients (in the "
-    "embedding or in the inputs), or when no label has a majority. A far region also takes in its edge: "
-    "cells joined to it whose inputs, at the coarse and the finest scale, are farther than 95 % of them.")
+    "embedding or in the inputs), or when no label has a majority. A far region also takes in its edge: the "
+    "cells joined to it whose inputs, at the coarse scales and at the finest, are farther than 95 % of those "
+    "reference cells.")
 
 labels_offered = transfer.label_options(state.color_options(ref), keys)
 files = transfer.query_files(transfer_state.data_dir())

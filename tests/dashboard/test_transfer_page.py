@@ -192,3 +192,15 @@ def test_build_demo_writes_the_query_beside_the_cohort(tmp_path, monkeypatch):
     assert set(query.obs[Keys.PATIENT]) == {"P7"} and "P7" not in set(cohort.obs[Keys.PATIENT])
     assert stages[0] == "simulate"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_cohort.h5ad", "demo_query.h5ad"]
+
+
+def test_unknown_note_counts_the_reasons_and_names_region_edges_only_when_they_are_followed():
+    report = {"n_unknown": 12, "n_cells": 1000, "n_far": 9, "n_ambiguous": 4,
+              "calibration": {"held_out_by": "patient", "input_edge_threshold": 0.7}}
+    note = transfer.unknown_note(report, quantile=0.99)
+    assert note.startswith("12 of 1,000 cells are unknown: 9 lie")
+    assert "99.0% of reference cells held out by patient" in note and "on the edge of such a region" in note
+    assert "4 have no majority" in note
+    report["calibration"] = {"held_out_by": "cell", "input_edge_threshold": None}
+    note = transfer.unknown_note(report, quantile=0.95)
+    assert "95.0% of reference cells held out one by one" in note and "edge" not in note
