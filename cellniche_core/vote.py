@@ -12,7 +12,7 @@ import torch
 from .features import neighbourhood_profiles
 from .layout import nearest_cosine
 
-__all__ = ["label_shares", "nearest", "spatial_mean", "vote", "winner"]
+__all__ = ["label_shares", "nearest", "spatial_mean", "subsample_by_label", "vote", "winner"]
 
 
 def nearest(points: torch.Tensor, index: torch.Tensor, k: int, *,
@@ -61,3 +61,22 @@ def winner(shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def vote(dist: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """Neighbour vote: winning label code (m,) and its share (m,)."""
     return winner(label_shares(dist, labels, n_labels))
+
+
+def subsample_by_label(codes: np.ndarray, max_cells: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted rows of labelled cells: all of them, or at most ``max_cells`` drawn per label.
+
+    Every label first keeps ``min(size, max_cells // (4 * n_labels))`` cells, so that a
+    rare label survives; the rest of the budget is shared in proportion to the labels'
+    remaining cells, which keeps the vote's priors close to the reference's.
+    """
+    labelled = np.flatnonzero(codes >= 0)
+    if len(labelled) <= max_cells:
+        return labelled
+    sizes = np.bincount(codes[labelled])
+    floor = np.minimum(sizes, max_cells // (4 * len(sizes)))
+    left = sizes - floor
+    quota = floor + np.floor(left / max(left.sum(), 1) * (max_cells - floor.sum())).astype(int)
+    keep = [rng.choice(np.flatnonzero(codes == c), size=q, replace=False)
+            for c, q in enumerate(quota) if q > 0]
+    return np.sort(np.concatenate(keep))

@@ -23,9 +23,9 @@ st.caption(
     f"Reference atlas: run **{ref.name}** (pick another in the sidebar). The query is embedded by the "
     "run's frozen encoder, its features aligned to the reference's; each query cell takes the label voted for "
     "by its 30 nearest reference cells in the embedding and its 30 nearest in the neighbourhood-averaged "
-    "inputs, each alike, and is called **unknown** when it and its spatial neighbours lie, on "
-    "average, farther from the reference than 99 % of reference cells seen from other patients (in the "
-    "embedding or in the inputs), or when no label has a majority. A far region also takes in its edge: the "
+    "inputs, each alike. It is called **unknown** when its neighbourhood-averaged inputs lie farther from the "
+    "reference than those of 99 % of reference cells seen from other patients (averaged with its spatial "
+    "neighbours), or when no label has a majority. A far region also takes in its edge: the "
     "cells joined to it whose inputs, at the coarse scales and at the finest, are farther than 95 % of those "
     "reference cells.")
 

@@ -170,6 +170,25 @@ def test_inputs_unlike_the_reference_are_unknown_even_where_the_embedding_is_clo
         transfer_labels(ref, q, profiles=(ref_profiles, q_profiles[:2]))
 
 
+def test_with_inputs_the_input_rule_alone_decides_what_is_far():
+    # a query cell the embedding puts far from every label while its inputs are plainly A's
+    # (an embedding a new slide shifted): reported as far in the embedding, but it keeps A
+    ref = _cloud(AB)
+    rng = np.random.default_rng(4)
+    ref_profiles = np.where(ref.obs[Keys.NICHE].to_numpy()[:, None] == "A", [1.0, 0.0], [0.0, 1.0])
+    ref_profiles = ref_profiles + 0.1 * rng.standard_normal((ref.n_obs, 2))
+    q = _query([[1, 0, 0], [1, 0, 0.6]])
+    q_profiles = np.array([[1.0, 0.0], [1.0, 0.0]])
+    summary = transfer_labels(ref, q, profiles=(ref_profiles, q_profiles))
+    assert q.obs[Keys.TRANSFERRED].astype(str).tolist() == ["A", "A"]
+    assert summary["n_far_embedding"] == 1 and summary["n_far"] == summary["n_far_input"] == 0
+    assert q.obs[Keys.TRANSFER_DISTANCE].iloc[1] > summary["calibration"]["thresholds"]["A"]
+    # on the embedding alone its distance decides
+    summary = transfer_labels(ref, q)
+    assert q.obs[Keys.TRANSFERRED].astype(str).tolist() == ["A", UNKNOWN]
+    assert summary["n_far"] == summary["n_far_embedding"] == 1
+
+
 def test_the_input_threshold_does_not_depend_on_the_embedding():
     # same inputs and labels, two embeddings: in the second, patient P4's A cells sit apart
     # (patient-specific in the embedding, left out of its calibration); the input rule is
