@@ -307,8 +307,9 @@ def _add_transfer_parser(sub) -> None:
         description="Embed QUERY with the frozen encoder of RUN_DIR (its features aligned to the reference's: "
                     "missing genes or cell types are reported, extra ones dropped; its graph built with the "
                     "reference's settings), transfer a categorical obs column of the reference by a neighbour "
-                    "vote and call 'unknown' where no reference label fits: cells farther from the reference "
-                    "than the --quantile of reference cells held out by patient, or with no majority "
+                    "vote and call 'unknown' where no reference label fits: cells whose neighbourhood-averaged "
+                    "inputs are farther from the reference than the --quantile of reference cells held out by "
+                    "patient (and the edges of such regions), or with no majority "
                     "(confidence < --min-confidence). Writes OUT with obs['transferred_label'], "
                     "obs['transfer_confidence'], obs['transfer_distance'], obsm['X_cellniche'] and "
                     "uns['cellniche_transfer']; the query file is only read.")
@@ -319,12 +320,14 @@ def _add_transfer_parser(sub) -> None:
                           help="categorical obs column of the reference to transfer: its niches or an expert "
                                "annotation (default: %(default)s)")
     transfer.add_argument("--n-neighbors", type=_positive_int, default=15, metavar="K",
-                          help="reference cells whose mean distance in the embedding the unknown rule reads; "
-                               "twice as many vote for each query cell, in the embedding and in the "
-                               "neighbourhood-averaged inputs, each alike (default: %(default)s)")
+                          help="twice this many reference cells vote for each query cell, in the embedding and in "
+                               "the neighbourhood-averaged inputs, each alike, and the unknown rule reads the mean "
+                               "input distance to as many; obs['transfer_distance'] is the mean embedding distance "
+                               "to this many (default: %(default)s)")
     transfer.add_argument("--quantile", type=float, default=0.99, metavar="Q",
-                          help="a query cell farther from the reference than this quantile of held-out reference "
-                               "cells (per label) is unknown; about 1-Q of a known-like slide is called unknown "
+                          help="a query cell whose inputs are farther from the reference than this quantile of "
+                               "held-out reference cells is unknown, as are the cells joined to it above the "
+                               "quantile with 5x the tail; about 1-Q of a known-like slide is called unknown "
                                "(default: %(default)s)")
     transfer.add_argument("--min-confidence", type=float, default=0.5, metavar="C",
                           help="a cell whose winning label has less than this share of the vote is unknown "
