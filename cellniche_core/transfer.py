@@ -74,7 +74,7 @@ The unknown rule
       catches cells where three or more labels split the vote.
 
     So about ``1 - quantile`` of the cells of a new patient resembling the reference
-    patients are called unknown by each distance rule. Without two patients (or slides) the
+    patients are called unknown by the distance rule. Without two patients (or slides) the
     calibration holds out spatial blocks of each slide (``"spatial block"``), and
     without coordinates single cells, which is optimistic (``"cell"``).
 
