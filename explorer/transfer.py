@@ -194,10 +194,15 @@ def composition_figure(table: pd.DataFrame, scale: ColorScale, *, height: int = 
 
 def unknown_note(report: dict, *, quantile: float) -> str:
     """How many cells are unknown and why, in one sentence."""
-    by = report["calibration"]["held_out_by"]
+    calibration = report["calibration"]
+    by = calibration["held_out_by"]
     held = "reference cells held out one by one" if by == "cell" else f"reference cells held out by {by}"
-    return (f"{report['n_unknown']:,} of {report['n_cells']:,} cells are unknown: {report['n_far']:,} lie "
-            f"(with their neighbours, on average) farther from the reference than {quantile:.1%} of {held} (same label)"
-            f"{' or on the edge of such a region' if report['calibration'].get('input_edge_threshold') else ''}, "
-            f"{report['n_ambiguous']:,} have no majority among their reference neighbours (a cell can be "
-            "both).")
+    if "input_threshold" in calibration:  # the inputs decide what is far
+        far = (f"{report['n_far']:,} have neighbourhood-averaged inputs farther from the reference (with their "
+               f"neighbours, on average) than {quantile:.1%} of {held}"
+               f"{' or lie on the edge of such a region' if calibration.get('input_edge_threshold') else ''}")
+    else:
+        far = (f"{report['n_far']:,} lie (with their neighbours, on average) farther from the reference than "
+               f"{quantile:.1%} of {held} (same label)")
+    return (f"{report['n_unknown']:,} of {report['n_cells']:,} cells are unknown: {far}, "
+            f"{report['n_ambiguous']:,} have no majority among their reference neighbours (a cell can be both).")

@@ -194,13 +194,17 @@ def test_build_demo_writes_the_query_beside_the_cohort(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_cohort.h5ad", "demo_query.h5ad"]
 
 
-def test_unknown_note_counts_the_reasons_and_names_region_edges_only_when_they_are_followed():
+def test_unknown_note_counts_the_reasons_and_says_which_distance_decides():
     report = {"n_unknown": 12, "n_cells": 1000, "n_far": 9, "n_ambiguous": 4,
-              "calibration": {"held_out_by": "patient", "input_edge_threshold": 0.7}}
+              "calibration": {"held_out_by": "patient", "input_threshold": 1.2, "input_edge_threshold": 0.7}}
     note = transfer.unknown_note(report, quantile=0.99)
-    assert note.startswith("12 of 1,000 cells are unknown: 9 lie")
+    assert note.startswith("12 of 1,000 cells are unknown: 9 have neighbourhood-averaged inputs farther")
     assert "99.0% of reference cells held out by patient" in note and "on the edge of such a region" in note
-    assert "4 have no majority" in note
-    report["calibration"] = {"held_out_by": "cell", "input_edge_threshold": None}
+    assert "4 have no majority" in note and "same label" not in note
+    report["calibration"]["input_edge_threshold"] = None  # no spatial graph: no region to follow
+    assert "edge" not in transfer.unknown_note(report, quantile=0.99)
+    # on embeddings alone the embedding's per-label thresholds decide
+    report["calibration"] = {"held_out_by": "cell"}
     note = transfer.unknown_note(report, quantile=0.95)
-    assert "95.0% of reference cells held out one by one" in note and "edge" not in note
+    assert "9 lie (with their neighbours, on average) farther" in note
+    assert "95.0% of reference cells held out one by one (same label)" in note and "inputs" not in note
