@@ -12,7 +12,6 @@ CSR convention: the neighbours of node ``i`` are ``indices[indptr[i]:indptr[i + 
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -265,14 +264,6 @@ def similar_pairs(profiles: torch.Tensor, first: torch.Tensor, second: torch.Ten
     return torch.stack([upper_i[keep], upper_j[keep]])
 
 
-@functools.lru_cache(maxsize=64)
-def _upper(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row-major upper triangle of an (m, m) matrix: its mask and its (i, j) pairs."""
-    mask = np.triu(np.ones((m, m), dtype=bool), 1)
-    i, j = np.nonzero(mask)
-    return mask, i, j
-
-
 def similar_pairs_numpy(profiles: np.ndarray, first: np.ndarray, second: np.ndarray, frequent: np.ndarray,
                         strategy: str, share: float = SIMILAR_SHARE) -> np.ndarray:
     """:func:`similar_pairs` in numpy, for the CPU: the same rule, the same pair order."""
@@ -282,7 +273,9 @@ def similar_pairs_numpy(profiles: np.ndarray, first: np.ndarray, second: np.ndar
     # the product by torch, not numpy: numpy's BLAS threads and torch's, taking turns at
     # every training step, kept each other waiting and made training 3.5x slower on 2 cores
     sim = (p @ p.T).numpy()
-    mask, upper_i, upper_j = _upper(m)
+    # the upper triangle, row-major; its (i, j) pairs are found for the kept pairs only (a
+    # cache of every batch size's pairs held ~50 MB at 64 seeds per batch, GBs at 512)
+    mask = np.triu(np.ones((m, m), dtype=bool), 1)
     similar = sim[mask]
     if strategy == "and":
         keep = similar > similar.mean(dtype=np.float64)
@@ -298,7 +291,9 @@ def similar_pairs_numpy(profiles: np.ndarray, first: np.ndarray, second: np.ndar
         walked = np.zeros(len(similar), dtype=bool)
         walked[a * m - a * (a + 1) // 2 + (b - a - 1)] = True  # row-major index of (a, b) in the triangle
         keep = walked & keep if strategy == "and" else walked | keep
-    return np.stack([upper_i[keep], upper_j[keep]]).astype(np.int64)
+    kept = np.zeros((m, m), dtype=bool)
+    kept[mask] = keep
+    return np.stack(np.nonzero(kept)).astype(np.int64)
 
 
 @dataclass
