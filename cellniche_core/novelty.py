@@ -127,9 +127,9 @@ def grow_regions(far: np.ndarray, edge: np.ndarray, graph: tuple[np.ndarray, np.
     from scipy.sparse.csgraph import connected_components
 
     far, edge = np.asarray(far, dtype=bool), np.asarray(edge, dtype=bool)
-    candidates = np.flatnonzero(far | edge)
-    if not far.any() or len(candidates) == len(np.flatnonzero(far)):
+    if not far.any() or not (edge & ~far).any():
         return far.copy()
+    candidates = np.flatnonzero(far | edge)
     indptr, indices = (np.asarray(a) for a in graph)
     n = len(far)
     adjacency = csr_matrix((np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(n, n))
