@@ -194,10 +194,10 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--steps", type=_positive_int, default=None,
                    help="training steps (default: grows with the number of cells, ~400 at 10k cells)")
     m.add_argument("--dim", type=_positive_int, default=32, help="embedding dimension (default: %(default)s)")
-    m.add_argument("--no-projection-head", action="store_true",
-                   help="put the loss on the embedding itself, without the 2-layer projection head in between: "
-                        "niches of the training cohort a little more distinct, new slides embedded less "
-                        "faithfully for label transfer (default: with the head)")
+    m.add_argument("--projection-head", action="store_true",
+                   help="put a 2-layer projection head between the embedding and the loss, as in SimCLR; on "
+                        "real tissue the niches came out less distinct with it (default: the loss on the "
+                        "embedding itself)")
     m.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto = bfloat16 mixed precision on CUDA GPUs that support it, float32 on CPUs "
                         "(default: %(default)s)")
@@ -455,7 +455,7 @@ def options_from_args(args) -> RunOptions:
     train = TrainConfig(strategy=args.strategy, profile_hops=args.profile_hops, similar_share=args.similar_share,
                         walk_length=args.walk_length,
                         seeds_per_batch=args.seeds_per_batch, hard_weight=args.hard_weight, n_steps=args.steps,
-                        out_channels=args.dim, projection=not args.no_projection_head, seed=args.seed,
+                        out_channels=args.dim, projection=args.projection_head, seed=args.seed,
                         precision=args.precision)
     keys = InputKeys(spatial_key=args.spatial_key, sample_key=args.sample_key, cell_type_key=args.cell_type_key)
     return RunOptions(features=args.features, n_niches=args.n_niches, graph=graph, train=train, keys=keys,

@@ -90,10 +90,10 @@ def test_scale_flags_reach_the_training_config():
 
     args = build_parser().parse_args(["fit", "x.h5ad", "--out", "r", "--profile-hops", "2,4",
                                       "--walk-length", "5", "--seeds-per-batch", "256", "--strategy", "sim",
-                                      "--similar-share", "0.3", "--no-projection-head"])
+                                      "--similar-share", "0.3", "--projection-head"])
     train = options_from_args(args).train
     assert (train.profile_hops, train.walk_length, train.seeds_per_batch, train.strategy) == ((2, 4), 5, 256, "sim")
-    assert train.similar_share == 0.3 and train.projection is False
+    assert train.similar_share == 0.3 and train.projection is True
     defaults = options_from_args(build_parser().parse_args(["fit", "x.h5ad", "--out", "r"])).train
     assert defaults.to_dict() == TrainConfig().to_dict()
 

@@ -106,6 +106,18 @@ def test_saved_state_rebuilds_the_same_model(tiny):
     np.testing.assert_allclose(a.obsm[Keys.EMBEDDING], b.obsm[Keys.EMBEDDING], atol=1e-6)
 
 
+@pytest.mark.parametrize("head", [True, False])
+def test_a_run_saved_before_the_head_was_optional_still_loads(tiny, head):
+    a = tiny.copy()
+    m = CellNiche(config=TrainConfig(n_steps=3, projection=head)).fit(a, device="cpu")
+    config = m.model_config()
+    if head:  # as written before the option existed: no "projection" key, always a head
+        del config["train"]["projection"]
+    clone = CellNiche.from_state(config, m.state_dict())
+    assert clone.config.projection is head
+    assert any(k.startswith("head.") for k in m.state_dict()) is head
+
+
 def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
