@@ -166,8 +166,8 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="encoder input: one-hot cell type (pheno), expression in X (expr) or both; "
                         "auto = pheno when the cell-type column exists, else expr (default: %(default)s)")
     m.add_argument("--n-niches", type=_n_niches, default="auto", metavar="K|auto",
-                   help="number of niches, or auto: the k where the clustering's stability across "
-                        "subsamples first drops (default: %(default)s)")
+                   help="number of niches, or auto: the largest k in 3..15 whose clustering is as stable "
+                        "across subsamples as the most stable k's (default: %(default)s)")
     graph = m.add_mutually_exclusive_group()
     graph.add_argument("--radius", type=_radius, metavar="R|auto",
                        help="radius graph linking cells closer than R (unit of the coordinates); auto = 2.5x "

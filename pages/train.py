@@ -188,8 +188,8 @@ cols = st.columns(4)
 with cols[0]:
     n_niches = st.number_input("Number of niches", min_value=2, max_value=50, value=None, step=1,
                                key="train_niches", placeholder="auto",
-                               help="Empty: chosen in 3..15, the k where the clustering's stability "
-                                    "across subsamples first drops")
+                               help="Empty: chosen in 3..15, the largest k whose clustering is as stable "
+                                    "across subsamples as the most stable k's")
 with cols[1]:
     n_steps = st.number_input("Training steps", min_value=1, max_value=100_000, value=None, step=50,
                               key="train_steps", placeholder=f"default: {summary.default_steps:,}",

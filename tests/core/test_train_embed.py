@@ -274,24 +274,28 @@ def test_niche_calling_keeps_kmeans_for_compact_balanced_niches():
     assert sorted(np.unique(labels)) == ["N1", "N2", "N3", "N4"]
 
 
-def test_auto_k_stops_where_stability_first_drops():
-    """The last k of the first stable run, not a later k that happens to look stable."""
+def test_auto_k_takes_the_largest_k_as_stable_as_the_most_stable_one():
+    """Not the level of the curve: its best k and that k's own spread decide."""
     import pandas as pd
 
     from cellniche_core.niches import pick_stable_k
 
-    def table(values):
-        return pd.DataFrame({"k": range(3, 3 + len(values)), "stability": values})
+    def table(values, spread=0.01):
+        return pd.DataFrame({"k": range(3, 3 + len(values)), "stability": values,
+                             "stability_min": [v - spread for v in values]})
 
-    assert pick_stable_k(table([0.95, 0.99, 0.97, 0.80, 0.70, 0.93, 0.60])) == 5  # 8 is stable again: ignored
-    assert pick_stable_k(table([0.80, 0.99, 0.96, 0.85, 0.91])) == 5  # the run starts at the first stable k
-    assert pick_stable_k(table([0.95, 0.96, 0.97])) == 5
-    assert pick_stable_k(table([0.50, 0.70, 0.60])) == 4  # none stable: the most stable
+    # stable at every k (a finer structure cut alike each time): the plateau ends at 6
+    assert pick_stable_k(table([0.995, 0.997, 0.998, 0.998, 0.936, 0.923, 0.977, 0.919])) == 6
+    # a dip does not end the plateau; a later k as stable as the best counts
+    assert pick_stable_k(table([0.996, 0.821, 0.995, 0.997, 0.962, 0.979])) == 6
+    # a noisier best k admits more
+    assert pick_stable_k(table([0.95, 0.99, 0.97, 0.80, 0.70], spread=0.03)) == 5
+    assert pick_stable_k(table([0.50, 0.70, 0.60])) == 4  # none stable: the most stable alone
 
 
 def test_auto_k_finds_separated_niches():
     from cellniche_core.metrics import agreement
-    from cellniche_core.niches import STABLE_ARI, call_niches, niche_stability, pick_stable_k
+    from cellniche_core.niches import call_niches, niche_stability, pick_stable_k
 
     rng = np.random.default_rng(2)
     centres = np.eye(10, dtype=np.float32)[:5] * 3
@@ -300,12 +304,12 @@ def test_auto_k_finds_separated_niches():
     labels, info = call_niches(emb, "auto", seed=0)
     assert info["n_niches"] == 5 and agreement(truth, labels)["ari"] > 0.99
     measured = [row["k"] for row in info["stability"]]
-    assert measured[0] == 3 and measured[-1] == 6  # stops at the first drop, after the chosen k
-    assert info["stability"][-1]["stability"] < STABLE_ARI <= info["stability"][-2]["stability"]
-    # the same rows, and the same choice, as measuring every k
-    full = niche_stability(emb, range(3, 10), seed=0)
+    assert measured == list(range(3, 16))  # every k of the range is measured
+    best = max(info["stability"], key=lambda row: row["stability"])
+    assert best["k"] in (3, 4, 5) and info["stability"][3]["stability"] < best["stability_min"]  # k = 6 splits one
+    full = niche_stability(emb, range(3, 16), seed=0)
     assert pick_stable_k(full) == 5
-    assert full.head(len(measured)).to_dict(orient="records") == info["stability"]
+    assert full.to_dict(orient="records") == info["stability"]
 
 
 def test_training_runs_on_the_torch_sampler_used_on_gpus(tiny, monkeypatch):
