@@ -32,10 +32,10 @@ class TrainConfig:
     out_channels: int = 32
     num_layers: int = 2
     # no dropout, and the loss on the embedding itself (no projection head as in SimCLR):
-    # over 6 training seeds, medians of 3 clustering restarts, the head and dropout 0.1 gave
-    # STARmap V1 `pheno` ARI 0.629 / `expr` 0.613 / DLPFC 0.546 (0.47-0.58 by seed); without
-    # the head 0.651 / 0.618 / 0.551 (0.53-0.56); without both 0.648 / 0.616 / 0.563
-    # (0.561-0.564), and 20 % faster. The simulated demo: 0.821-0.835 against 0.834-0.857.
+    # mean ARI over 6 training seeds, the head and dropout 0.1 gave STARmap V1 `pheno` 0.629
+    # / `expr` 0.613 / DLPFC 0.546 (0.47-0.58 by seed); without the head 0.651 / 0.618 /
+    # 0.551 (0.53-0.56); without both 0.648 / 0.616 / 0.563 (0.561-0.564), and 20 % faster.
+    # The simulated demo at its planted k (seeds 0-2): 0.820-0.834 against 0.834-0.857.
     dropout: float = 0.0
     projection: bool = False
     fanouts: tuple[int, ...] = (15, 10)
