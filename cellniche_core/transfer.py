@@ -51,7 +51,8 @@ The unknown rule
       together the input rule caught alone (DLPFC white matter 70.8-74.2 %, STARmap's
       corpus callosum 80.2 %, the demo's necrotic niche 98.1 %), while the embedding rule
       added only known cells (DLPFC 1.4-1.8 % of them unknown without it, 1.8-2.0 % with;
-      STARmap 5.5-6.5 % against 5.5-7.8 %). The encoder sees the same surroundings the
+      STARmap 5.5-6.5 % against 5.5-7.8 %; measured with the projection head the encoder
+      had then). The encoder sees the same surroundings the
       profiles hold, so it adds no novelty they miss; its calibration cells were trained
       on, which makes the thresholds optimistic for a new slide.
     - both distances are read over the cell's surroundings when the query's spatial graph
