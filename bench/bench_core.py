@@ -136,7 +136,9 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", str(size), "--device", args.device, "--threads", str(args.threads)]
         if args.steps:
             cmd += ["--steps", str(args.steps)]
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
+        # ours first, then what the caller set (e.g. packages installed outside the venv)
+        path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+        env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=str(args.threads))
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
             print(res.stderr, file=sys.stderr)

@@ -27,6 +27,7 @@ def wide_cohort(path: Path, n_cells: int, n_genes: int) -> Path:
     import anndata as ad
     import numpy as np
 
+    from cellniche_core.io import write_h5ad_atomic
     from cellniche_core.simulate import simulate_cohort
 
     if path.exists():
@@ -44,9 +45,7 @@ def wide_cohort(path: Path, n_cells: int, n_genes: int) -> Path:
     names = list(map(str, base.var_names)) + [f"noise{i}" for i in range(n_genes - base.n_vars)]
     wide = ad.AnnData(X=X, obs=base.obs, obsm={"spatial": base.obsm["spatial"]})
     wide.var_names = names
-    tmp = path.with_suffix(".tmp.h5ad")
-    wide.write_h5ad(tmp)
-    os.replace(tmp, path)
+    write_h5ad_atomic(wide, path)
     return path
 
 
@@ -58,15 +57,19 @@ def main() -> int:
     args = p.parse_args()
     import anndata as ad
 
+    from cellniche_core.io import write_h5ad
+
     cohort = wide_cohort(args.out / f"wide_{args.cells}x{args.genes}.h5ad", args.cells, args.genes)
     backed = ad.read_h5ad(cohort, backed="r")
     n_cells, n_genes = backed.shape
     one_slide = args.out / "one_slide.h5ad"
     if not one_slide.exists():
         first = backed.obs["sample"].astype(str).iloc[0]
-        backed[(backed.obs["sample"].astype(str) == first).to_numpy()].to_memory().write_h5ad(one_slide)
+        write_h5ad(backed[(backed.obs["sample"].astype(str) == first).to_numpy()].to_memory(), one_slide)
     backed.file.close()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # ours first, then what the caller set (e.g. packages installed outside the venv)
+    path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+    env = dict(os.environ, PYTHONPATH=path)
     run = args.out / "runs" / "expr"
     if not (run / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "cellniche_core", "fit", str(one_slide), "--out", str(run),

@@ -306,7 +306,7 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
     from sklearn.neighbors import KNeighborsClassifier
 
     from cellniche_core.cellniche import CellNiche, spatial_graph
-    from cellniche_core.io import load_run
+    from cellniche_core.io import load_run, write_h5ad
     from cellniche_core.novelty import model_input_profiles
     from cellniche_core.transfer import annotate_query, transfer_labels
 
@@ -314,7 +314,7 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
     in_ref = ref_side & (ds.truth != unseen) & ds.labelled
     ref = ds.adata[in_ref].copy()
     ref_path = work / f"{ds.name}_reference.h5ad"
-    ref.write_h5ad(ref_path)
+    write_h5ad(ref, ref_path)
     features = ds.features[0]
     out = work / f"{ds.name}_reference_run"
     k = len(set(ref.obs[ds.label_key].astype(str)))

@@ -37,6 +37,7 @@ def cohort_file(out: Path, n_cells: int, simulate_max: int) -> Path:
     import numpy as np
     import pandas as pd
 
+    from cellniche_core.io import write_h5ad_atomic
     from cellniche_core.simulate import simulate_cohort
 
     path = out / f"cohort_{n_cells}.h5ad"
@@ -60,9 +61,7 @@ def cohort_file(out: Path, n_cells: int, simulate_max: int) -> Path:
             parts.append(part)
         adata = ad.concat(parts, merge="same")
         adata.uns = base.uns
-    tmp = path.with_suffix(".tmp.h5ad")
-    adata.write_h5ad(tmp)
-    os.replace(tmp, path)
+    write_h5ad_atomic(adata, path)
     print(f"cohort of {adata.n_obs:,} cells ({adata.obs['sample'].nunique()} slides) made in "
           f"{time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     return path
@@ -70,7 +69,9 @@ def cohort_file(out: Path, n_cells: int, simulate_max: int) -> Path:
 
 def run_fit(cohort: Path, run_dir: Path, device: str, threads: int, extra: list[str]) -> dict:
     """Run the command line on ``cohort``; return the manifest plus the child's peak RSS."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads))
+    # ours first, then what the caller set (e.g. packages installed outside the venv)
+    path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "cellniche_core", "fit", str(cohort), "--out", str(run_dir), "--overwrite",
            "--device", device, "--quiet", *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

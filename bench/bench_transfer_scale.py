@@ -49,6 +49,7 @@ def reference_run(out: Path, device: str) -> Path:
 
 def query_file(out: Path, n_cells: int) -> Path:
     """A simulated query cohort of about ``n_cells`` cells on disk (made once)."""
+    from cellniche_core.io import write_h5ad
     from cellniche_core.keys import Keys
     from cellniche_core.simulate import simulate_cohort
 
@@ -58,7 +59,7 @@ def query_file(out: Path, n_cells: int) -> Path:
         slides = max(1, round(n_cells / per_slide))
         query = simulate_cohort(n_patients=slides, cells_per_slide=per_slide, slides_per_patient=1, seed=1)
         del query.obs[Keys.TRUE_NICHE]
-        query.write_h5ad(path)
+        write_h5ad(query, path)
     return path
 
 

@@ -469,6 +469,7 @@ def build_demo(out: str | Path, *, seed: int = 0, device: str = "auto", overwrit
     The query, ``out/demo_query.h5ad``, is one more patient simulated like the cohort's but
     left out of the run (:data:`DEMO_QUERY`): a new slide to try label transfer on.
     """
+    from .io import write_h5ad_atomic
     from .pipeline import RunOptions, fit_run
     from .simulate import simulate_cohort, simulate_query_patient
 
@@ -478,11 +479,11 @@ def build_demo(out: str | Path, *, seed: int = 0, device: str = "auto", overwrit
     cohort = out / DEMO_COHORT
     if overwrite or not cohort.exists():
         say("simulate", 0.0, "simulating the demo cohort")
-        _write_h5ad(simulate_cohort(seed=seed), cohort)
+        write_h5ad_atomic(simulate_cohort(seed=seed), cohort)
     query = out / DEMO_QUERY
     if overwrite or not query.exists():
         say("simulate", 0.8, "simulating a query patient left out of the run")
-        _write_h5ad(simulate_query_patient(seed=seed), query)
+        write_h5ad_atomic(simulate_query_patient(seed=seed), query)
     say("simulate", 1.0, "demo cohort ready")
     # the planted number of niches: the demo shows the method at the true k (auto may
     # split a niche whose two sides differ, see the README)
@@ -491,12 +492,6 @@ def build_demo(out: str | Path, *, seed: int = 0, device: str = "auto", overwrit
     options = RunOptions(n_niches=len(DEMO_NICHES), train=TrainConfig(seed=seed), device=device)
     return fit_run([cohort], out / "runs" / "demo", options, group_keys=("response",),
                    overwrite=overwrite, on_stage=on_stage)
-
-
-def _write_h5ad(adata, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    adata.write_h5ad(tmp)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:

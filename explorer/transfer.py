@@ -16,7 +16,7 @@ import anndata as ad
 import pandas as pd
 import plotly.graph_objects as go
 
-from cellniche_core.io import Run, load_weights
+from cellniche_core.io import Run, load_weights, write_h5ad
 from cellniche_core.keys import DEMO_QUERY, RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
 from cellniche_core.transfer import annotate_query, read_query
 
@@ -93,7 +93,7 @@ def h5ad_bytes(adata: ad.AnnData, *, tmp_dir: Path) -> bytes:
     tmp_dir.mkdir(parents=True, exist_ok=True)
     with staging(tmp_dir, DOWNLOAD_PREFIX) as tmp:
         path = Path(tmp) / "annotated.h5ad"
-        adata.write_h5ad(path)
+        write_h5ad(adata, path)
         return path.read_bytes()
 
 

@@ -15,7 +15,7 @@ file it comes from. A run folder is written atomically: it appears complete or n
 
 from ..keys import INPUT_UNS_KEY
 from .errors import CohortError
-from .files import atomic_folder, check_output, safe_child, write_h5ad_atomic
+from .files import atomic_folder, check_output, safe_child, write_h5ad, write_h5ad_atomic
 from .plain import to_plain
 from .read import read_cohort, refuse_outside_data
 from .runs import Run, list_runs, load_run, load_weights, write_run
@@ -35,6 +35,7 @@ __all__ = [
     "safe_child",
     "to_plain",
     "validate_cohort",
+    "write_h5ad",
     "write_h5ad_atomic",
     "write_run",
 ]

@@ -75,12 +75,22 @@ def check_output(out: Path, source: Path, *, overwrite: bool, what: str = "input
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
 
 
+def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> None:
+    """``adata.write_h5ad(path)``, text columns in pandas' string dtype included.
+
+    pandas 3 reads text into its string dtype by default, and anndata refuses to write those
+    arrays unless told to (files readers older than anndata 0.11 cannot open; we require newer).
+    """
+    with ad.settings.override(allow_write_nullable_strings=True):
+        adata.write_h5ad(path)
+
+
 def write_h5ad_atomic(adata: ad.AnnData, out: Path) -> Path:
     """Write ``adata`` to a hidden temporary file beside ``out``, then rename it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        adata.write_h5ad(tmp)
+        write_h5ad(adata, tmp)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from ..cellniche import spatial_graph, stored_graph
 from ..graph import GraphSettings, SpatialGraph
 from ..keys import RUN_ADATA, RUN_MANIFEST, RUN_MODEL_CONFIG, RUN_WEIGHTS, InputKeys, Keys, RunKeys
 from .errors import short_reason
-from .files import atomic_folder, exists_error
+from .files import atomic_folder, exists_error, write_h5ad
 from .plain import read_json, to_plain, to_uns
 
 
@@ -159,7 +159,7 @@ def _write_adata(adata: ad.AnnData, path: Path, manifest: dict) -> None:
     previous = adata.uns.get(Keys.UNS)
     adata.uns[Keys.UNS] = to_uns(manifest)
     try:
-        adata.write_h5ad(path)
+        write_h5ad(adata, path)
     finally:
         if had_uns:
             adata.uns[Keys.UNS] = previous

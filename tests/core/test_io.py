@@ -492,3 +492,17 @@ def test_run_keys_come_from_the_manifest(small_run):
     assert (keys.sample, keys.patient, keys.spatial, keys.niche) == ("sample", "patient", "spatial", "niche")
     assert keys.table_kwargs() == {"niche_key": "niche", "sample_key": "sample", "patient_key": "patient"}
     assert run.niche_names == {}
+
+
+def test_text_in_pandas_string_dtype_is_written(tmp_path):
+    """pandas 3 reads text into its string dtype, which anndata writes only when told to."""
+    parts = run_parts()
+    adata = parts["adata"]
+    adata.obs["note"] = pd.array([f"n{i % 3}" for i in range(N)], dtype="string")
+    adata.obs_names = pd.Index([f"cell{i}" for i in range(N)], dtype="string")
+    run = load_run(write_run(tmp_path / "run1", **parts))
+    assert run.adata.obs["note"].astype(str).tolist() == [f"n{i % 3}" for i in range(N)]
+    assert run.adata.obs_names.tolist() == [f"cell{i}" for i in range(N)]
+    out = io.write_h5ad_atomic(adata, tmp_path / "copy.h5ad")
+    assert ad.read_h5ad(out).obs["note"].astype(str).tolist() == adata.obs["note"].astype(str).tolist()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
