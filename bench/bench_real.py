@@ -307,7 +307,7 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
 
     from cellniche_core.cellniche import CellNiche, spatial_graph
     from cellniche_core.io import load_run, write_h5ad
-    from cellniche_core.novelty import model_input_profiles
+    from cellniche_core.novelty import INPUT_HOPS, model_input_profiles
     from cellniche_core.transfer import annotate_query, transfer_labels
 
     ref_side, query_side, how = transfer_split(ds)
@@ -343,7 +343,7 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
         for with_inputs in (True, False):
             transfer_labels(run.adata, query, label_key=ds.label_key, quantile=q, seed=0,
                             calibration_keys=(keys.patient, keys.sample), spatial_key=keys.spatial,
-                            profiles=profiles if with_inputs else None, profile_scales=len(model.config.profile_hops),
+                            profiles=profiles if with_inputs else None, profile_scales=len(INPUT_HOPS),
                             query_graph=(graph.indptr, graph.indices) if with_inputs else None)
             r = _transfer_scores(query.obs["transferred_label"].astype(str).to_numpy(), truth, known, novel)
             row += [f"{r['accuracy']:.3f}", f"{r['unknown_known']:.1%}", f"{r['unknown_novel']:.1%}"]

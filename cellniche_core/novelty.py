@@ -8,7 +8,7 @@ Why not only in embedding space
     inputs are plainly new: a neighbourhood profile of white matter sits about 2.5 times
     farther from the reference origin than profiles of the cortical layers. So the unknown
     rule also measures the distance of each cell's neighbourhood-averaged encoder inputs
-    (the mean over the cell and its neighbours at each of the model's ``profile_hops``,
+    (the mean over the cell and its neighbours at 1, 2 and 3 hops, :data:`INPUT_HOPS`,
     side by side; Euclidean: the magnitude counts) to its nearest reference cells.
 
 Both distance rules of :mod:`.transfer` share the calibration's choices kept here: which
@@ -37,6 +37,12 @@ __all__ = ["calibration_groups", "edge_quantile", "finest_scale_far", "grow_regi
 
 #: a micro-cluster with more than this share of its cells in one group is group-specific
 OWN_GROUP_MAX = 0.9
+#: the scales (graph hops) at which a query cell's surroundings are compared with the
+#: reference's, in the input vote and the input distance of label transfer: local, to place
+#: a cell in its own layer or compartment. Training compares wider ones for its positives
+#: (``TrainConfig.profile_hops``, 1-6); with those here, STARmap's transfer fell from 0.797
+#: to 0.750 and called 10.3 % of known cells unknown.
+INPUT_HOPS = (1, 2, 3)
 #: a new region's edge cells are far when they exceed the quantile whose tail is this many
 #: times the threshold's (0.95 for the default 0.99): see :func:`grow_regions`
 EDGE_TAIL = 5
@@ -220,15 +226,15 @@ def spatial_blocks(coords: np.ndarray, slides: np.ndarray | None = None, *, n_bl
 
 
 def model_input_profiles(model, adata, *, graph=None) -> np.ndarray:
-    """:func:`input_profiles` of ``adata`` with a trained model's inputs, graph and ``profile_hops``
-    (the scales at which the model itself compares surroundings). ``graph``: the spatial
-    graph of ``adata`` if already built with the model's settings."""
+    """:func:`input_profiles` of ``adata`` with a trained model's inputs and graph, at
+    :data:`INPUT_HOPS`. ``graph``: the spatial graph of ``adata`` if already built with the
+    model's settings."""
     from .cellniche import spatial_graph
     from .features import make_features
 
     x, _ = make_features(adata, model.spec, cell_type_key=model.keys.cell_type_key)
     graph = spatial_graph(adata, model.graph, model.keys) if graph is None else graph
-    return input_profiles(x, graph.indptr, graph.indices, model.config.profile_hops)
+    return input_profiles(x, graph.indptr, graph.indices, INPUT_HOPS)
 
 
 def calibration_groups(reference, keys, spatial_key: str, *, seed: int = 0) -> tuple[np.ndarray, str]:

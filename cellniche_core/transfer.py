@@ -100,7 +100,7 @@ from .cellniche import CellNiche, spatial_graph
 from .features import FeatureSpec
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
-from .novelty import calibration_groups, edge_quantile, input_rule, model_input_profiles, shared_cells
+from .novelty import INPUT_HOPS, calibration_groups, edge_quantile, input_rule, model_input_profiles, shared_cells
 from .train import resolve_device
 from .vote import label_shares, nearest, spatial_mean, subsample_by_label, vote, winner
 
@@ -478,7 +478,7 @@ def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, devic
     graph = spatial_graph(query, model.graph, model.keys)
     profiles = (model_input_profiles(model, run.adata), model_input_profiles(model, query, graph=graph))
     summary = transfer_labels(run.adata, query, label_key=label_key, device=device, profiles=profiles,
-                              profile_scales=len(model.config.profile_hops),
+                              profile_scales=len(INPUT_HOPS),
                               query_graph=(graph.indptr, graph.indices),
                               calibration_keys=(keys.patient, keys.sample), spatial_key=keys.spatial, **options)
     query.uns[TRANSFER_UNS_KEY]["alignment"] = to_plain(alignment)

@@ -571,3 +571,21 @@ def test_leave_one_patient_out_accuracy_on_the_demo_cohort():
     assert r["accuracy_known"] >= 0.9
     assert r["unknown_novel"]["necrotic"] >= 0.8
     assert r["unknown_known"] < 0.05
+
+
+def test_transfer_compares_surroundings_at_its_own_scales_not_trainings(tiny_run):
+    """Training compares wider surroundings for its positives than transfer does for its rule."""
+    from cellniche_core.cellniche import CellNiche, spatial_graph
+    from cellniche_core.features import make_features
+    from cellniche_core.novelty import INPUT_HOPS, input_profiles, model_input_profiles
+
+    run = load_run(tiny_run)
+    model = CellNiche.from_state(run.model_config, run.state_dict)
+    assert max(model.config.profile_hops) > max(INPUT_HOPS)
+    x, _ = make_features(run.adata, model.spec, cell_type_key=model.keys.cell_type_key)
+    g = spatial_graph(run.adata, model.graph, model.keys)
+    np.testing.assert_array_equal(model_input_profiles(model, run.adata),
+                                  input_profiles(x, g.indptr, g.indices, INPUT_HOPS))
+    q = run.adata.copy()
+    annotate_query(run, q, device="cpu")
+    assert q.uns[TRANSFER_UNS_KEY]["params"]["profile_scales"] == len(INPUT_HOPS)
