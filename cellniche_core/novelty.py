@@ -40,7 +40,7 @@ OWN_GROUP_MAX = 0.9
 #: the scales (graph hops) at which a query cell's surroundings are compared with the
 #: reference's, in the input vote and the input distance of label transfer: local, to place
 #: a cell in its own layer or compartment. Training compares wider ones for its positives
-#: (``TrainConfig.profile_hops``, 1-6); with those here, STARmap's transfer fell from 0.797
+#: (``TrainConfig.profile_hops``, 1-6); with those here, STARmap's transfer fell from 0.786
 #: to 0.750 and called 10.3 % of known cells unknown.
 INPUT_HOPS = (1, 2, 3)
 #: a new region's edge cells are far when they exceed the quantile whose tail is this many

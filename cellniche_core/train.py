@@ -50,9 +50,9 @@ class TrainConfig:
     # other seeds' walks are only negatives, and on real tissue (cortical layers, Visium
     # spots) the embedding did no better than averaging the inputs over neighbours.
     strategy: str = "or"
-    # surroundings from 1 to 6 hops (~12 to ~300 cells): seeds 0-2, median ARI, 1-6 against
+    # surroundings from 1 to 6 hops (~12 to ~260 cells on STARmap V1 and DLPFC): seeds 0-2, median ARI, 1-6 against
     # 1-3 hops: STARmap V1 `pheno` 0.669 / 0.649, `expr` 0.625 / 0.617, DLPFC 0.558 / 0.562,
-    # the simulated demo (planted k) 0.837-0.840 / 0.820-0.834
+    # the simulated demo (planted k) 0.835-0.839 / 0.820-0.834
     profile_hops: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     # the most similar share of each batch's pairs are "similar" (sampling.SIMILAR_SHARE)
     similar_share: float = SIMILAR_SHARE

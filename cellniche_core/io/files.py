@@ -79,7 +79,7 @@ def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> None:
     """``adata.write_h5ad(path)``, text columns in pandas' string dtype included.
 
     pandas 3 reads text into its string dtype by default, and anndata refuses to write those
-    arrays unless told to (files readers older than anndata 0.11 cannot open; we require newer).
+    arrays unless told to (anndata older than 0.11 cannot read them back; we require 0.12).
     """
     with ad.settings.override(allow_write_nullable_strings=True):
         adata.write_h5ad(path)
