@@ -10,10 +10,12 @@ to report the k it picks. The script prints, per dataset and encoder input:
 
 - ARI and NMI against the expert label (cells labelled ``NA`` left out), per slide and
   their mean (one clustering of all slides, scored slide by slide), median over seeds;
-- the same for two simple baselines computed here: (a) the inputs (one-hot cell type,
+- the same for simple baselines computed here: (a) the inputs (one-hot cell type,
   or 30 PCs of log-normalised expression) averaged over each cell's 30 nearest cells,
   KMeans; (b) per slide, 0.2 x own + 0.8 x the mean of the 6 nearest cells' inputs,
-  Gaussian mixture with full covariances;
+  Gaussian mixture with full covariances; (c) no encoder: our own inputs' surroundings,
+  the profiles the similar pairs compare in training, called into niches by our own
+  niche caller (what the encoder adds over its training target);
 - wall time and peak RSS of each ``fit`` process (UMAP included).
 
 Label transfer (unless ``--skip-transfer``; alone with ``--transfer-only``), on every
@@ -25,7 +27,8 @@ with defaults and the first input mode; the query is the other side, embedded by
 expert label. It prints accuracy on labels the reference knows (``unknown`` counted
 wrong), the share of those cells called ``unknown``, the share of the unseen label called
 ``unknown``, over the calibration quantile (the rule's knob), for the full rule and for the
-embedding alone (its vote and its distance), beside a 15-NN baseline on the baseline (a) features.
+embedding alone (its vote and its distance), beside a 15-NN baseline on the baseline (a) features
+(for expression, also with its scaling and PCs fitted on the reference alone).
 
 Datasets known by file name (their label column and inputs) are listed in ``KNOWN``; any
 other is given with ``--dataset FILE:LABEL_KEY:FEATURES``. Nothing in the library knows
@@ -116,8 +119,11 @@ def score(ds: Dataset, labels) -> dict:
 # ------------------------------------------------------------------------ baselines
 
 
-def baseline_inputs(adata, features: str, *, n_pcs: int = 30):
-    """One-hot cell types (pheno) or 30 PCs of log-normalised, scaled expression (expr)."""
+def baseline_inputs(adata, features: str, *, n_pcs: int = 30, fit_rows=None):
+    """One-hot cell types (pheno) or 30 PCs of log-normalised, scaled expression (expr).
+
+    The scaling and the PCs are fitted on every cell, or on ``fit_rows`` (a mask) alone.
+    """
     import numpy as np
     import scipy.sparse as sp
     from sklearn.decomposition import PCA
@@ -128,8 +134,11 @@ def baseline_inputs(adata, features: str, *, n_pcs: int = 30):
     x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X, dtype=float)
     totals = x.sum(1, keepdims=True)
     x = np.log1p(x / np.maximum(totals, 1) * np.median(totals))
-    x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-8)
-    return PCA(n_components=min(n_pcs, x.shape[1] - 1), random_state=0).fit_transform(x).astype(np.float32)
+    fit = x if fit_rows is None else x[fit_rows]
+    x = (x - fit.mean(0)) / np.maximum(fit.std(0), 1e-8)
+    fit = x if fit_rows is None else x[fit_rows]
+    pca = PCA(n_components=min(n_pcs, x.shape[1] - 1), random_state=0).fit(fit)
+    return pca.transform(x).astype(np.float32)
 
 
 def neighbour_mean(x, coords, slides, k: int, *, own: float = 0.0):
@@ -167,7 +176,30 @@ def baselines(ds: Dataset, features: str, seeds) -> dict:
             gm = GaussianMixture(ds.k, covariance_type="full", random_state=seed, reg_covar=1e-4).fit(z)
             labels[idx] = [f"{s}:{c}" for c in gm.predict(z)]
         out["own_mean6_gmm"].append(score(ds, labels))
+    out["surroundings"] = [score(ds, labels) for labels in surroundings_niches(ds, features, seeds)]
     return out
+
+
+def surroundings_niches(ds: Dataset, features: str, seeds) -> list:
+    """Baseline (c): the niches of the default run without its encoder, one per seed.
+
+    The inputs ``fit`` would build, averaged over the default ``profile_hops`` (the
+    surroundings the similar pairs compare), clustered by :func:`call_niches` at the
+    expert number of labels.
+    """
+    from cellniche_core.cellniche import spatial_graph
+    from cellniche_core.features import fit_features, make_features, neighbourhood_profiles
+    from cellniche_core.graph import GraphSettings
+    from cellniche_core.keys import InputKeys
+    from cellniche_core.niches import call_niches
+    from cellniche_core.train import TrainConfig
+
+    keys = InputKeys()
+    spec = fit_features(ds.adata, mode=features, cell_type_key=keys.cell_type_key)
+    x, _ = make_features(ds.adata, spec, cell_type_key=keys.cell_type_key)
+    graph = spatial_graph(ds.adata, GraphSettings(), keys)
+    profiles = neighbourhood_profiles(x, graph.indptr, graph.indices, TrainConfig().profile_hops)
+    return [call_niches(profiles, ds.k, seed=seed)[0] for seed in seeds]
 
 
 # ------------------------------------------------------------------------ runs
@@ -236,13 +268,14 @@ def niche_benchmark(ds: Dataset, seeds, threads: int, work: Path) -> list[str]:
         shutil.rmtree(out)
         lines.append(f"| {ds.name} | {features} | {ds.adata.n_obs:,} | {len(set(ds.slides))} | "
                      f"**{fmt(ours, 'ari')}** | {fmt(ours, 'nmi')} | {fmt(base['mean30_kmeans'], 'ari')} | "
-                     f"{fmt(base['own_mean6_gmm'], 'ari')} | {chosen[0]} of {ds.k} ({chosen[1]['ari']:.3f}) | "
+                     f"{fmt(base['own_mean6_gmm'], 'ari')} | {fmt(base['surroundings'], 'ari')} | {chosen[0]} of {ds.k} ({chosen[1]['ari']:.3f}) | "
                      f"{median([t['wall_s'] for t in times]):.1f} s | "
                      f"{max(t['peak_rss_gb'] for t in times):.2f} GB |")
         print(f"  {ds.name} {features}: per-seed ARI {[round(r['ari'], 3) for r in ours]}, "
               f"per slide (seed {seeds[0]}) {ours[0]['per_slide_ari']}", flush=True)
         print(f"    baseline mean30+KMeans {[round(r['ari'], 3) for r in base['mean30_kmeans']]}, "
-              f"own+mean6+GMM {[round(r['ari'], 3) for r in base['own_mean6_gmm']]}", flush=True)
+              f"own+mean6+GMM {[round(r['ari'], 3) for r in base['own_mean6_gmm']]}, "
+              f"surroundings without the encoder {[round(r['ari'], 3) for r in base['surroundings']]}", flush=True)
         print(f"    timings (seed {seeds[0]}): {times[0]['timings']}", flush=True)
         print(f"    scale chosen: {json.dumps(times[0]['scale'])}", flush=True)
         print(f"    auto: k={chosen[0]} ({auto_cost['wall_s']:.1f} s)", flush=True)
@@ -357,6 +390,13 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
     pred = knn.predict(x[query_side])
     lines += ["", f"baseline: 15-NN vote on the inputs averaged over the {BASELINE_NEIGHBOURS} nearest cells "
               f"(no unknown call): accuracy on known labels {np.mean(pred[known] == truth[known]):.3f}"]
+    if features != "pheno":  # the scaling and PCs fitted on the reference alone, as our encoder's inputs are
+        coords = np.asarray(ds.adata.obsm["spatial"], dtype=float)[:, :2]
+        x = neighbour_mean(baseline_inputs(ds.adata, features, fit_rows=in_ref), coords, ds.slides,
+                           BASELINE_NEIGHBOURS)
+        pred = KNeighborsClassifier(n_neighbors=15).fit(x[in_ref], ds.truth[in_ref]).predict(x[query_side])
+        lines.append(f"the same with its scaling and PCs fitted on the reference alone: "
+                     f"{np.mean(pred[known] == truth[known]):.3f}")
     shutil.rmtree(out)
     return lines
 
@@ -391,8 +431,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_real_"))
     try:
         table = ["| dataset | input | cells | slides | ours: ARI, median (range) | NMI | baseline (a) mean of 30 nearest + KMeans | "
-                 "baseline (b) own + mean of 6, GMM per slide | auto k (ARI) | wall time per fit | peak RSS |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "baseline (b) own + mean of 6, GMM per slide | (c) surroundings without the encoder | auto k (ARI) | "
+                 "wall time per fit | peak RSS |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         transfer = []
         for spec in specs:
             ds = _load(spec)
