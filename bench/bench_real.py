@@ -268,7 +268,8 @@ def niche_benchmark(ds: Dataset, seeds, threads: int, work: Path) -> list[str]:
         shutil.rmtree(out)
         lines.append(f"| {ds.name} | {features} | {ds.adata.n_obs:,} | {len(set(ds.slides))} | "
                      f"**{fmt(ours, 'ari')}** | {fmt(ours, 'nmi')} | {fmt(base['mean30_kmeans'], 'ari')} | "
-                     f"{fmt(base['own_mean6_gmm'], 'ari')} | {fmt(base['surroundings'], 'ari')} | {chosen[0]} of {ds.k} ({chosen[1]['ari']:.3f}) | "
+                     f"{fmt(base['own_mean6_gmm'], 'ari')} | {fmt(base['surroundings'], 'ari')} | "
+                     f"{chosen[0]} of {ds.k} ({chosen[1]['ari']:.3f}) | "
                      f"{median([t['wall_s'] for t in times]):.1f} s | "
                      f"{max(t['peak_rss_gb'] for t in times):.2f} GB |")
         print(f"  {ds.name} {features}: per-seed ARI {[round(r['ari'], 3) for r in ours]}, "
@@ -430,7 +431,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench_real_"))
     try:
-        table = ["| dataset | input | cells | slides | ours: ARI, median (range) | NMI | baseline (a) mean of 30 nearest + KMeans | "
+        table = ["| dataset | input | cells | slides | ours: ARI, median (range) | NMI | "
+                 "baseline (a) mean of 30 nearest + KMeans | "
                  "baseline (b) own + mean of 6, GMM per slide | (c) surroundings without the encoder | auto k (ARI) | "
                  "wall time per fit | peak RSS |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
