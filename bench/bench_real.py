@@ -136,9 +136,10 @@ def baseline_inputs(adata, features: str, *, n_pcs: int = 30, fit_rows=None):
     x = np.log1p(x / np.maximum(totals, 1) * np.median(totals))
     fit = x if fit_rows is None else x[fit_rows]
     x = (x - fit.mean(0)) / np.maximum(fit.std(0), 1e-8)
-    fit = x if fit_rows is None else x[fit_rows]
-    pca = PCA(n_components=min(n_pcs, x.shape[1] - 1), random_state=0).fit(fit)
-    return pca.transform(x).astype(np.float32)
+    pca = PCA(n_components=min(n_pcs, x.shape[1] - 1), random_state=0)
+    if fit_rows is None:
+        return pca.fit_transform(x).astype(np.float32)
+    return pca.fit(x[fit_rows]).transform(x).astype(np.float32)
 
 
 def neighbour_mean(x, coords, slides, k: int, *, own: float = 0.0):
