@@ -14,7 +14,7 @@ the interpreter, gets two warm-up batches; its time per batch does not drift. Th
 batches are split into rounds, each timing ours then the loop on the same seeds, so that
 changes in the machine's load hit both.
 
-Training draws 64 seeds per batch (``TrainConfig.seeds_per_batch``); the larger batches
+Training draws 32 seeds per batch (``TrainConfig.seeds_per_batch``); the larger batches
 show how the cost grows with the batch.
 
     python bench/bench_sampler.py [--cells 100000] [--device cpu]
@@ -26,15 +26,19 @@ import argparse
 import gc
 import random
 import statistics
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from cellniche_core.graph import build_knn_graph
-from cellniche_core.sampling import sample_batch
-from cellniche_core.train import TrainConfig, resolve_device
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, as the other benches
+
+from cellniche_core.graph import build_knn_graph  # noqa: E402
+from cellniche_core.sampling import sample_batch  # noqa: E402
+from cellniche_core.train import TrainConfig, resolve_device  # noqa: E402
 
 
 def loop_sampler(adj: list[list[int]], seeds: list[int], cfg: TrainConfig, rng: random.Random):
@@ -77,7 +81,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", type=int, default=100_000)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--seeds", type=int, nargs="+", default=[64, 256, 1024, 4096],
+    p.add_argument("--seeds", type=int, nargs="+", default=[32, 64, 256, 1024, 4096],
                    help="seed cells per batch (training uses 64)")
     p.add_argument("--repeats", type=int, default=25, help="timed batches per size")
     p.add_argument("--rounds", type=int, default=5, help="rounds the timed batches are split into")
