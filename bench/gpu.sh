@@ -43,6 +43,6 @@ fi
 for size in "${SIZES[@]}"; do
     step "$PY" bench/bench_scale.py --device cuda --threads "$THREADS" --sizes "$size"
 done
-step "$PY" bench/bench_sampler.py --device cuda --seeds 64 1024 4096 16384
+step "$PY" bench/bench_sampler.py --device cuda --seeds 32 64 1024 4096 16384
 echo "## done at ${SECONDS} s"
 exit $failed
