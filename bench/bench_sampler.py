@@ -82,7 +82,7 @@ def main() -> None:
     p.add_argument("--cells", type=int, default=100_000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=[32, 64, 256, 1024, 4096],
-                   help="seed cells per batch (training uses 64)")
+                   help=f"seed cells per batch (training uses {TrainConfig().seeds_per_batch})")
     p.add_argument("--repeats", type=int, default=25, help="timed batches per size")
     p.add_argument("--rounds", type=int, default=5, help="rounds the timed batches are split into")
     p.add_argument("--warm-up", type=float, default=0.25,
