@@ -309,8 +309,8 @@ def _add_transfer_parser(sub) -> None:
                     "reference's settings), transfer a categorical obs column of the reference by a neighbour "
                     "vote and call 'unknown' where no reference label fits: cells whose neighbourhood-averaged "
                     "inputs are farther from the reference than the --quantile of reference cells held out by "
-                    "patient (and the edges of such regions), or with no majority "
-                    "(confidence < --min-confidence). Writes OUT with obs['transferred_label'], "
+                    "patient (and the edges of such regions), and, when --min-confidence is given, cells whose "
+                    "winning label holds less of the vote. Writes OUT with obs['transferred_label'], "
                     "obs['transfer_confidence'], obs['transfer_distance'], obsm['X_cellniche'] and "
                     "uns['cellniche_transfer']; the query file is only read.")
     transfer.add_argument("run", metavar="RUN_DIR", help="reference run folder written by 'fit' or 'demo'")
@@ -329,9 +329,10 @@ def _add_transfer_parser(sub) -> None:
                                "held-out reference cells is unknown, as are the cells joined to it above the "
                                "quantile with 5x the tail; about 1-Q of a known-like slide is called unknown "
                                "(default: %(default)s)")
-    transfer.add_argument("--min-confidence", type=float, default=0.5, metavar="C",
-                          help="a cell whose winning label has less than this share of the vote is unknown "
-                               "(default: %(default)s)")
+    transfer.add_argument("--min-confidence", type=float, default=0.0, metavar="C",
+                          help="a cell whose winning label has less than this share of the vote is unknown too "
+                               "(e.g. 0.5: no majority); by default a cell of split vote keeps its plurality label "
+                               "and obs['transfer_confidence'] shows the split (default: %(default)s)")
     transfer.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                           help="embedding and neighbour search; auto = CUDA when available (default: %(default)s)")
     transfer.add_argument("--seed", type=int, default=0,
@@ -366,9 +367,10 @@ def run_transfer(args) -> Path:
     counts = report["counts"]
     shares = ", ".join(f"{name} {n / max(report['n_cells'], 1):.1%}" for name, n in counts.items() if n)
     print(f"transfer: {report['n_cells']:,} cells: {shares}", file=sys.stderr)
-    print(f"transfer: {report['n_unknown']:,} unknown ({report['n_far']:,} far from every reference label, "
-          f"{report['n_ambiguous']:,} without a majority); mean confidence {report['mean_confidence']:.2f}",
-          file=sys.stderr)
+    split = (f", {report['n_ambiguous']:,} with a confidence below {args.min_confidence:g}"
+             if args.min_confidence > 0 else "")
+    print(f"transfer: {report['n_unknown']:,} unknown ({report['n_far']:,} far from every reference label{split}); "
+          f"mean confidence {report['mean_confidence']:.2f}", file=sys.stderr)
     return path
 
 

@@ -192,8 +192,9 @@ def composition_figure(table: pd.DataFrame, scale: ColorScale, *, height: int = 
     return fig
 
 
-def unknown_note(report: dict, *, quantile: float) -> str:
-    """How many cells are unknown and why, in one sentence."""
+def unknown_note(report: dict, *, quantile: float, min_confidence: float = 0.0) -> str:
+    """How many cells are unknown and why, in one sentence (``min_confidence``: the
+    transfer's, when its split-vote rule was on)."""
     calibration = report["calibration"]
     by = calibration["held_out_by"]
     held = "reference cells held out one by one" if by == "cell" else f"reference cells held out by {by}"
@@ -204,5 +205,9 @@ def unknown_note(report: dict, *, quantile: float) -> str:
     else:
         far = (f"{report['n_far']:,} lie (with their neighbours, on average) farther from the reference than "
                f"{quantile:.1%} of {held} (same label)")
+    if min_confidence <= 0:
+        return (f"{report['n_unknown']:,} of {report['n_cells']:,} cells are unknown: {far}. A cell whose reference "
+                "neighbours split between labels keeps the label most of them hold; its confidence shows the split.")
     return (f"{report['n_unknown']:,} of {report['n_cells']:,} cells are unknown: {far}, "
-            f"{report['n_ambiguous']:,} have no majority among their reference neighbours (a cell can be both).")
+            f"{report['n_ambiguous']:,} have a winning label with less than {min_confidence:.0%} of the vote "
+            "(a cell can be both).")

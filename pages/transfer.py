@@ -25,9 +25,10 @@ st.caption(
     "by its 30 nearest reference cells in the embedding and its 30 nearest in the neighbourhood-averaged "
     "inputs, each alike. It is called **unknown** when its neighbourhood-averaged inputs lie farther from the "
     "reference than those of 99 % of reference cells seen from other patients (averaged with its spatial "
-    "neighbours), or when no label has a majority. A far region also takes in its edge: the "
+    "neighbours). A far region also takes in its edge: the "
     "cells joined to it whose inputs, at the coarse scales and at the finest, are farther than 95 % of those "
-    "reference cells.")
+    "reference cells. A cell whose voters split between known labels keeps the label most of them hold; "
+    "the Confidence map shows where the vote split.")
 
 labels_offered = transfer.label_options(state.color_options(ref), keys)
 files = transfer.query_files(transfer_state.data_dir())
@@ -72,8 +73,9 @@ if alignment:
     st.warning("Feature alignment: " + "; ".join(alignment) + ".")
 else:
     st.caption("Feature alignment: the query has every reference feature and nothing extra.")
-quantile = adata.uns[TRANSFER_UNS_KEY]["params"]["quantile"]
-st.caption(transfer.unknown_note(report, quantile=quantile))
+params = adata.uns[TRANSFER_UNS_KEY]["params"]
+st.caption(transfer.unknown_note(report, quantile=params["quantile"],
+                                 min_confidence=params.get("min_confidence", 0.0)))
 
 # ----------------------------------------------------------------------------- maps
 reference_scale = state.scale(ref, label_key)

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_twice_n_neighbors_vote_and_each_counts_alike():
     assert q.uns[TRANSFER_UNS_KEY]["params"]["vote_neighbors"] == 30 and summary["n_far"] == 0
 
 
-def test_mixed_labels_are_ambiguous_not_far():
+def test_a_split_vote_keeps_its_plurality_label_unless_a_majority_is_asked_for():
     # A, B and C share one place: a query there is close to the reference, but no label
     # reliably holds a majority of the vote; D elsewhere is clear
     ref = _cloud({"A": [1, 0, 0], "B": [1, 0, 0], "C": [1, 0, 0], "D": [0, 1, 0]})
@@ -104,13 +105,17 @@ def test_mixed_labels_are_ambiguous_not_far():
     summary = transfer_labels(ref, q)
     labels = q.obs[Keys.TRANSFERRED].astype(str).to_numpy()
     conf = q.obs[Keys.CONFIDENCE].to_numpy()
+    # by default unknown means far from the reference: the split cells keep a label of the place
+    assert summary["n_far"] == 0 and summary["n_ambiguous"] == 0 and summary["n_unknown"] == 0
+    assert set(labels[:-1]) <= {"A", "B", "C"} and labels[-1] == "D" and conf[-1] == 1.0
+    assert (conf[:-1] < 0.5).sum() >= 3 and conf[:-1].max() < 0.9  # the confidence shows the split
+    assert q.uns[TRANSFER_UNS_KEY]["params"]["min_confidence"] == 0.0
+    # asked for a majority, the cells without one are unknown, exactly those
+    summary = transfer_labels(ref, q, min_confidence=0.5)
+    labels = q.obs[Keys.TRANSFERRED].astype(str).to_numpy()
     assert summary["n_far"] == 0 and summary["n_ambiguous"] >= 3
-    np.testing.assert_array_equal(labels == UNKNOWN, conf < 0.5)  # unknown exactly where no majority
-    assert labels[-1] == "D" and conf[-1] == 1.0
-    assert conf[:-1].max() < 0.9
-    # without the majority rule every cell keeps its plurality label
-    transfer_labels(ref, q, min_confidence=0.0)
-    assert UNKNOWN not in set(q.obs[Keys.TRANSFERRED].astype(str))
+    np.testing.assert_array_equal(labels == UNKNOWN, q.obs[Keys.CONFIDENCE].to_numpy() < 0.5)
+    assert labels[-1] == "D"
 
 
 def test_a_held_out_patient_is_rarely_unknown():
@@ -492,7 +497,7 @@ def test_transfer_through_the_command_line(small_run, query_path, tmp_path, caps
     assert code == 0, err
     assert query_path.read_bytes() == before  # the query file is only read
     assert "alignment: 1 cell type(s) not in the reference" in err and "Mast cell (12 cells)" in err
-    assert "unknown" in err
+    assert "far from every reference label)" in err and "confidence below" not in err  # no split-vote rule
     a = ad.read_h5ad(out)
     assert a.obsm[Keys.EMBEDDING].shape == (a.n_obs, 32)
     assert UNKNOWN in a.obs[Keys.TRANSFERRED].cat.categories
@@ -509,6 +514,15 @@ def test_transfer_through_the_command_line(small_run, query_path, tmp_path, caps
     # a second run does not overwrite without --overwrite; a label key that is not there is named
     assert main(["transfer", str(small_run), str(query_path), "--out", str(out), "--quiet"]) == 2
     assert "exists" in capsys.readouterr().err
+    # asked for, the split-vote rule is applied and its count reported
+    code = main(["transfer", str(small_run), str(query_path), "--out", str(tmp_path / "m.h5ad"),
+                 "--device", "cpu", "--min-confidence", "0.9"])
+    err = capsys.readouterr().err
+    n_low = int(re.search(r"([\d,]+) with a confidence below 0\.9\)", err).group(1).replace(",", ""))
+    m = ad.read_h5ad(tmp_path / "m.h5ad")
+    assert n_low == int((m.obs[Keys.CONFIDENCE] < 0.9).sum()) > 0
+    assert (m.obs[Keys.TRANSFERRED].astype(str)[m.obs[Keys.CONFIDENCE] < 0.9] == UNKNOWN).all()
+    (tmp_path / "m.h5ad").unlink()
     code = main(["transfer", str(small_run), str(query_path), "--out", str(tmp_path / "b.h5ad"),
                  "--label-key", "expert", "--quiet"])
     err = capsys.readouterr().err

@@ -197,10 +197,13 @@ def test_build_demo_writes_the_query_beside_the_cohort(tmp_path, monkeypatch):
 def test_unknown_note_counts_the_reasons_and_says_which_distance_decides():
     report = {"n_unknown": 12, "n_cells": 1000, "n_far": 9, "n_ambiguous": 4,
               "calibration": {"held_out_by": "patient", "input_threshold": 1.2, "input_edge_threshold": 0.7}}
-    note = transfer.unknown_note(report, quantile=0.99)
+    note = transfer.unknown_note(report, quantile=0.99, min_confidence=0.5)
     assert note.startswith("12 of 1,000 cells are unknown: 9 have neighbourhood-averaged inputs farther")
     assert "99.0% of reference cells held out by patient" in note and "on the edge of such a region" in note
-    assert "4 have no majority" in note and "same label" not in note
+    assert "4 have a winning label with less than 50% of the vote" in note and "same label" not in note
+    # the default transfer calls no split vote unknown, and the note says what such cells get
+    note = transfer.unknown_note(report, quantile=0.99)
+    assert "less than" not in note and "keeps the label most of them hold" in note
     report["calibration"]["input_edge_threshold"] = None  # no spatial graph: no region to follow
     assert "edge" not in transfer.unknown_note(report, quantile=0.99)
     # on embeddings alone the embedding's per-label thresholds decide
