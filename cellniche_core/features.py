@@ -42,6 +42,9 @@ class FeatureSpec:
     mean: list[float] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
     components: list[list[float]] = field(default_factory=list)  # (n_pcs, n_genes)
+    # counts: each gene's mean share of a cell's total, so that a query lacking genes is
+    # normalised by the total its cells would have over the whole panel
+    count_share: list[float] = field(default_factory=list)
 
     @property
     def uses_types(self) -> bool:
@@ -84,14 +87,34 @@ def _choose_transform(X) -> str:
     return "log1p" if np.percentile(sample, 99) > 20 else "none"
 
 
-def _transform(X, spec: FeatureSpec) -> np.ndarray:
+def _transform(X, spec: FeatureSpec, *, coverage: float = 1.0) -> np.ndarray:
+    """``coverage``: the share of a cell's counts its columns of ``X`` hold (1: the whole panel)."""
     X = _dense_rows(X)
     if spec.transform == "log1p_norm":
-        total = X.sum(1, keepdims=True)
+        if X.size and X.min() < 0:  # log1p of a negative share: NaN inputs, every embedding NaN
+            from .io.errors import CohortError
+
+            raise CohortError(
+                "X has negative values, but the model's expression inputs are counts (whole numbers >= 0, "
+                "divided by each cell's total, then log1p): give raw counts, as the model was trained on, "
+                "not scaled or background-subtracted values")
+        total = X.sum(1, keepdims=True) / coverage
         X = np.log1p(X / np.where(total > 0, total, 1.0) * spec.target_sum)
     elif spec.transform == "log1p":
         X = np.log1p(np.clip(X, 0, None))
     return X
+
+
+def _count_share(X, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Each column's mean share of a cell's total over ``rows`` (cells with counts), (n_genes,)."""
+    share, n = np.zeros(X.shape[1]), 0
+    for lo in range(0, len(rows), chunk):
+        block = _dense_rows(X, rows[lo:lo + chunk])
+        total = block.sum(1)
+        counted = total > 0
+        share += (block[counted] / total[counted, None]).sum(0)
+        n += int(counted.sum())
+    return share / max(n, 1)
 
 
 def fit_features(adata, *, mode: str, cell_type_key: str, seed: int = 0) -> FeatureSpec:
@@ -118,6 +141,8 @@ def fit_features(adata, *, mode: str, cell_type_key: str, seed: int = 0) -> Feat
         rng = np.random.default_rng(seed)
         n = adata.n_obs
         rows = np.sort(rng.choice(n, size=min(n, _PCA_FIT_CELLS), replace=False))
+        if spec.transform == "log1p_norm":
+            spec.count_share = _count_share(adata.X, rows).tolist()
         Xs = _transform(adata.X[rows], spec)
         mean, sd = Xs.mean(0), Xs.std(0)
         sd[sd == 0] = 1.0
@@ -180,12 +205,20 @@ def make_features(adata, spec: FeatureSpec, *, cell_type_key: str, X=None,
         Z = np.empty((n, len(components) if components is not None else len(spec.genes)), dtype=np.float32)
         # a block of rows is read at full width: keep it near CHUNK_BYTES whatever the gene count
         rows = max(1, min(chunk_size, CHUNK_BYTES // (8 * max(1, len(var)))))
+        # counts of a query lacking genes: each cell's total over the whole panel is its total
+        # over the genes it has, divided by the share those genes hold in the reference's cells
+        # (without it every gene of a half panel would read about twice as high)
+        coverage = (float(np.sum(np.asarray(spec.count_share)[have])) if spec.count_share and not have.all()
+                    else 1.0)
+        if coverage != 1.0:
+            report["panel_count_share"] = coverage
         for lo in range(0, n, rows):
             hi = min(n, lo + rows)
             block = np.empty((hi - lo, len(spec.genes)))
             block[:, ~have] = mean[~have]  # a missing gene sits at the training mean: z = 0
             if have.any():
-                block[:, have] = _transform(source[lo:hi][:, pos[have]], spec)  # genes picked before densifying
+                block[:, have] = _transform(source[lo:hi][:, pos[have]], spec,  # genes picked before densifying
+                                            coverage=max(coverage, 1e-6))
             z = np.clip((block - mean) / scale, -_CLIP, _CLIP)
             Z[lo:hi] = z @ components.T if components is not None else z
         parts.append(Z)

@@ -426,6 +426,9 @@ def describe_alignment(alignment: dict, *, show: int = 10) -> list[str]:
     if len(alignment.get("missing_genes", [])):
         lines.append(f"{len(alignment['missing_genes'])} reference gene(s) missing in the query, set to the "
                      f"reference mean: {names(alignment['missing_genes'])}")
+    if "panel_count_share" in alignment:
+        lines.append(f"each cell's counts normalised by its total over the whole panel, estimated from the genes it "
+                     f"has (they hold {alignment['panel_count_share']:.0%} of a reference cell's counts)")
     if len(alignment.get("extra_genes", [])):
         lines.append(f"{len(alignment['extra_genes'])} query gene(s) not in the reference, dropped: "
                      f"{names(alignment['extra_genes'])}")

@@ -1,0 +1,59 @@
+"""Encoder inputs from expression: counts normalised alike whatever the query's panel."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellniche_core.features import fit_features, make_features
+from cellniche_core.io import CohortError
+
+
+def _counts(n: int = 400, genes: int = 40, seed: int = 0) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    rates = rng.gamma(1.0, 5.0, genes)  # some genes far more expressed than others
+    depth = rng.uniform(0.5, 2.0, (n, 1))  # cells captured more or less deeply
+    x = rng.poisson(rates * depth).astype(np.float32)
+    return ad.AnnData(x, var=pd.DataFrame(index=[f"g{i}" for i in range(genes)]),
+                      obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]))
+
+
+def test_a_query_lacking_genes_is_normalised_by_its_whole_panel_total():
+    cohort = _counts()
+    spec = fit_features(cohort, mode="expr", cell_type_key="cell_type")
+    assert spec.transform == "log1p_norm" and not spec.components  # 40 genes: inputs are the genes' z-scores
+    assert len(spec.count_share) == 40 and sum(spec.count_share) == pytest.approx(1.0)
+    full, report = make_features(cohort, spec, cell_type_key="cell_type")
+    assert "panel_count_share" not in report
+
+    kept = [f"g{i}" for i in range(0, 40, 2)]  # half the panel
+    half, report = make_features(cohort[:, kept].copy(), spec, cell_type_key="cell_type")
+    shared = np.arange(0, 40, 2)
+    share = report["panel_count_share"]
+    assert share == pytest.approx(float(np.sum(np.asarray(spec.count_share)[shared])))
+    assert 0.2 < share < 0.8
+    # the genes the query has read as in the whole panel: no shift of about log(1 / share)
+    shift = float(np.mean(half[:, shared] - full[:, shared]))
+    assert abs(shift) < 0.1
+    assert np.corrcoef(half[:, shared].ravel(), full[:, shared].ravel())[0, 1] > 0.9
+    assert np.all(half[:, 1::2] == 0)  # a missing gene sits at the training mean
+
+    # without the share (a model fitted before it was recorded) the half panel reads high
+    spec.count_share = []
+    old, report = make_features(cohort[:, kept].copy(), spec, cell_type_key="cell_type")
+    assert "panel_count_share" not in report
+    assert float(np.mean(old[:, shared] - full[:, shared])) > 3 * abs(shift) + 0.2
+
+
+def test_negative_values_against_a_counts_model_are_refused():
+    cohort = _counts()
+    spec = fit_features(cohort, mode="expr", cell_type_key="cell_type")
+    scaled = cohort.copy()
+    scaled.X = (scaled.X - scaled.X.mean(0)) / scaled.X.std(0)  # z-scored, as a scaled export is
+    with pytest.raises(CohortError, match="X has negative values, but the model's expression inputs are counts"):
+        make_features(scaled, spec, cell_type_key="cell_type")
+    # intensities fitted as they are (no log of counts) may go negative
+    scaled_spec = fit_features(scaled, mode="expr", cell_type_key="cell_type")
+    assert scaled_spec.transform == "none" and not scaled_spec.count_share
+    x, _ = make_features(scaled, scaled_spec, cell_type_key="cell_type")
+    assert np.isfinite(x).all()
