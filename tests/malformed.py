@@ -240,6 +240,10 @@ def _text_x(adata: ad.AnnData) -> None:
     adata.X = np.full(adata.shape, "high", dtype=object)
 
 
+def _duplicate_genes(adata: ad.AnnData) -> None:
+    adata.var_names = ["g0", "g1", "g0"]
+
+
 def _small_slide(path: Path) -> None:
     adata = make_adata(N_CELLS + 5)
     adata.obs["sample"] = ["big"] * N_CELLS + ["tiny"] * 5
@@ -301,6 +305,8 @@ CASES: list[Case] = [
     Case("x-nan", _edited(_set_x(3, np.nan)), "x has nan values in 1 cell", features="expr"),
     Case("x-inf", _edited(_set_x(4, -np.inf)), "x has infinite values in 1 cell", features="expr"),
     Case("x-text", _edited(_text_x), "x is not numeric", features="expr"),
+    Case("x-duplicate-gene-names", _edited(_duplicate_genes), "1 gene/protein name(s) occur more than once",
+         features="expr"),
 ]
 
 assert len({c.name for c in CASES}) == len(CASES), "case names must be unique"

@@ -191,6 +191,15 @@ def _check_expression(adata: ad.AnnData, source: object, features: str) -> None:
         )
     if np.dtype(x.dtype).kind not in "biuf":
         raise cohort_error(source, f"X is not numeric (dtype {x.dtype})")
+    names = pd.Index(map(str, adata.var_names))
+    if names.has_duplicates:
+        repeated = names[names.duplicated()].unique()
+        raise cohort_error(
+            source,
+            f"{len(repeated)} gene/protein name(s) occur more than once in var_names (first: "
+            f"{first_names(repeated)}), so a column cannot be matched by its name; drop the duplicates or "
+            "make the names unique (adata.var_names_make_unique())",
+        )
     bad = _rows_with_nonfinite(x)
     if bad.size:
         rows = x[bad]
