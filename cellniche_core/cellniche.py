@@ -85,8 +85,18 @@ class CellNiche:
         dev = resolve_device(device)
         self.spec = fit_features(adata, mode=self._mode(adata), cell_type_key=self.keys.cell_type_key,
                                  seed=self.config.seed)
+        from .io.errors import CohortError  # (io imports this module)
+
+        if self.spec.mode == "pheno" and len(self.spec.cell_types) < 2:
+            raise CohortError(f"obs[{self.keys.cell_type_key!r}] holds one cell type "
+                              f"({self.spec.cell_types[:1]}): every cell's input is the same, so no niche can be "
+                              "told from another; give finer cell types, or use features='expr' (--features expr)")
         x_np, _ = make_features(adata, self.spec, cell_type_key=self.keys.cell_type_key)
         graph = graph if graph is not None else spatial_graph(adata, self.graph, self.keys)
+        if graph.n_edges == 0:
+            raise CohortError(f"the spatial graph has no edge (graph settings {self.graph.to_dict()}): no two cells "
+                              "are within the radius, given in the unit of the coordinates; use a larger --radius, "
+                              "--radius auto (from each slide's cell spacing) or the default k-NN graph")
         indptr, indices = _csr_tensors(graph, dev)
         self.model, self.history = train_model(
             torch.from_numpy(x_np).to(dev), indptr, indices, self.config,

@@ -22,7 +22,7 @@ import zarr
 
 from ..features import resolve_feature_mode
 from ..keys import INPUT_UNS_KEY, Keys
-from .errors import CohortError, cohort_error, short_reason
+from .errors import SHOW, CohortError, cohort_error, short_reason
 from .validate import EXPR_MODES, check_features, require_columns, validate_cohort
 
 _TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".xlsx")
@@ -112,7 +112,18 @@ def read_cohort(
         adatas.append(adata)
 
     _check_distinct_slides(adatas, paths, sample_key)
-    features = resolve_feature_mode(features, adatas[0].obs.columns, cell_type_key)
+    modes = [resolve_feature_mode(features, a.obs.columns, cell_type_key) for a in adatas]
+    if len(set(modes)) > 1:  # "auto" resolved per file: a cohort is trained on one kind of input
+        with_types = [p.name for p, m in zip(paths, modes) if m != "expr"]
+        without = [p.name for p, m in zip(paths, modes) if m == "expr"]
+        def listed(names: list[str], one: str, many: str) -> str:
+            return f"{', '.join(names[:SHOW])}{' …' if len(names) > SHOW else ''} {one if len(names) == 1 else many}"
+
+        raise CohortError(
+            f"features='auto': {listed(with_types, 'has', 'have')} obs[{cell_type_key!r}] (cell types) but "
+            f"{listed(without, 'does not', 'do not')} (expression only); give every file the column, or choose "
+            "features='expr' (--features expr) to train on the expression of all of them")
+    features = modes[0]
     adata, concat_notes = _concatenate(adatas, paths, features=features)
     notes += concat_notes
 

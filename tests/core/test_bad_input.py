@@ -210,3 +210,34 @@ def test_a_named_cell_type_column_is_required_also_with_auto_features(tmp_path):
     # with expression features a cell-type column is not needed, named or not
     adata = read_cohort([path], cell_type_key="celltype_typo", features="expr")
     assert adata.n_obs == N_CELLS
+
+
+def test_auto_features_refuse_files_that_disagree_on_cell_types(tmp_path):
+    # with auto features the file lacking the column would train as cells of no type
+    typed = valid_file(tmp_path / "typed.h5ad")
+    bare = make_adata()
+    bare.obs = bare.obs.drop(columns="cell_type")
+    bare.obs["sample"] = "other"
+    untyped = valid_file(tmp_path / "untyped.h5ad", bare)
+    for paths in ([typed, untyped], [untyped, typed]):
+        with pytest.raises(CohortError, match=r"typed\.h5ad has obs\['cell_type'\].*untyped\.h5ad does not"):
+            read_cohort(paths, features="auto")
+    # asked for expression, both are usable
+    assert read_cohort([typed, untyped], features="expr").n_obs == 2 * N_CELLS
+
+
+@pytest.mark.parametrize("change, args, message", [
+    ("one-type", (), "holds one cell type (['t'])"),
+    ("radius-below-spacing", ("--radius", "0.01"), "the spatial graph has no edge"),
+])
+def test_cli_fit_refuses_inputs_that_cannot_make_niches(change, args, message, tmp_path, capsys):
+    adata = make_adata()
+    if change == "one-type":
+        adata.obs["cell_type"] = "T"
+    path = valid_file(tmp_path / "in.h5ad", adata)
+    before = digest(path)
+    code = main(["fit", str(path), "--out", str(tmp_path / "runs" / "r1"), "--steps", "2", "--n-niches", "2",
+                 "--no-umap", "--quiet", *args])
+    captured = capsys.readouterr()
+    assert code == EXIT_BAD_INPUT and message in captured.err.lower() and "Traceback" not in captured.err
+    assert not (tmp_path / "runs" / "r1").exists() and digest(path) == before
