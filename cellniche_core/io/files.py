@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import anndata as ad
+
+from .plain import to_plain
 
 
 @contextmanager
@@ -80,9 +83,29 @@ def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> None:
 
     pandas 3 reads text into its string dtype by default, and anndata refuses to write those
     arrays unless told to (anndata older than 0.11 cannot read them back; we require 0.12).
+
+    A mapping in ``uns`` whose keys hold "/" (labels such as "L2/3" keying counts or
+    thresholds) is written as JSON text: HDF5 reads "/" in a key as a path, which would
+    split ``{"L2/3": 5}`` into ``{"L2": {"3": 5}}`` (and anndata will refuse such keys).
+    ``adata`` itself is left as it was.
     """
-    with ad.settings.override(allow_write_nullable_strings=True):
-        adata.write_h5ad(path)
+    uns = adata.uns
+    safe = _slash_safe(dict(uns))
+    try:
+        adata.uns = safe
+        with ad.settings.override(allow_write_nullable_strings=True):
+            adata.write_h5ad(path)
+    finally:
+        adata.uns = uns
+
+
+def _slash_safe(value):
+    """``value`` with every dict keyed by a string holding "/" turned into JSON text."""
+    if isinstance(value, Mapping):
+        if any("/" in str(k) for k in value):
+            return json.dumps(to_plain(dict(value)))
+        return {k: _slash_safe(v) for k, v in value.items()}
+    return value
 
 
 def write_h5ad_atomic(adata: ad.AnnData, out: Path) -> Path:

@@ -506,3 +506,21 @@ def test_text_in_pandas_string_dtype_is_written(tmp_path):
     out = io.write_h5ad_atomic(adata, tmp_path / "copy.h5ad")
     assert ad.read_h5ad(out).obs["note"].astype(str).tolist() == adata.obs["note"].astype(str).tolist()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_uns_mappings_keyed_by_labels_with_slashes_survive_the_file(tmp_path):
+    import json
+    import warnings
+
+    from cellniche_core.io import write_h5ad
+
+    adata = ad.AnnData(np.zeros((3, 2), dtype=np.float32))
+    adata.uns["transfer"] = {"counts": {"L2/3": 5, "L4": 2}, "params": {"quantile": 0.99}, "rows": np.arange(3)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # anndata warns that "/" in keys will be refused
+        write_h5ad(adata, tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad").uns["transfer"]
+    # h5 would have split "L2/3" into a group "L2" holding "3"; it is stored as JSON text instead
+    assert json.loads(back["counts"]) == {"L2/3": 5, "L4": 2}
+    assert back["params"] == {"quantile": 0.99} and list(back["rows"]) == [0, 1, 2]
+    assert adata.uns["transfer"]["counts"] == {"L2/3": 5, "L4": 2}  # the object written is unchanged
