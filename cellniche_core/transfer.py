@@ -388,7 +388,9 @@ def _unit_rows(x: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def _query_kwargs(run) -> dict:
     """A query is read and checked with the reference's keys and feature mode."""
-    return {**run.keys.read_kwargs(), "features": run.features}
+    return {**run.keys.read_kwargs(), "features": run.features,
+            "key_hint": f"a query is read with the keys of its reference run ({Path(run.path).name}): give the "
+                        "query's column or coordinates that name"}
 
 
 def _check_alignable(query: ad.AnnData, spec: FeatureSpec, *, cell_type_key: str, source: object) -> None:

@@ -41,6 +41,7 @@ def read_cohort(
     group_keys: Sequence[str] = (),
     features: str = "pheno",
     min_cells_per_sample: int = 20,
+    key_hint: str | None = None,
 ) -> ad.AnnData:
     """Read, validate and concatenate one or more cohort files.
 
@@ -68,6 +69,8 @@ def read_cohort(
         and/or a numeric ``X`` are required.
     min_cells_per_sample
         Smallest slide accepted.
+    key_hint
+        As in :func:`~cellniche_core.io.validate_cohort`.
 
     Returns
     -------
@@ -107,7 +110,7 @@ def read_cohort(
             adata, source=path, stem=path.stem, sample_key=sample_key, patient_key=patient_key
         ):
             derived.setdefault(column, []).append(path.name)
-        validate_cohort(adata, source=path, **keys)
+        validate_cohort(adata, source=path, key_hint=key_hint, **keys)
         notes += _keep_xy(adata, spatial_key, source=path)
         adatas.append(adata)
 

@@ -30,6 +30,7 @@ def validate_cohort(
     group_keys: Sequence[str] = (),
     features: str = "pheno",
     min_cells_per_sample: int = 20,
+    key_hint: str | None = None,
 ) -> None:
     """Check that an in-memory AnnData can be used as a cohort.
 
@@ -44,6 +45,9 @@ def validate_cohort(
         slide; a missing non-default ``sample_key`` / ``patient_key`` is an error, and so
         is a missing non-default ``cell_type_key`` with ``features="auto"`` (no silent
         fall-back to expression).
+    key_hint
+        What to do about a missing column or coordinates key, instead of naming the option
+        that sets it (a query slide, read with its reference's keys, has no such option).
 
     Raises
     ------
@@ -57,7 +61,7 @@ def validate_cohort(
     if adata.n_obs == 1:
         raise cohort_error(source, "has a single cell; niches are built from neighbouring cells, so "
                              f"every slide needs at least min_cells_per_sample={min_cells_per_sample} cells")
-    _check_spatial(adata, spatial_key, source)
+    _check_spatial(adata, spatial_key, source, hint=key_hint)
 
     named = {k: "group_keys" for k in group_keys}
     if features in PHENO_MODES:
@@ -68,7 +72,7 @@ def validate_cohort(
         named[sample_key] = "sample_key"
     if patient_key != Keys.PATIENT:
         named[patient_key] = "patient_key"
-    require_columns(adata, source, named)
+    require_columns(adata, source, named, hint=key_hint)
 
     if features in PHENO_MODES:
         _check_labels(adata, cell_type_key, source, what="cell type")
@@ -86,6 +90,9 @@ def check_features(features: str) -> None:
         raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
 
 
+#: obs columns that commonly hold the coordinates (lower case), for the message on missing ones
+_XY_COLUMNS = (("x", "y"), ("x_centroid", "y_centroid"), ("center_x", "center_y"), ("x_um", "y_um"),
+               ("array_col", "array_row"), ("imagecol", "imagerow"))
 #: how to fix a missing column, by the argument that named it
 _COLUMN_HINTS = {
     "cell_type_key": "name the cell-type column with cell_type_key (--cell-type-key), "
@@ -96,22 +103,27 @@ _COLUMN_HINTS = {
 }
 
 
-def require_columns(adata: ad.AnnData, source: object, named: Mapping[str, str]) -> None:
+def require_columns(adata: ad.AnnData, source: object, named: Mapping[str, str], *,
+                    hint: str | None = None) -> None:
     for key, role in named.items():
         if key not in adata.obs:
             found = list(map(str, adata.obs.columns[:20]))
             raise cohort_error(
                 source, f"obs[{key!r}] is missing (named by {role}; found obs columns: {found}); "
-                        f"{_COLUMN_HINTS[role]}"
+                        f"{hint or _COLUMN_HINTS[role]}"
             )
 
 
-def _check_spatial(adata: ad.AnnData, key: str, source: object) -> None:
+def _check_spatial(adata: ad.AnnData, key: str, source: object, *, hint: str | None = None) -> None:
     where = f"obsm[{key!r}]"
     if key not in adata.obsm:
-        raise cohort_error(source, f"{where} is missing (found obsm keys: {list(adata.obsm.keys())}); "
-                             "store the (n_cells, 2) cell coordinates there, or name their key "
-                             "with spatial_key (--spatial-key)")
+        columns = {str(c).lower(): str(c) for c in adata.obs.columns}
+        pair = next(([columns[a], columns[b]] for a, b in _XY_COLUMNS if a in columns and b in columns), None)
+        found = f"found obsm keys: {list(adata.obsm.keys())}" + (f", and obs columns {pair}" if pair else "")
+        move = (f"; to use obs columns {pair}: adata.obsm[{key!r}] = adata.obs[{pair}].to_numpy()" if pair else "")
+        raise cohort_error(source, f"{where} is missing ({found}); "
+                             + (hint or "store the (n_cells, 2) cell coordinates there, or name their key "
+                                        "with spatial_key (--spatial-key)") + move)
     coords = adata.obsm[key]
     if sp.issparse(coords):
         raise cohort_error(source, f"{where} is a sparse matrix; expected a dense (n_cells, 2) array")

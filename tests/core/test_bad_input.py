@@ -241,3 +241,12 @@ def test_cli_fit_refuses_inputs_that_cannot_make_niches(change, args, message, t
     captured = capsys.readouterr()
     assert code == EXIT_BAD_INPUT and message in captured.err.lower() and "Traceback" not in captured.err
     assert not (tmp_path / "runs" / "r1").exists() and digest(path) == before
+
+
+def test_coordinates_left_in_obs_columns_are_pointed_to(tmp_path):
+    adata = make_adata()
+    adata.obs["X"], adata.obs["Y"] = adata.obsm["spatial"][:, 0], adata.obsm["spatial"][:, 1]
+    del adata.obsm["spatial"]
+    with pytest.raises(CohortError, match=r"and obs columns \['X', 'Y'\].*adata\.obsm\['spatial'\] = "
+                                          r"adata\.obs\[\['X', 'Y'\]\]\.to_numpy\(\)"):
+        read_cohort([valid_file(tmp_path / "xy.h5ad", adata)])

@@ -532,6 +532,18 @@ def test_transfer_through_the_command_line(small_run, query_path, tmp_path, caps
     assert query_path.read_bytes() == before
 
 
+def test_a_query_missing_the_references_keys_is_told_to_use_them(small_run, tmp_path, capsys):
+    q = ad.read_h5ad(small_run / "cohort.h5ad")[:40].copy()
+    q.obs = q.obs.rename(columns={Keys.CELL_TYPE: "celltype"})
+    q.write_h5ad(tmp_path / "renamed.h5ad")
+    code = main(["transfer", str(small_run), str(tmp_path / "renamed.h5ad"), "--out", str(tmp_path / "o.h5ad"),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"obs['{Keys.CELL_TYPE}'] is missing" in err and "'celltype'" in err
+    assert f"keys of its reference run ({small_run.name})" in err and "--cell-type-key" not in err
+    assert not (tmp_path / "o.h5ad").exists()
+
+
 def test_transfer_command_errors_are_clean(small_run, tmp_path, capsys):
     bad = tmp_path / "bad.h5ad"
     q = ad.AnnData(obs=pd.DataFrame({Keys.CELL_TYPE: ["x"] * 30}, index=[f"c{i}" for i in range(30)]))
