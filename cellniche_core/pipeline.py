@@ -22,7 +22,7 @@ import torch
 from .cellniche import CellNiche, InputKeys, spatial_graph, store_graph
 from .distributed import Context, from_environment, start, stop
 from .graph import GraphSettings
-from .keys import Keys
+from .keys import INPUT_UNS_KEY, Keys
 from .layout import compute_umap
 from .metrics import agreement, batch_mixing
 from .niches import call_niches, niche_categories
@@ -210,7 +210,8 @@ def fit_run(paths, out: str | Path, options: RunOptions, *, group_keys=(), overw
 
     check_n_niches(options.n_niches, adata.n_obs)  # before any training
     read_s = time.perf_counter() - t0
-    on_stage("read", 1.0, f"{adata.n_obs:,} cells")
+    notes = adata.uns.get(INPUT_UNS_KEY, {}).get("notes", [])  # e.g. a z dropped, cell names made unique
+    on_stage("read", 1.0, f"{adata.n_obs:,} cells" + "".join(f"; {note}" for note in notes))
     context = from_environment()
     try:
         model, manifest = analyse_cohort(adata, options, on_stage=on_stage, should_stop=should_stop,

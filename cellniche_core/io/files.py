@@ -43,8 +43,9 @@ def atomic_folder(out: Path, *, overwrite: bool) -> Iterator[Path]:
 
 
 def exists_error(run_dir: Path) -> FileExistsError:
+    what = "a run folder" if Path(run_dir).is_dir() else "a file"
     return FileExistsError(
-        f"{run_dir}: a run folder already exists (pass overwrite=True to replace it)"
+        f"{run_dir}: {what} already exists there (pass --overwrite, or overwrite=True, to replace it)"
     )
 
 

@@ -250,3 +250,23 @@ def test_coordinates_left_in_obs_columns_are_pointed_to(tmp_path):
     with pytest.raises(CohortError, match=r"and obs columns \['X', 'Y'\].*adata\.obsm\['spatial'\] = "
                                           r"adata\.obs\[\['X', 'Y'\]\]\.to_numpy\(\)"):
         read_cohort([valid_file(tmp_path / "xy.h5ad", adata)])
+
+
+def test_cli_fit_names_what_is_in_the_way_of_its_output(tmp_path, capsys):
+    path = valid_file(tmp_path / "in.h5ad")
+    (tmp_path / "taken").write_text("notes")
+    code = main(["fit", str(path), "--out", str(tmp_path / "taken"), "--steps", "2", "--n-niches", "2", "--no-umap",
+                 "--quiet"])
+    assert code == EXIT_BAD_INPUT
+    assert "taken: a file already exists there (pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "notes"
+
+
+def test_cli_fit_shows_the_notes_of_reading_the_cohort(tmp_path, capsys):
+    adata = make_adata()
+    adata.obsm["spatial"] = np.column_stack([adata.obsm["spatial"], np.arange(N_CELLS)])  # an (x, y, z) export
+    path = valid_file(tmp_path / "stack.h5ad", adata)
+    code = main(["fit", str(path), "--out", str(tmp_path / "r"), "--steps", "2", "--n-niches", "2", "--no-umap",
+                 "--device", "cpu"])
+    assert code == 0
+    assert "stack.h5ad: obsm['spatial'] has 3 columns; the first 2 (x, y) are used" in capsys.readouterr().err

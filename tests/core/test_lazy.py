@@ -78,12 +78,25 @@ def test_bad_inputs_are_refused_before_anything_is_written(small_run, small_coho
     assert not list(tmp_path.glob(".o.h5ad*"))
 
 
-def test_embed_command(small_run, small_cohort_path, tmp_path):
+def test_embed_command(small_run, small_cohort_path, tmp_path, capsys):
     from cellniche_core.cli import main
 
     out = tmp_path / "e.h5ad"
     assert main(["embed", str(small_run), str(small_cohort_path), "--out", str(out), "--chunk-size", "500",
                  "--device", "cpu", "--quiet"]) == 0
     assert ad.read_h5ad(out).obsm[Keys.EMBEDDING].shape[0] == ad.read_h5ad(small_cohort_path).n_obs
+    assert capsys.readouterr().err == ""  # the same features as the run: nothing to report
+    assert main(["embed", str(small_run), str(small_cohort_path), "--out", str(out), "--quiet"]) == 2
+    assert "already exists (pass --overwrite" in capsys.readouterr().err
     assert main(["embed", str(small_run), str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "f.h5ad")]) == 2
     assert not (tmp_path / "f.h5ad").exists()
+
+    # a slide with a cell type the run never saw: said on stderr even when quiet, as transfer does
+    slide = ad.read_h5ad(small_cohort_path)
+    first = slide.obs[Keys.CELL_TYPE].astype(str).iloc[0]
+    slide.obs[Keys.CELL_TYPE] = slide.obs[Keys.CELL_TYPE].astype(str).replace(first, "Unseen cell")
+    slide.write_h5ad(tmp_path / "renamed.h5ad")
+    assert main(["embed", str(small_run), str(tmp_path / "renamed.h5ad"), "--out", str(tmp_path / "r.h5ad"),
+                 "--device", "cpu", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "alignment: 1 cell type(s) not in the reference" in err and "Unseen cell" in err
