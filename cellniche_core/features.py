@@ -75,6 +75,16 @@ def _dense_rows(X, rows=None) -> np.ndarray:
     return X.astype(np.float64, copy=False)
 
 
+#: what each transform of :func:`value_kind` says of the values, for messages
+VALUE_KINDS = {"log1p_norm": "counts (whole numbers)", "log1p": "intensities (heavy-tailed, not whole numbers)",
+               "none": "values already transformed (small, or some negative)"}
+
+
+def value_kind(X) -> str:
+    """The transform that values like ``X``'s get (see :data:`VALUE_KINDS`), from a sample of rows."""
+    return _choose_transform(X)
+
+
 def _choose_transform(X) -> str:
     """Counts get library-size normalisation + log1p; heavy-tailed intensities get log1p."""
     rng = np.random.default_rng(0)

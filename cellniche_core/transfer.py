@@ -104,7 +104,7 @@ import pandas as pd
 import torch
 
 from .cellniche import CellNiche, spatial_graph
-from .features import FeatureSpec
+from .features import VALUE_KINDS, FeatureSpec, value_kind
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
 from .novelty import INPUT_HOPS, calibration_groups, edge_quantile, input_rule, model_input_profiles, shared_cells
@@ -428,6 +428,11 @@ def describe_alignment(alignment: dict, *, show: int = 10) -> list[str]:
     if len(alignment.get("missing_genes", [])):
         lines.append(f"{len(alignment['missing_genes'])} reference gene(s) missing in the query, set to the "
                      f"reference mean: {names(alignment['missing_genes'])}")
+    if "values" in alignment:
+        kinds = alignment["values"]
+        lines.append(f"the query's values look like {VALUE_KINDS.get(kinds['query'], kinds['query'])}, the "
+                     f"reference's like {VALUE_KINDS.get(kinds['reference'], kinds['reference'])}: both are "
+                     "transformed as the reference's were, so give the query the same kind of values")
     if "panel_count_share" in alignment:
         lines.append(f"each cell's counts normalised by its total over the whole panel, estimated from the genes it "
                      f"has (they hold {alignment['panel_count_share']:.0%} of a reference cell's counts)")
@@ -487,6 +492,9 @@ def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, devic
     model = CellNiche.from_state(run.model_config, run.state_dict)
     _check_alignable(query, model.spec, cell_type_key=model.keys.cell_type_key, source=source)
     alignment = model.embed(query, device=device)
+    kind = value_kind(query.X) if model.spec.uses_expression and query.X is not None else model.spec.transform
+    if kind != model.spec.transform:
+        alignment["values"] = {"reference": model.spec.transform, "query": kind}
     graph = spatial_graph(query, model.graph, model.keys)
     profiles = (model_input_profiles(model, run.adata), model_input_profiles(model, query, graph=graph))
     summary = transfer_labels(run.adata, query, label_key=label_key, device=device, profiles=profiles,

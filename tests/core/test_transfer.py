@@ -13,7 +13,7 @@ from cellniche_core.names import SEPARATOR, niche_id
 from cellniche_core.cli import main
 from cellniche_core.io import CohortError, Run, load_run
 from cellniche_core.keys import UNKNOWN, Keys
-from cellniche_core.transfer import TRANSFER_UNS_KEY, annotate_query, transfer_labels
+from cellniche_core.transfer import TRANSFER_UNS_KEY, annotate_query, describe_alignment, transfer_labels
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -416,6 +416,31 @@ def pheno_expr_run():
 
 def _query_from(cohort: ad.AnnData, patient="P1") -> ad.AnnData:
     return cohort[cohort.obs[Keys.PATIENT] == patient].copy()
+
+
+def test_a_query_of_another_kind_of_values_is_flagged_or_refused(pheno_expr_run):
+    from cellniche_core.cellniche import CellNiche
+    from cellniche_core.train import TrainConfig
+
+    cohort = pheno_expr_run.adata.copy()  # the markers made into counts
+    cohort.X = np.random.default_rng(0).poisson(3.0 * np.clip(cohort.X, 0, None) + 1.0).astype(np.float32)
+    model = CellNiche(features="expr", config=TrainConfig(n_steps=5, seed=0)).fit(cohort, device="cpu")
+    assert model.spec.transform == "log1p_norm"
+    run = Run(Path("<memory>"), cohort, model.state_dict(), model.model_config(), pheno_expr_run.manifest)
+    q = _query_from(cohort)
+    del q.obsm[Keys.EMBEDDING], q.obs[Keys.NICHE]
+    assert "values" not in annotate_query(run, q.copy(), device="cpu")["alignment"]  # counts, as trained
+    logged = q.copy()
+    logged.X = np.log1p(logged.X / logged.X.sum(1, keepdims=True) * 1e4)  # a log-normalised export
+    alignment = annotate_query(run, logged, device="cpu")["alignment"]
+    assert alignment["values"] == {"reference": "log1p_norm", "query": "none"}
+    assert any("the query's values look like values already transformed" in line and "counts (whole numbers)" in line
+               for line in describe_alignment(alignment))
+    scaled = q.copy()
+    scaled.X = scaled.X - scaled.X.mean(0)  # centred: negative values
+    with pytest.raises(CohortError, match="X has negative values"):
+        annotate_query(run, scaled, device="cpu")
+    assert Keys.TRANSFERRED not in scaled.obs
 
 
 def test_alignment_is_reported_and_the_query_still_embeds(pheno_expr_run):
