@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,9 @@ def _lazy_preview(path: Path, name: str, rows: int) -> FilePreview | None:
     try:
         with h5py.File(path, "r") as f:
             refuse_outside_data(f, path)
-        adata = ad.read_h5ad(path, backed="r")
+        with warnings.catch_warnings():  # duplicate names: the core's read says what it does about them
+            warnings.filterwarnings("ignore", message=".*names are not unique.*")
+            adata = ad.read_h5ad(path, backed="r")
     except Exception:  # read again by the core, whose message says what is wrong
         return None
     try:
