@@ -90,18 +90,31 @@ def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> None:
     split ``{"L2/3": 5}`` into ``{"L2": {"3": 5}}`` (and anndata will refuse such keys).
     ``adata`` itself is left as it was.
     """
-    uns = adata.uns
-    safe = _slash_safe(dict(uns))
-    try:
-        adata.uns = safe
-        with ad.settings.override(allow_write_nullable_strings=True):
-            adata.write_h5ad(path)
-    finally:
-        adata.uns = uns
+    if _slash_keys(adata.uns):
+        if adata.is_view:  # a view's uns is not swapped in place
+            adata = adata.copy()
+        uns = adata.uns
+        try:
+            adata.uns = _slash_safe(dict(uns))
+            _write(adata, path)
+        finally:
+            adata.uns = uns
+    else:
+        _write(adata, path)
+
+
+def _write(adata: ad.AnnData, path: str | os.PathLike) -> None:
+    with ad.settings.override(allow_write_nullable_strings=True):
+        adata.write_h5ad(path)
+
+
+def _slash_keys(value) -> bool:
+    """Whether a mapping in ``value`` (nested) has a key holding "/"."""
+    return isinstance(value, Mapping) and any("/" in str(k) or _slash_keys(v) for k, v in value.items())
 
 
 def _slash_safe(value):
-    """``value`` with every dict keyed by a string holding "/" turned into JSON text."""
+    """``value`` with every mapping keyed by a string holding "/" turned into JSON text."""
     if isinstance(value, Mapping):
         if any("/" in str(k) for k in value):
             return json.dumps(to_plain(dict(value)))

@@ -119,6 +119,7 @@ def read_cohort(
     if len(set(modes)) > 1:  # "auto" resolved per file: a cohort is trained on one kind of input
         with_types = [p.name for p, m in zip(paths, modes) if m != "expr"]
         without = [p.name for p, m in zip(paths, modes) if m == "expr"]
+
         def listed(names: list[str], one: str, many: str) -> str:
             return f"{', '.join(names[:SHOW])}{' …' if len(names) > SHOW else ''} {one if len(names) == 1 else many}"
 

@@ -524,3 +524,6 @@ def test_uns_mappings_keyed_by_labels_with_slashes_survive_the_file(tmp_path):
     assert json.loads(back["counts"]) == {"L2/3": 5, "L4": 2}
     assert back["params"] == {"quantile": 0.99} and list(back["rows"]) == [0, 1, 2]
     assert adata.uns["transfer"]["counts"] == {"L2/3": 5, "L4": 2}  # the object written is unchanged
+    view = adata[:2]
+    write_h5ad(view, tmp_path / "v.h5ad")
+    assert view.is_view and json.loads(ad.read_h5ad(tmp_path / "v.h5ad").uns["transfer"]["counts"])["L2/3"] == 5
