@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from cellniche_core.keys import RunKeys
 from cellniche_core.labels import natural_key
 
+from .figures import LABEL_AXES
 from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale
 from .tables import labels, subsample_index
 
@@ -88,7 +89,7 @@ def abundance_heatmap(matrix: pd.DataFrame, patterns: dict[str, str] | None = No
         text=np.vectorize(lambda v: f"{v:.0%}" if v >= 0.005 else "")(np.nan_to_num(z)),
         texttemplate="%{text}",
         hovertemplate="%{y} · %{x}: %{z:.1%} of the patient's cells<extra></extra>"))
-    fig.update_layout(height=height or max(260, 32 * len(matrix) + 150),
+    fig.update_layout(**LABEL_AXES, height=height or max(260, 32 * len(matrix) + 150),
                       margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(autorange="reversed", title="patient"))
     return fig
 
@@ -112,7 +113,7 @@ def group_difference_figure(tests: pd.DataFrame, *, alpha: float = 0.05) -> go.F
                       "q = %{customdata[2]:.2g}<br>higher in %{customdata[3]}<extra></extra>"))
     fig.add_vline(x=0, line_color="#444", line_width=1)
     comparison = tests["comparison"].iloc[0] if tests["comparison"].nunique() == 1 else "group - rest"
-    fig.update_layout(height=max(240, 34 * len(tests) + 110), margin=dict(l=10, r=20, t=30, b=10),
+    fig.update_layout(**LABEL_AXES, height=max(240, 34 * len(tests) + 110), margin=dict(l=10, r=20, t=30, b=10),
                       xaxis=dict(title=f"difference in mean abundance ({comparison})", tickformat="+.0%",
                                  zeroline=False),
                       showlegend=False, plot_bgcolor="white")
@@ -130,7 +131,7 @@ def patient_difference_figure(table: pd.DataFrame, colors: dict[str, str], *, pa
         hovertemplate=(f"%{{y}}: {html.escape(patient_a)} %{{customdata[0]:.1%}}, "
                        f"{html.escape(patient_b)} %{{customdata[1]:.1%}}<extra></extra>")))
     fig.add_vline(x=0, line_color="#444", line_width=1)
-    fig.update_layout(height=max(220, 30 * len(table) + 100), margin=dict(l=10, r=20, t=30, b=10),
+    fig.update_layout(**LABEL_AXES, height=max(220, 30 * len(table) + 100), margin=dict(l=10, r=20, t=30, b=10),
                       xaxis=dict(title=f"abundance in {patient_b} minus {patient_a}", tickformat="+.0%"),
                       yaxis=dict(autorange="reversed"), showlegend=False, plot_bgcolor="white")
     return fig
@@ -155,6 +156,6 @@ def adjacency_heatmap(cohort: pd.DataFrame, niches: list[str]) -> go.Figure:
         colorbar=dict(title="log2 obs/exp<br>boundary"),
         text=np.where(np.isfinite(z), np.round(z, 1).astype(str), ""), texttemplate="%{text}",
         hovertemplate="%{y} – %{x}: %{z:+.2f}<extra></extra>"))
-    fig.update_layout(height=max(280, 34 * len(niches) + 140), margin=dict(l=10, r=10, t=30, b=10),
+    fig.update_layout(**LABEL_AXES, height=max(280, 34 * len(niches) + 140), margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(autorange="reversed"))
     return fig

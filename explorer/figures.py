@@ -21,6 +21,9 @@ from .tables import point_radius
 
 #: legend entries shown before "… and N more"
 LEGEND_MAX = 40
+#: every chart's layout: labels that are digits (Visium slide ids such as "151673") stay
+#: labels; plotly would read them as numbers and draw "151.673k"
+LABEL_AXES = {"autotypenumbers": "strict"}
 _FONT = "font-size:0.85rem;line-height:1.5"
 
 
@@ -230,7 +233,7 @@ def umap_figure(points: pd.DataFrame, scale: ColorScale, *, color_column: str,
             customdata=part[["niche", "sample", "cell_type"]].to_numpy(),
             hovertemplate="niche %{customdata[0]}<br>sample %{customdata[1]}"
                           "<br>%{customdata[2]}<extra></extra>"))
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10),
+    fig.update_layout(**LABEL_AXES, height=height, margin=dict(l=10, r=10, t=30, b=10),
                       legend=dict(itemsizing="constant", title=color_column),
                       plot_bgcolor="white")
     _axis_off(fig)
@@ -248,7 +251,7 @@ def mixing_figure(table: pd.DataFrame, colors: dict[str, str], *, cohort: float 
     if cohort is not None and not pd.isna(cohort):
         fig.add_vline(x=cohort, line_dash="dash", line_color="#444",
                       annotation_text=f"cohort {cohort:.2f}", annotation_position="top")
-    fig.update_layout(height=max(220, 28 * len(table) + 80), margin=dict(l=10, r=30, t=30, b=10),
+    fig.update_layout(**LABEL_AXES, height=max(220, 28 * len(table) + 80), margin=dict(l=10, r=30, t=30, b=10),
                       xaxis=dict(range=[0, 1.12], title="batch mixing"), showlegend=False,
                       plot_bgcolor="white")
     return fig
@@ -265,7 +268,7 @@ def abundance_figure(fractions: pd.DataFrame, colors: dict[str, str], *, height:
             x=fractions.index.astype(str), y=fractions[niche], name=niche,
             marker_color=colors.get(niche, "#9e9e9e"),
             hovertemplate=f"{html.escape(str(niche))}: %{{y:.1%}}<extra>%{{x}}</extra>"))
-    fig.update_layout(barmode="stack", height=height, margin=dict(l=10, r=10, t=30, b=10),
+    fig.update_layout(**LABEL_AXES, barmode="stack", height=height, margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(tickformat=".0%", title="share of cells", range=[0, 1]),
                       xaxis=dict(title="slide"), legend=dict(title="niche", traceorder="normal"),
                       plot_bgcolor="white")
@@ -282,7 +285,7 @@ def enrichment_heatmap(table: pd.DataFrame, *, height: int | None = None) -> go.
         colorbar=dict(title="log2 fold"),
         text=np.round(table.to_numpy(), 1), texttemplate="%{text}",
         hovertemplate="%{y} · %{x}: %{z:+.2f}<extra></extra>"))
-    fig.update_layout(height=height or max(300, 34 * len(table) + 140),
+    fig.update_layout(**LABEL_AXES, height=height or max(300, 34 * len(table) + 140),
                       margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(autorange="reversed"),
                       xaxis=dict(tickangle=-40))
     return fig
@@ -294,7 +297,7 @@ def marker_heatmap(scores: pd.DataFrame, *, height: int | None = None) -> go.Fig
         z=scores.to_numpy(), x=list(scores.columns.astype(str)), y=list(scores.index.astype(str)),
         colorscale="RdBu_r", zmid=0, zmin=-2, zmax=2, colorbar=dict(title="mean z"),
         hovertemplate="%{y} · %{x}: %{z:+.2f}<extra></extra>"))
-    fig.update_layout(height=height or max(300, 30 * len(scores) + 150),
+    fig.update_layout(**LABEL_AXES, height=height or max(300, 30 * len(scores) + 150),
                       margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(autorange="reversed"),
                       xaxis=dict(tickangle=-45))
     return fig
@@ -308,6 +311,6 @@ def niche_size_figure(sizes: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
         customdata=np.c_[sizes["fraction"], sizes["slides"], sizes["patients"]],
         hovertemplate="%{x}: %{y:,} cells (%{customdata[0]:.1%})<br>"
                       "in %{customdata[1]} slides, %{customdata[2]} patients<extra></extra>"))
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(title="cells"),
+    fig.update_layout(**LABEL_AXES, height=320, margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(title="cells"),
                       showlegend=False, plot_bgcolor="white")
     return fig

@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 
 from cellniche_core.keys import RunKeys
 
+from .figures import LABEL_AXES
 from .palette import DIMMED_COLOR, ColorScale, rgba_css
 from .tables import labels
 
@@ -224,7 +225,7 @@ def scatter_figure(points: pd.DataFrame, scale: ColorScale, *, selected: np.ndar
         ys = [p[1] for p in polygon] + [polygon[0][1]]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="selection", hoverinfo="skip",
                                  line=dict(color="#222", width=1.5, dash="dot")))
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), dragmode="lasso",
+    fig.update_layout(**LABEL_AXES, height=height, margin=dict(l=10, r=10, t=30, b=10), dragmode="lasso",
                       showlegend=show_legend, plot_bgcolor="white",
                       legend=dict(itemsizing="constant", orientation="h", yanchor="top", y=-0.1, x=0))
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, title=title_x)
@@ -243,7 +244,7 @@ def composition_figure(table: pd.DataFrame, column: str, *, reference: str, colo
         go.Bar(y=names, x=table["selection_share"], orientation="h", name="selection",
                marker_color=[(colors or {}).get(n, "#1f77b4") for n in names],
                hovertemplate="%{y}: %{x:.1%}<extra>selection</extra>")])
-    fig.update_layout(barmode="group", height=max(240, 34 * len(table) + 90),
+    fig.update_layout(**LABEL_AXES, barmode="group", height=max(240, 34 * len(table) + 90),
                       margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(tickformat=".0%", title="share of cells"),
                       legend=dict(orientation="h", y=1.08), plot_bgcolor="white")
     return fig

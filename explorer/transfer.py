@@ -20,6 +20,7 @@ from cellniche_core.io import Run, load_weights, write_h5ad
 from cellniche_core.keys import DEMO_QUERY, RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
 from cellniche_core.transfer import annotate_query, read_query
 
+from .figures import LABEL_AXES
 from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale, rgba_css
 from .tables import labels
 from .uploads import DOWNLOAD_PREFIX, QUERY_PREFIX, Upload, read_staged, staging
@@ -185,7 +186,7 @@ def composition_figure(table: pd.DataFrame, scale: ColorScale, *, height: int = 
             x=names, y=table[column], name=name, marker_color=[rgba_css(c, alpha) for c in palette],
             marker_line=dict(color=palette, width=1),
             hovertemplate=f"{name} · %{{x}}: %{{y:.1%}}<extra></extra>"))
-    fig.update_layout(barmode="group", height=height, margin=dict(l=10, r=10, t=30, b=10),
+    fig.update_layout(**LABEL_AXES, barmode="group", height=height, margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(tickformat=".0%", title="share of cells"),
                       xaxis=dict(title=html.escape(str(scale.column))), plot_bgcolor="white",
                       legend=dict(orientation="h", y=1.08))

@@ -305,6 +305,24 @@ def test_heatmaps_and_bars():
     assert list(fig.data[0].text) == ["n/a", "0.80"]  # drawn bottom-up
 
 
+def test_digit_labels_stay_labels_in_every_chart():
+    # Visium slide ids such as "151673": read as numbers, plotly would draw "151.673k" on the axis
+    from explorer import compare
+
+    ids = ["151673", "151674"]
+    fractions = pd.DataFrame({"N1": [0.25, 1.0], "N2": [0.75, 0.0]}, index=ids)
+    table = pd.DataFrame([[1.0, -2.0], [0.0, 0.5]], index=["1", "2"], columns=["3", "4"])
+    sizes = pd.DataFrame({"cells": [3, 1], "fraction": [0.75, 0.25], "slides": [2, 1], "patients": [1, 1]},
+                         index=["1", "2"])
+    charts = [figures.abundance_figure(fractions, niche_colors(fractions.columns)),
+              figures.enrichment_heatmap(table), figures.marker_heatmap(table),
+              figures.niche_size_figure(sizes, niche_colors(sizes.index)),
+              compare.abundance_heatmap(fractions)]
+    for fig in charts:
+        assert fig.layout.autotypenumbers == "strict"
+    assert list(charts[0].data[0].x) == ids and list(charts[-1].data[0].y) == ids  # given as text
+
+
 # ----------------------------------------------------------------------------- screenshots
 
 
