@@ -115,6 +115,8 @@ __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_que
            "transfer_labels"]
 
 
+#: label text that means "not annotated" (as NaN does): such reference cells do not vote
+NO_LABEL = ("", "NA", "N/A", "nan", "NaN", "None", "<NA>")
 #: a label needs this many calibration cells for a threshold of its own
 _MIN_LABEL_CELLS = 100
 _SHOW = 8
@@ -135,6 +137,8 @@ def _reference_labels(reference: ad.AnnData, label_key: str) -> tuple[np.ndarray
                           f"categorical columns can be transferred: {usable}")
     values = pd.Series(obs[label_key]).astype("object")
     values = values.where(values.notna()).map(str, na_action="ignore")
+    # text that stands for "no label" in exported annotations is no label either
+    values = values.where(~values.isin(NO_LABEL))
     column = obs[label_key]
     order = (map(str, column.cat.categories) if isinstance(column.dtype, pd.CategoricalDtype)
              else sorted(values.dropna().unique()))
@@ -215,7 +219,8 @@ def transfer_labels(
         Cells to annotate; reads ``obsm[use_rep]``.
     label_key
         Categorical ``obs`` column of the reference to transfer (a niche or an expert
-        annotation). NaN and ``"unknown"`` cells do not vote.
+        annotation). NaN, ``"unknown"`` and cells whose label reads "NA", "nan", empty and the like
+        (:data:`NO_LABEL`) do not vote.
     n_neighbors
         Reference cells whose mean distance is the embedding's distance rule; twice as
         many vote for each query cell in embedding space and, with ``profiles``, in input space.

@@ -364,6 +364,18 @@ def test_cells_nearest_in_input_space_vote_beside_the_embedding():
     assert np.mean(q.obs[Keys.TRANSFERRED].astype(str).to_numpy() == truth) < 1.0
 
 
+def test_not_annotated_text_labels_do_not_vote():
+    # exported annotations often write "NA" (or nothing) for spots nobody labelled
+    ref = _cloud({"A": [1, 0, 0], "B": [0, 1, 0], "NA": [0, 0, 1]})
+    q = _query([[0, 0, 1], [1, 0, 0]])
+    summary = transfer_labels(ref, q, min_confidence=0.0)
+    assert "NA" not in q.obs[Keys.TRANSFERRED].cat.categories
+    assert set(summary["counts"]) == {"A", "B", UNKNOWN} and q.obs[Keys.TRANSFERRED].iloc[1] == "A"
+    ref.obs[Keys.NICHE] = ref.obs[Keys.NICHE].astype(str).replace("NA", "")
+    transfer_labels(ref, q)
+    assert list(q.obs[Keys.TRANSFERRED].cat.categories) == ["A", "B", UNKNOWN]
+
+
 def test_reference_subsample_keeps_every_label():
     ref = _cloud({"A": [1, 0, 0], "B": [0, 1, 0]}, n_per_patient=200)
     rare = _cloud({"R": [0, 0, 1]}, n_per_patient=8)
