@@ -176,8 +176,9 @@ summary, problem = train_state.check(tuple(f.name for f in files), tuple(f.file_
 if problem:
     st.error(problem)
     st.stop()
-st.success(f"{summary.n_cells:,} cells · {summary.n_slides:,} slides · {summary.n_patients:,} patients · "
-           f"encoder input: {summary.features}")
+st.success(" · ".join(f"{n:,} {word}{'' if n == 1 else 's'}" for n, word in (
+    (summary.n_cells, "cell"), (summary.n_slides, "slide"), (summary.n_patients, "patient")))
+    + f" · encoder input: {summary.features}")
 for note in summary.notes:
     st.caption(note)
 
