@@ -444,7 +444,7 @@ def run_embed(args) -> Path:
 
     path, report = embed_file(args.run, args.input, args.out, device=args.device, chunk_size=args.chunk_size,
                               overwrite=args.overwrite, on_stage=say)
-    from .transfer import describe_alignment
+    from .features import describe_alignment
 
     for line in describe_alignment(report.get("alignment") or {}):  # shown even when quiet, as transfer does
         print(f"alignment: {line}", file=sys.stderr)

@@ -267,3 +267,35 @@ def neighbourhood_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarra
         return np.concatenate(parts, axis=1).astype(np.float32)
     norms = [np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
     return np.concatenate([p / s for p, s in zip(parts, norms)], axis=1).astype(np.float32)
+
+
+def describe_alignment(alignment: dict, *, show: int = 10) -> list[str]:
+    """One readable line per thing the feature alignment had to do (:func:`make_features`, and
+    the query's kind of values, see :func:`~cellniche_core.transfer.annotate_query`)."""
+    def names(items) -> str:
+        items = list(items)
+        return ", ".join(map(str, items[:show])) + (f" (+{len(items) - show} more)" if len(items) > show else "")
+
+    lines = []
+    if len(alignment.get("missing_genes", [])):
+        lines.append(f"{len(alignment['missing_genes'])} reference gene(s) missing in the query, set to the "
+                     f"reference mean: {names(alignment['missing_genes'])}")
+    if "values" in alignment:
+        kinds = alignment["values"]
+        lines.append(f"the query's values look like {VALUE_KINDS.get(kinds['query'], kinds['query'])}, the "
+                     f"reference's like {VALUE_KINDS.get(kinds['reference'], kinds['reference'])}: both are "
+                     "transformed as the reference's were, so give the query the same kind of values")
+    if "panel_count_share" in alignment:
+        lines.append(f"each cell's counts normalised by its total over the whole panel, estimated from the genes it "
+                     f"has (they hold {alignment['panel_count_share']:.0%} of a reference cell's counts)")
+    if len(alignment.get("extra_genes", [])):
+        lines.append(f"{len(alignment['extra_genes'])} query gene(s) not in the reference, dropped: "
+                     f"{names(alignment['extra_genes'])}")
+    unknown = alignment.get("unknown_cell_types") or {}
+    if unknown:
+        lines.append(f"{len(unknown)} cell type(s) not in the reference, encoded as no type: "
+                     + names(f"{t} ({n} cells)" for t, n in unknown.items()))
+    if len(alignment.get("missing_cell_types", [])):
+        lines.append(f"{len(alignment['missing_cell_types'])} reference cell type(s) absent from the query: "
+                     f"{names(alignment['missing_cell_types'])}")
+    return lines

@@ -104,7 +104,7 @@ import pandas as pd
 import torch
 
 from .cellniche import CellNiche, spatial_graph
-from .features import VALUE_KINDS, FeatureSpec, value_kind
+from .features import FeatureSpec, describe_alignment, value_kind
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
 from .novelty import INPUT_HOPS, calibration_groups, edge_quantile, input_rule, model_input_profiles, shared_cells
@@ -421,37 +421,6 @@ def read_query(run, path: str | os.PathLike) -> ad.AnnData:
     Raises :class:`~cellniche_core.io.CohortError` naming the file for any problem.
     """
     return read_cohort([path], **_query_kwargs(run))
-
-
-def describe_alignment(alignment: dict, *, show: int = 10) -> list[str]:
-    """One readable line per thing the feature alignment had to do (see :func:`annotate_query`)."""
-    def names(items) -> str:
-        items = list(items)
-        return ", ".join(map(str, items[:show])) + (f" (+{len(items) - show} more)" if len(items) > show else "")
-
-    lines = []
-    if len(alignment.get("missing_genes", [])):
-        lines.append(f"{len(alignment['missing_genes'])} reference gene(s) missing in the query, set to the "
-                     f"reference mean: {names(alignment['missing_genes'])}")
-    if "values" in alignment:
-        kinds = alignment["values"]
-        lines.append(f"the query's values look like {VALUE_KINDS.get(kinds['query'], kinds['query'])}, the "
-                     f"reference's like {VALUE_KINDS.get(kinds['reference'], kinds['reference'])}: both are "
-                     "transformed as the reference's were, so give the query the same kind of values")
-    if "panel_count_share" in alignment:
-        lines.append(f"each cell's counts normalised by its total over the whole panel, estimated from the genes it "
-                     f"has (they hold {alignment['panel_count_share']:.0%} of a reference cell's counts)")
-    if len(alignment.get("extra_genes", [])):
-        lines.append(f"{len(alignment['extra_genes'])} query gene(s) not in the reference, dropped: "
-                     f"{names(alignment['extra_genes'])}")
-    unknown = alignment.get("unknown_cell_types") or {}
-    if unknown:
-        lines.append(f"{len(unknown)} cell type(s) not in the reference, encoded as no type: "
-                     + names(f"{t} ({n} cells)" for t, n in unknown.items()))
-    if len(alignment.get("missing_cell_types", [])):
-        lines.append(f"{len(alignment['missing_cell_types'])} reference cell type(s) absent from the query: "
-                     f"{names(alignment['missing_cell_types'])}")
-    return lines
 
 
 def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, device: str = "auto",
