@@ -384,16 +384,15 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
             row += [f"{r['accuracy']:.3f}", f"{r['unknown_known']:.1%}", f"{r['unknown_novel']:.1%}"]
         mark = " (default)" if q == 0.99 else ""
         lines.append(f"| {q}{mark} | " + " | ".join(row) + " |")
+    coords = np.asarray(ds.adata.obsm["spatial"], dtype=float)[:, :2]
     x = ds.extras.get(f"baseline_{features}")
     if x is None:
-        coords = np.asarray(ds.adata.obsm["spatial"], dtype=float)[:, :2]
         x = neighbour_mean(baseline_inputs(ds.adata, features), coords, ds.slides, BASELINE_NEIGHBOURS)
     knn = KNeighborsClassifier(n_neighbors=15).fit(x[in_ref], ds.truth[in_ref])
     pred = knn.predict(x[query_side])
     lines += ["", f"baseline: 15-NN vote on the inputs averaged over the {BASELINE_NEIGHBOURS} nearest cells "
               f"(no unknown call): accuracy on known labels {np.mean(pred[known] == truth[known]):.3f}"]
     if features != "pheno":  # the scaling and PCs fitted on the reference alone, as our encoder's inputs are
-        coords = np.asarray(ds.adata.obsm["spatial"], dtype=float)[:, :2]
         x = neighbour_mean(baseline_inputs(ds.adata, features, fit_rows=in_ref), coords, ds.slides,
                            BASELINE_NEIGHBOURS)
         pred = KNeighborsClassifier(n_neighbors=15).fit(x[in_ref], ds.truth[in_ref]).predict(x[query_side])

@@ -81,12 +81,8 @@ VALUE_KINDS = {"log1p_norm": "counts (whole numbers)", "log1p": "intensities (he
 
 
 def value_kind(X) -> str:
-    """The transform that values like ``X``'s get (see :data:`VALUE_KINDS`), from a sample of rows."""
-    return _choose_transform(X)
-
-
-def _choose_transform(X) -> str:
-    """Counts get library-size normalisation + log1p; heavy-tailed intensities get log1p."""
+    """The transform values like ``X``'s get (see :data:`VALUE_KINDS`), from a sample of rows:
+    counts get library-size normalisation + log1p; heavy-tailed intensities get log1p."""
     rng = np.random.default_rng(0)
     rows = rng.choice(X.shape[0], size=min(X.shape[0], 5000), replace=False)
     sample = _dense_rows(X, np.sort(rows))
@@ -115,11 +111,11 @@ def _transform(X, spec: FeatureSpec, *, coverage: float = 1.0) -> np.ndarray:
     return X
 
 
-def _count_share(X, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Each column's mean share of a cell's total over ``rows`` (cells with counts), (n_genes,)."""
+def _count_share(X: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Each column's mean share of a cell's total over the rows of ``X`` with counts, (n_genes,)."""
     share, n = np.zeros(X.shape[1]), 0
-    for lo in range(0, len(rows), chunk):
-        block = _dense_rows(X, rows[lo:lo + chunk])
+    for lo in range(0, len(X), chunk):  # a block's shares at a time, not a copy of X
+        block = X[lo:lo + chunk]
         total = block.sum(1)
         counted = total > 0
         share += (block[counted] / total[counted, None]).sum(0)
@@ -144,16 +140,18 @@ def fit_features(adata, *, mode: str, cell_type_key: str, seed: int = 0) -> Feat
         spec.cell_types = sorted(map(str, pd.Series(adata.obs[cell_type_key]).dropna().unique()))
     if spec.uses_expression:
         spec.genes = list(map(str, adata.var_names))
-        spec.transform = _choose_transform(adata.X)
+        spec.transform = value_kind(adata.X)
         if spec.transform == "log1p_norm":
             totals = np.asarray(adata.X.sum(1)).ravel()
             spec.target_sum = float(np.median(totals[totals > 0])) if (totals > 0).any() else 1.0
         rng = np.random.default_rng(seed)
         n = adata.n_obs
         rows = np.sort(rng.choice(n, size=min(n, _PCA_FIT_CELLS), replace=False))
+        raw = _dense_rows(adata.X, rows)  # read once, for the shares and the scaling
         if spec.transform == "log1p_norm":
-            spec.count_share = _count_share(adata.X, rows).tolist()
-        Xs = _transform(adata.X[rows], spec)
+            spec.count_share = _count_share(raw).tolist()
+        Xs = _transform(raw, spec)
+        del raw
         mean, sd = Xs.mean(0), Xs.std(0)
         sd[sd == 0] = 1.0
         spec.mean, spec.scale = mean.tolist(), sd.tolist()
