@@ -333,6 +333,11 @@ def _add_transfer_parser(sub) -> None:
                           help="a cell whose winning label has less than this share of the vote is unknown too "
                                "(e.g. 0.5: no majority); by default a cell of split vote keeps its plurality label "
                                "and obs['transfer_confidence'] shows the split (default: %(default)s)")
+    transfer.add_argument("--truth-key", default=None, metavar="KEY",
+                          help="obs column of the query holding its own labels, named as the reference's: the "
+                               "transfer is scored against it (agreement on labels the reference knows, share of "
+                               "the others called unknown) on stderr and in uns['cellniche_transfer']['agreement'] "
+                               "(default: the query's --label-key column, when it has one)")
     transfer.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                           help="embedding and neighbour search; auto = CUDA when available (default: %(default)s)")
     transfer.add_argument("--seed", type=int, default=0,
@@ -354,12 +359,13 @@ def _stage_lines(quiet: bool):
 
 def run_transfer(args) -> Path:
     """The ``transfer`` command: annotate the query, report alignment and outcome on stderr."""
+    from .agreement import describe_agreement
     from .transfer import describe_alignment, transfer_file
 
     say = _stage_lines(args.quiet)
 
     path, report = transfer_file(args.run, args.query, args.out, label_key=args.label_key, device=args.device,
-                                 overwrite=args.overwrite, on_stage=say, n_neighbors=args.n_neighbors,
+                                 overwrite=args.overwrite, truth_key=args.truth_key, on_stage=say, n_neighbors=args.n_neighbors,
                                  quantile=args.quantile, min_confidence=args.min_confidence, seed=args.seed)
     lines = describe_alignment(report["alignment"]) or ["the query has every reference feature, nothing extra"]
     for line in lines:
@@ -371,6 +377,8 @@ def run_transfer(args) -> Path:
              if args.min_confidence > 0 else "")
     print(f"transfer: {report['n_unknown']:,} unknown ({report['n_far']:,} far from every reference label{split}); "
           f"mean confidence {report['mean_confidence']:.2f}", file=sys.stderr)
+    for line in describe_agreement(report["agreement"]) if "agreement" in report else []:
+        print(f"agreement: {line}", file=sys.stderr)
     return path
 
 

@@ -482,7 +482,8 @@ def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, devic
 
 def transfer_file(run_dir: str | os.PathLike, query_path: str | os.PathLike, out: str | os.PathLike, *,
                   label_key: str = Keys.NICHE, device: str = "auto", overwrite: bool = False,
-                  on_stage: Callable[[str, str], None] | None = None, **options) -> tuple[Path, dict]:
+                  truth_key: str | None = None, on_stage: Callable[[str, str], None] | None = None,
+                  **options) -> tuple[Path, dict]:
     """Annotate the query file with a run and write ``out`` atomically.
 
     The query file is only read. ``out`` is written to a hidden temporary file beside it,
@@ -496,6 +497,10 @@ def transfer_file(run_dir: str | os.PathLike, query_path: str | os.PathLike, out
         ``.h5ad`` or ``.zarr`` query, read with the reference's keys and feature mode.
     out
         The annotated ``.h5ad`` to write; never the query itself.
+    truth_key
+        An obs column of the query holding its own labels, to score the transfer against
+        (:mod:`.agreement`); by default the query's ``label_key`` column, when it has one.
+        The figures go in the report and in ``uns["cellniche_transfer"]["agreement"]``.
     on_stage
         Called with (stage, message) as the work goes on.
     **options
@@ -503,8 +508,10 @@ def transfer_file(run_dir: str | os.PathLike, query_path: str | os.PathLike, out
 
     Returns
     -------
-    ``(out, report)`` with the report of :func:`annotate_query`.
+    ``(out, report)`` with the report of :func:`annotate_query` (and ``"agreement"``).
     """
+    from .agreement import agreement_summary, transfer_agreement
+
     say = on_stage or (lambda stage, message: None)
     out, query_path = Path(out), Path(query_path)
     check_output(out, query_path, overwrite=overwrite, what="query file")
@@ -517,8 +524,20 @@ def transfer_file(run_dir: str | os.PathLike, query_path: str | os.PathLike, out
         run = named_run(run)
     say("read", f"reading the query {query_path}")
     query = read_query(run, query_path)
+    implied = truth_key is None and label_key in query.obs.columns  # scored when it can be, silently
+    truth_key = label_key if implied else truth_key
+    if truth_key is not None and truth_key not in query.obs.columns:  # before the work, not after
+        raise CohortError(f"{query_path}: no obs[{truth_key!r}] to compare the transfer with; its obs columns: "
+                          f"{list(map(str, query.obs.columns))[:_SHOW]}")
     say("transfer", f"embedding {query.n_obs:,} cells and transferring obs[{label_key!r}]")
     report = annotate_query(run, query, label_key=label_key, device=device, source=query_path, **options)
+    if truth_key is not None:
+        try:
+            report["agreement"] = agreement_summary(transfer_agreement(query, truth_key))
+            query.uns[TRANSFER_UNS_KEY]["agreement"] = to_plain(report["agreement"])
+        except CohortError:
+            if not implied:
+                raise
 
     say("write", f"writing {out}")
     write_h5ad_atomic(query, out)

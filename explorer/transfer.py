@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -107,6 +108,15 @@ def label_options(color_options: dict[str, str], keys: RunKeys) -> list[str]:
     return [c for c, kind in color_options.items() if kind != NUMERIC and c not in skip]
 
 
+def truth_options(query: ad.AnnData, keys: RunKeys) -> list[str]:
+    """Columns of the annotated query that may hold its own labels: not numbers, not the
+    transfer's output, not the slide or patient ids."""
+    skip = {keys.sample, keys.patient, Keys.TRANSFERRED}
+    return [str(c) for c, column in query.obs.items()
+            if str(c) not in skip and not pd.api.types.is_float_dtype(column)
+            and not pd.api.types.is_complex_dtype(column)]
+
+
 def query_keys(keys: RunKeys) -> RunKeys:
     """Keys for drawing the annotated query: its "niche" is the transferred label."""
     return replace(keys, niche=Keys.TRANSFERRED)
@@ -190,6 +200,36 @@ def composition_figure(table: pd.DataFrame, scale: ColorScale, *, height: int = 
                       yaxis=dict(tickformat=".0%", title="share of cells"),
                       xaxis=dict(title=html.escape(str(scale.column))), plot_bgcolor="white",
                       legend=dict(orientation="h", y=1.08))
+    return fig
+
+
+def agreement_metrics(agreement: dict) -> dict[str, str]:
+    """Headline figures of :func:`cellniche_core.agreement.transfer_agreement`, formatted."""
+    def pct(value: float) -> str:
+        return "–" if value != value else f"{value:.1%}"  # NaN: no such cells
+
+    return {"Agreement (labels the reference knows)": pct(agreement["accuracy"]),
+            "Of those, called unknown": pct(agreement["unknown_known"]),
+            "Labels the reference lacks: unknown": pct(agreement["unknown_unseen"])}
+
+
+def agreement_figure(confusion: pd.DataFrame, *, height: int | None = None) -> go.Figure:
+    """The query's own labels (rows) against the transferred ones (columns), each row as
+    shares of its cells; the hover gives the counts."""
+    counts = confusion.to_numpy()
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    rows = [html.escape(str(r)) for r in confusion.index]
+    columns = [html.escape(str(c)) for c in confusion.columns]
+    fig = go.Figure(go.Heatmap(
+        z=shares, x=columns, y=rows, customdata=counts, colorscale="Blues", zmin=0, zmax=1,
+        colorbar=dict(title="share of row", tickformat=".0%"),
+        texttemplate="%{z:.0%}" if counts.size <= 400 else None,
+        hovertemplate="own %{y} → transferred %{x}: %{customdata:,} cells (%{z:.1%} of the row)<extra></extra>"))
+    fig.update_layout(**LABEL_AXES, height=height or max(260, 60 + 28 * len(rows)),
+                      margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor="white",
+                      xaxis=dict(title="transferred label", side="bottom"),
+                      yaxis=dict(title=f"query's own {html.escape(str(confusion.index.name or 'label'))}",
+                                 autorange="reversed"))
     return fig
 
 

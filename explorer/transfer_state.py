@@ -17,6 +17,7 @@ import anndata as ad
 import pandas as pd
 import streamlit as st
 
+from cellniche_core.agreement import transfer_agreement
 from cellniche_core.io import Run
 
 from . import state, tables, transfer
@@ -81,6 +82,12 @@ def map_points(ref: RunRef, query: QueryRef, label_key: str, sample: str, column
 @st.cache_data(max_entries=16, show_spinner=False)
 def label_table(ref: RunRef, query: QueryRef, label_key: str, _adata: ad.AnnData) -> pd.DataFrame:
     return transfer.label_table(state.load(ref).adata, label_key, _adata)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def agreement(ref: RunRef, query: QueryRef, label_key: str, truth_key: str, _adata: ad.AnnData) -> dict:
+    """The transfer scored against the query's own ``truth_key`` (raises CohortError)."""
+    return transfer_agreement(_adata, truth_key)
 
 
 @st.cache_data(max_entries=4, show_spinner="Preparing the download…")

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import streamlit as st
 
+from cellniche_core.agreement import describe_agreement
 from cellniche_core.io import CohortError
 from cellniche_core.keys import Keys
 from cellniche_core.transfer import TRANSFER_UNS_KEY, describe_alignment
 from explorer import figures, state, transfer, transfer_state, view
 
 UPLOAD = "upload"
+NO_TRUTH = ""
 MAP_POINTS = 25_000
 
 st.title("Label transfer")
@@ -121,6 +123,38 @@ st.dataframe(table, hide_index=True, width="stretch", column_config={
 })
 st.caption("Share of each label among the reference's cells and the query's; a label the query lacks, or a "
            "large unknown share, is where the new slide differs from the atlas.")
+
+# ----------------------------------------------------------------------------- the query's own labels
+st.subheader("Agreement with the query's own labels")
+own_options = transfer.truth_options(adata, keys)
+if not own_options:
+    st.caption("The query holds no labels of its own to compare with (a categorical obs column named as the "
+               "reference's labels, such as an expert annotation, is scored here).")
+else:
+    truth_key = view.choice("own", "Compare with the query's column", [NO_TRUTH, *own_options],
+                            default=label_key if label_key in own_options else NO_TRUTH, what="query column",
+                            per_page=True, format_func=lambda v: "— none —" if v == NO_TRUTH else v,
+                            help="The query's own labels, named as the reference's: how often the transferred "
+                                 "label agrees with them, and how much of what the reference lacks is unknown")
+    if truth_key == NO_TRUTH:
+        st.caption(f"Pick a column of the query that holds its own labels, named as the reference's "
+                   f"{label_key!r}, to score the transfer against it.")
+    else:
+        try:
+            agreement = transfer_state.agreement(ref, query, label_key, truth_key, _adata=adata)
+        except CohortError as exc:
+            st.warning(f"Cannot compare with obs[{truth_key!r}]: {exc}")
+        else:
+            for column, (name, value) in zip(st.columns(3), transfer.agreement_metrics(agreement).items()):
+                column.metric(name, value)
+            st.caption(" ".join(line[0].upper() + line[1:] + "." for line in describe_agreement(agreement)))
+            st.plotly_chart(transfer.agreement_figure(agreement["confusion"]), key="transfer_agreement")
+            st.dataframe(agreement["per_label"], hide_index=True, width="stretch", column_config={
+                "in_reference": st.column_config.CheckboxColumn("in reference"),
+                "agreement": st.column_config.NumberColumn(format="percent"),
+                "unknown": st.column_config.NumberColumn(format="percent"),
+                "most_called": st.column_config.TextColumn("most often called"),
+            })
 
 st.download_button(
     "Download the annotated query (.h5ad)",

@@ -1,5 +1,6 @@
 """The label-transfer page (AppTest, on the small run) and its helpers."""
 
+import base64
 import json
 
 import anndata as ad
@@ -78,6 +79,53 @@ def test_transfer_page_annotates_a_file_under_data(data_dir):
     assert table["query_share"].sum() == pytest.approx(1.0)
     assert len(at.get("download_button")) == 1
     assert at.query_params["query"] == "new_patient.h5ad"
+
+
+def test_transfer_page_scores_the_querys_own_labels(data_dir):
+    # transferring the planted niche, which the query has too: scored against it at once
+    at = open_transfer({"query": "new_patient.h5ad", "label": Keys.TRUE_NICHE})
+    assert_clean(at)
+    assert at.selectbox(key="_w_transfer:own").value == Keys.TRUE_NICHE
+    options = at.selectbox(key="_w_transfer:own").options
+    assert Keys.CELL_TYPE in options and Keys.SAMPLE not in options and Keys.CONFIDENCE not in options
+    metrics = {m.label: m.value for m in at.metric}
+    agreement = float(metrics["Agreement (labels the reference knows)"].rstrip("%")) / 100
+    assert 0.6 < agreement <= 1.0
+    captions = " ".join(c.value for c in at.caption)
+    assert f"The query's own obs['{Keys.TRUE_NICHE}'] agrees with the transferred label for" in captions
+    heatmap = json.loads(at.get("plotly_chart")[-1].proto.spec)["data"][0]
+    assert heatmap["type"] == "heatmap"
+    z = heatmap["z"]  # plotly's typed array: base64 bytes, dtype and shape
+    rows = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(
+        [int(n) for n in str(z["shape"]).split(",")])
+    assert np.allclose(rows.sum(1), 1.0)  # each own label as shares of its cells
+    table = at.dataframe[-1].value
+    assert table["cells"].sum() == int(metrics["Query cells"].replace(",", ""))
+    # the niches: the query has no such column, nothing is compared until one is picked
+    at = open_transfer({"query": "new_patient.h5ad"})
+    assert at.selectbox(key="_w_transfer:own").value == ""
+    assert "Agreement (labels the reference knows)" not in {m.label for m in at.metric}
+    at.selectbox(key="_w_transfer:own").set_value(Keys.CELL_TYPE).run()  # names nothing the reference has
+    assert_clean(at)
+    assert any("None of the query's own labels" in c.value for c in at.caption)
+    assert at.query_params["own"] == Keys.CELL_TYPE
+
+
+def test_agreement_helpers():
+    from cellniche_core.agreement import transfer_agreement
+
+    query = ad.AnnData(obs=pd.DataFrame({
+        "own": pd.Categorical(["A", "A", "B", "Z"]), "depth": [0.1, 0.2, 0.3, 0.4], Keys.SAMPLE: list("ssss"),
+        Keys.TRANSFERRED: pd.Categorical(["A", "B", "B", UNKNOWN], categories=["A", "B", UNKNOWN])},
+        index=list("wxyz")))
+    assert transfer.truth_options(query, RunKeys()) == ["own"]
+    result = transfer_agreement(query, "own")
+    fig = transfer.agreement_figure(result["confusion"])
+    assert list(fig.data[0].y) == ["A", "B", "Z"] and list(fig.data[0].x) == ["A", "B", UNKNOWN]
+    assert np.allclose(fig.data[0].z[0], [0.5, 0.5, 0.0]) and fig.data[0].customdata[2][2] == 1
+    assert transfer.agreement_metrics(result) == {"Agreement (labels the reference knows)": "66.7%",
+                                                  "Of those, called unknown": "0.0%",
+                                                  "Labels the reference lacks: unknown": "100.0%"}
 
 
 def test_transfer_page_takes_an_upload_and_leaves_no_file(data_dir, query_bytes):
