@@ -48,7 +48,8 @@ def transfer_agreement(query, truth_key: str, *, transferred_key: str = Keys.TRA
       and the share called ``unknown`` (NaN when there are none);
     - ``n_unseen``, ``unknown_unseen``, ``unseen_labels``: the cells of labels the
       reference lacks, and the share of them called ``unknown``;
-    - ``per_label``: a DataFrame, one row per own label (known ones first, by size):
+    - ``per_label``: a DataFrame, one row per own label (the reference's, in its order;
+      then the unseen, by size):
       ``label``, ``cells``, ``in_reference``, ``agreement`` (share given the same label;
       NaN when unseen), ``unknown`` (share called unknown), ``most_called``;
     - ``confusion``: counts, own labels (rows, as ``per_label``) × transferred labels.
@@ -76,7 +77,9 @@ def transfer_agreement(query, truth_key: str, *, transferred_key: str = Keys.TRA
 
     confusion = pd.crosstab(pd.Series(own, name=truth_key), pd.Series(called, name=transferred_key))
     columns = [c for c in [*reference, UNKNOWN] if c in confusion.columns]
-    order = sorted(set(own), key=lambda lab: (lab not in reference, -int((own == lab).sum()), lab))
+    # the reference's labels in its order (so that agreement is the diagonal), then the unseen by size
+    rank = {lab: i for i, lab in enumerate(reference)}
+    order = sorted(set(own), key=lambda lab: (rank.get(lab, len(rank)), -int((own == lab).sum()), lab))
     confusion = confusion.reindex(index=order, columns=columns, fill_value=0)
     rows = []
     for lab in order:

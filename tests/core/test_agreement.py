@@ -28,7 +28,7 @@ def test_agreement_counts_known_and_unseen_labels_apart():
     assert result["n_unseen"] == 3 and result["unseen_labels"] == ["Z"]
     assert result["unknown_unseen"] == pytest.approx(2 / 3)
     table = result["per_label"].set_index("label")
-    assert list(table.index) == ["A", "B", "Z"]  # known labels by size, then the unseen
+    assert list(table.index) == ["A", "B", "Z"]  # the reference's labels in its order, then the unseen
     assert table.loc["A", "agreement"] == pytest.approx(0.5) and table.loc["A", "unknown"] == pytest.approx(0.25)
     assert table.loc["B", "most_called"] in {"B", "C"} and bool(table.loc["Z", "in_reference"]) is False
     assert np.isnan(table.loc["Z", "agreement"]) and table.loc["Z", "most_called"] == UNKNOWN
@@ -39,6 +39,13 @@ def test_agreement_counts_known_and_unseen_labels_apart():
     lines = describe_agreement(result)
     assert "50.0% of its 6 cells" in lines[0] and "16.7% of them called unknown" in lines[0]
     assert "3 cells of labels the reference lacks ('Z'): 66.7% called unknown" in lines[1]
+
+
+def test_rows_follow_the_reference_order_so_agreement_is_the_diagonal():
+    own = ["C", "C", "C", "A", "Y", "X", "X"]
+    result = transfer_agreement(annotated(own, ["C", "C", "A", "A", UNKNOWN, UNKNOWN, "B"]), "own")
+    assert list(result["confusion"].index) == ["A", "C", "X", "Y"]  # reference order, then unseen by size
+    assert list(result["confusion"].columns) == ["A", "B", "C", UNKNOWN]
 
 
 def test_integer_labels_compare_as_text():
