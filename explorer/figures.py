@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import pydeck as pdk
 from pydeck.bindings.json_tools import default_serialize
 
-from .palette import DIMMED_ALPHA, DIMMED_COLOR, NICHE, VIRIDIS, ColorScale, rgba_css
+from .palette import DIMMED_ALPHA, DIMMED_COLOR, NICHE, UNKNOWN_COLOR, VIRIDIS, ColorScale, rgba_css
 from .tables import point_radius
 
 #: legend entries shown before "… and N more"
@@ -202,10 +202,12 @@ def _axis_off(fig: go.Figure) -> None:
 
 
 def umap_figure(points: pd.DataFrame, scale: ColorScale, *, color_column: str,
-                highlight: str | None = None, height: int = 620, selected: np.ndarray | None = None) -> go.Figure:
+                highlight: str | None = None, height: int = 620, selected: np.ndarray | None = None,
+                title: str | None = None) -> go.Figure:
     """UMAP scatter (WebGL ``Scattergl``), one trace per category of ``color_column``.
 
-    ``points`` has ``x``, ``y``, ``niche`` and the ``color_column``; with ``highlight``,
+    ``points`` has ``x``, ``y``, ``niche`` and the ``color_column`` (``title``: its name
+    in the legend, ``color_column`` by default); with ``highlight``,
     cells of other niches form one grey trace underneath, and so do the cells outside
     ``selected`` (boolean per point: a linked selection).
     """
@@ -223,6 +225,11 @@ def umap_figure(points: pd.DataFrame, scale: ColorScale, *, color_column: str,
             hoverinfo="skip"))
         points = points[~dimmed]
     values = points[color_column].astype(str)
+    extra = color_column not in ("niche", "sample", "cell_type")  # an annotation: in the hover too
+    hover = ("niche %{customdata[0]}<br>sample %{customdata[1]}<br>%{customdata[2]}"
+             + (f"<br>{html.escape(str(title or color_column))} %{{customdata[3]}}" if extra else "")
+             + "<extra></extra>")
+    shown = ["niche", "sample", "cell_type"] + ([color_column] if extra else [])
     for category, color in scale.color_map().items():
         part = points[values == category]
         if part.empty:
@@ -230,11 +237,16 @@ def umap_figure(points: pd.DataFrame, scale: ColorScale, *, color_column: str,
         fig.add_trace(go.Scattergl(
             x=part["x"], y=part["y"], mode="markers", name=category,
             marker=dict(size=3, color=color, opacity=0.8),
-            customdata=part[["niche", "sample", "cell_type"]].to_numpy(),
-            hovertemplate="niche %{customdata[0]}<br>sample %{customdata[1]}"
-                          "<br>%{customdata[2]}<extra></extra>"))
+            customdata=part[shown].to_numpy(), hovertemplate=hover))
+    missing = ~values.isin(list(scale.color_map()))  # cells without a value of the column
+    if missing.any():
+        part = points[missing]
+        fig.add_trace(go.Scattergl(
+            x=part["x"], y=part["y"], mode="markers", name="n/a",
+            marker=dict(size=3, color=UNKNOWN_COLOR, opacity=0.6),
+            customdata=part[shown].to_numpy(), hovertemplate=hover))
     fig.update_layout(**LABEL_AXES, height=height, margin=dict(l=10, r=10, t=30, b=10),
-                      legend=dict(itemsizing="constant", title=color_column),
+                      legend=dict(itemsizing="constant", title=html.escape(str(title or color_column))),
                       plot_bgcolor="white")
     _axis_off(fig)
     return fig

@@ -159,8 +159,8 @@ def map_points(ref: RunRef, sample: str, column: str, max_points: int) -> tuple[
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def umap_points(ref: RunRef, max_points: int) -> tuple[pd.DataFrame, int]:
-    return tables.umap_points(load(ref).adata, run_keys(ref), max_points=max_points)
+def umap_points(ref: RunRef, max_points: int, color_by: str | None = None) -> tuple[pd.DataFrame, int]:
+    return tables.umap_points(load(ref).adata, run_keys(ref), max_points=max_points, color_by=color_by)
 
 
 @st.cache_data(max_entries=16, show_spinner="Scoring batch mixing…")

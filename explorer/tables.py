@@ -224,10 +224,13 @@ def slide_points(adata, keys: RunKeys, sample: str, *, color_by: str, max_points
     return points, len(where)
 
 
-def umap_points(adata, keys: RunKeys, *, max_points: int, seed: int = 0) -> tuple[pd.DataFrame, int]:
+def umap_points(adata, keys: RunKeys, *, max_points: int, seed: int = 0,
+                color_by: str | None = None) -> tuple[pd.DataFrame, int]:
     """A random sample of at most ``max_points`` cells with their UMAP position.
 
-    Columns ``x``, ``y`` (``obsm[umap]``), ``niche``, ``sample``, ``cell_type``.
+    Columns ``x``, ``y`` (``obsm[umap]``), ``niche``, ``sample``, ``cell_type`` and, with
+    ``color_by`` (another obs column, e.g. an expert annotation), ``color`` (its values
+    as text, "n/a" where missing).
     """
     keep = subsample_index(adata.n_obs, max_points, seed=seed)
     xy = np.asarray(adata.obsm[keys.umap])[keep, :2].astype(float)
@@ -238,6 +241,8 @@ def umap_points(adata, keys: RunKeys, *, max_points: int, seed: int = 0) -> tupl
         "sample": labels(adata, keys.sample).iloc[keep].to_numpy(),
         "cell_type": labels(adata, keys.cell_type, fill="n/a").iloc[keep].to_numpy(),
     })
+    if color_by is not None:
+        points["color"] = labels(adata, color_by, fill="n/a").iloc[keep].to_numpy()
     return points, adata.n_obs
 
 

@@ -9,6 +9,8 @@ from streamlit.testing.v1 import AppTest
 
 from apptest_support import assert_clean, decks, query
 from apptest_support import open_app as _open_app
+from cellniche_core.io import load_run
+from cellniche_core.keys import Keys
 from cellniche_core.names import niche_id
 from explorer import state
 
@@ -169,6 +171,18 @@ def test_embedding_shows_mixing_per_niche_and_cohort(runs_dir):
     umap = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert {t["type"] for t in umap["data"]} == {"scattergl"}
     assert len(umap["data"]) == 6  # one trace per slide
+
+
+def test_embedding_colours_by_another_annotation(runs_dir):
+    at = open_app({"page": "embedding", "color": Keys.TRUE_NICHE})
+    assert_clean(at)
+    picker = at.selectbox(key="_w_embedding:color")
+    assert picker.options == ["niche", "sample", "cell type", "patient", "response", Keys.TRUE_NICHE]
+    cells = load_run(runs_dir / "small", with_weights=False).adata
+    umap = json.loads(at.get("plotly_chart")[0].proto.spec)
+    planted = set(cells.obs[Keys.TRUE_NICHE].astype(str))
+    assert {t["name"] for t in umap["data"]} == planted
+    assert umap["layout"]["legend"]["title"]["text"] == Keys.TRUE_NICHE
 
 
 def test_composition_shows_enrichment_markers_and_sizes(runs_dir):

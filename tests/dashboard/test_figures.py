@@ -281,6 +281,16 @@ def test_umap_figure_uses_webgl_and_niche_colours():
     assert [t.name for t in fig.data] == ["not N3", "N3"]
 
 
+def test_umap_figure_colours_by_an_annotation_and_shows_cells_without_one():
+    points = _points().assign(sample=["s1", "s2"] * 3, color=["L1", "L2", "L1", "n/a", "L2", "L1"])
+    scale = color_scale(pd.Series(["L1", "L2"]), column="layer", kind="category")
+    fig = figures.umap_figure(points, scale, color_column="color", title="layer")
+    assert [t.name for t in fig.data] == ["L1", "L2", "n/a"]
+    assert [len(t.x) for t in fig.data] == [3, 2, 1]
+    assert fig.layout.legend.title.text == "layer" and "layer %{customdata[3]}" in fig.data[0].hovertemplate
+    assert fig.data[2].marker.color == UNKNOWN_COLOR
+
+
 def test_abundance_figure_stacks_niches_in_palette_colours():
     fractions = pd.DataFrame({"N1": [0.25, 1.0], "N2": [0.75, 0.0]}, index=["s1", "s2"])
     fig = figures.abundance_figure(fractions, niche_colors(fractions.columns))
