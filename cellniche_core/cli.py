@@ -94,10 +94,11 @@ class TerminalProgress:
             if self.bar is None:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=100, desc="train", unit="%", file=sys.stderr,
-                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+                # the message as the description: tqdm prints a postfix after ", "
+                self.bar = tqdm(total=100, unit="%", file=sys.stderr,
+                                bar_format="train: {percentage:3.0f}%|{bar}| {desc}")
             self.bar.n = int(round(fraction * 100))
-            self.bar.set_postfix_str(message, refresh=True)
+            self.bar.set_description_str(message, refresh=True)
             return
         if self.bar is not None:
             self.bar.close()

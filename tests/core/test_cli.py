@@ -97,3 +97,18 @@ def test_cuda_request_without_gpu_is_refused(tmp_path, small_cohort_path, capsys
     code = main(["fit", str(small_cohort_path), "--out", str(tmp_path / "run"), "--device", "cuda", "--quiet"])
     assert code == 2 and "CUDA" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_training_bar_shows_the_step_without_a_stray_separator(capsys):
+    from cellniche_core.cli import TerminalProgress
+
+    progress = TerminalProgress()
+    progress("read", 0.0, "reading 2 files")
+    progress("train", 0.4, "step 120/300 · loss 3.21")
+    progress("train", 1.0, "step 300/300 · loss 2.90")
+    progress("write", 0.0, "writing the run")
+    err = capsys.readouterr().err
+    assert "read: reading 2 files" in err and "write: writing the run" in err
+    bar = err.split("\r")[-1].splitlines()[0] if "\r" in err else err.splitlines()[1]
+    assert bar.startswith("train: 100%|") and bar.endswith("| step 300/300 · loss 2.90")
+    assert ", step" not in err
