@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from cellniche_core.keys import RunKeys
 from cellniche_core.labels import natural_key
 
-from .figures import LABEL_AXES
+from .figures import LABEL_AXES, fit_labels
 from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale
 from .tables import labels, subsample_index
 
@@ -91,7 +91,7 @@ def abundance_heatmap(matrix: pd.DataFrame, patterns: dict[str, str] | None = No
         hovertemplate="%{y} · %{x}: %{z:.1%} of the patient's cells<extra></extra>"))
     fig.update_layout(**LABEL_AXES, height=height or max(260, 32 * len(matrix) + 150),
                       margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(autorange="reversed", title="patient"))
-    return fig
+    return fit_labels(fig)
 
 
 def group_difference_figure(tests: pd.DataFrame, *, alpha: float = 0.05) -> go.Figure:
@@ -118,7 +118,7 @@ def group_difference_figure(tests: pd.DataFrame, *, alpha: float = 0.05) -> go.F
                                  zeroline=False),
                       showlegend=False, plot_bgcolor="white")
     fig.update_xaxes(showgrid=True, gridcolor="#eee")
-    return fig
+    return fit_labels(fig)
 
 
 def patient_difference_figure(table: pd.DataFrame, colors: dict[str, str], *, patient_a: str,
@@ -134,7 +134,7 @@ def patient_difference_figure(table: pd.DataFrame, colors: dict[str, str], *, pa
     fig.update_layout(**LABEL_AXES, height=max(220, 30 * len(table) + 100), margin=dict(l=10, r=20, t=30, b=10),
                       xaxis=dict(title=f"abundance in {patient_b} minus {patient_a}", tickformat="+.0%"),
                       yaxis=dict(autorange="reversed"), showlegend=False, plot_bgcolor="white")
-    return fig
+    return fit_labels(fig)
 
 
 def adjacency_heatmap(cohort: pd.DataFrame, niches: list[str]) -> go.Figure:
@@ -158,4 +158,4 @@ def adjacency_heatmap(cohort: pd.DataFrame, niches: list[str]) -> go.Figure:
         hovertemplate="%{y} – %{x}: %{z:+.2f}<extra></extra>"))
     fig.update_layout(**LABEL_AXES, height=max(280, 34 * len(niches) + 140), margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(autorange="reversed"))
-    return fig
+    return fit_labels(fig)

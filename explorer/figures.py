@@ -25,6 +25,50 @@ LEGEND_MAX = 40
 #: labels; plotly would read them as numbers and draw "151.673k"
 LABEL_AXES = {"autotypenumbers": "strict"}
 _FONT = "font-size:0.85rem;line-height:1.5"
+#: legend entries and axis labels longer than this are cut with "…" (the hover keeps them
+#: whole): niche names made of Ensembl ids took half a chart's width
+LABEL_CHARS = 28
+
+
+def short_label(text: str, width: int = LABEL_CHARS) -> str:
+    """``text`` cut to ``width`` characters with "…"; markup after a line break is kept."""
+    head, brk, tail = str(text).partition("<br>")
+    if len(head) > width:
+        head = head[:width - 1].rstrip() + "…"
+    return head + brk + tail
+
+
+def _shortened(labels) -> list[str] | None:
+    """The labels cut by :func:`short_label`, or None when none is long or two would look alike."""
+    labels = [str(v) for v in labels]
+    cut = [short_label(v) for v in labels]
+    if cut == labels or len(set(cut)) < len(set(labels)):
+        return None
+    return cut
+
+
+def fit_labels(fig: go.Figure) -> go.Figure:
+    """Long category labels cut in the legend and on the axes, so the chart keeps its width.
+
+    Trace names (the legend) and the categories of each axis are cut to
+    :data:`LABEL_CHARS`; axes get the cut text as tick labels over the full values, so
+    hovers and selections still see the whole label.
+    """
+    names = [t.name for t in fig.data if t.name is not None]
+    cut = _shortened(names)
+    if cut:
+        for trace, name in zip([t for t in fig.data if t.name is not None], cut):
+            trace.name = name
+    for axis in ("x", "y"):
+        values = []
+        for trace in fig.data:
+            data = getattr(trace, axis, None)
+            if data is not None and len(data) and all(isinstance(v, str) for v in data):
+                values += [v for v in data if v not in values]
+        cut = _shortened(values) if values else None
+        if cut:
+            fig.update_layout({f"{axis}axis": dict(tickmode="array", tickvals=values, ticktext=cut)})
+    return fig
 
 
 def _dimmed(points: pd.DataFrame, highlight: str | None) -> np.ndarray | None:
@@ -249,7 +293,7 @@ def umap_figure(points: pd.DataFrame, scale: ColorScale, *, color_column: str,
                       legend=dict(itemsizing="constant", title=html.escape(str(title or color_column))),
                       plot_bgcolor="white")
     _axis_off(fig)
-    return fig
+    return fit_labels(fig)
 
 
 def mixing_figure(table: pd.DataFrame, colors: dict[str, str], *, cohort: float | None = None) -> go.Figure:
@@ -266,7 +310,7 @@ def mixing_figure(table: pd.DataFrame, colors: dict[str, str], *, cohort: float 
     fig.update_layout(**LABEL_AXES, height=max(220, 28 * len(table) + 80), margin=dict(l=10, r=30, t=30, b=10),
                       xaxis=dict(range=[0, 1.12], title="batch mixing"), showlegend=False,
                       plot_bgcolor="white")
-    return fig
+    return fit_labels(fig)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -284,7 +328,7 @@ def abundance_figure(fractions: pd.DataFrame, colors: dict[str, str], *, height:
                       yaxis=dict(tickformat=".0%", title="share of cells", range=[0, 1]),
                       xaxis=dict(title="slide"), legend=dict(title="niche", traceorder="normal"),
                       plot_bgcolor="white")
-    return fig
+    return fit_labels(fig)
 
 
 def enrichment_heatmap(table: pd.DataFrame, *, height: int | None = None) -> go.Figure:
@@ -300,7 +344,7 @@ def enrichment_heatmap(table: pd.DataFrame, *, height: int | None = None) -> go.
     fig.update_layout(**LABEL_AXES, height=height or max(300, 34 * len(table) + 140),
                       margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(autorange="reversed"),
                       xaxis=dict(tickangle=-40))
-    return fig
+    return fit_labels(fig)
 
 
 def marker_heatmap(scores: pd.DataFrame, *, height: int | None = None) -> go.Figure:
@@ -312,7 +356,7 @@ def marker_heatmap(scores: pd.DataFrame, *, height: int | None = None) -> go.Fig
     fig.update_layout(**LABEL_AXES, height=height or max(300, 30 * len(scores) + 150),
                       margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(autorange="reversed"),
                       xaxis=dict(tickangle=-45))
-    return fig
+    return fit_labels(fig)
 
 
 def niche_size_figure(sizes: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
@@ -325,4 +369,4 @@ def niche_size_figure(sizes: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
                       "in %{customdata[1]} slides, %{customdata[2]} patients<extra></extra>"))
     fig.update_layout(**LABEL_AXES, height=320, margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(title="cells"),
                       showlegend=False, plot_bgcolor="white")
-    return fig
+    return fit_labels(fig)

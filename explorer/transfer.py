@@ -21,7 +21,7 @@ from cellniche_core.io import Run, load_weights, write_h5ad
 from cellniche_core.keys import DEMO_QUERY, RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
 from cellniche_core.transfer import annotate_query, read_query
 
-from .figures import LABEL_AXES
+from .figures import LABEL_AXES, fit_labels
 from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale, rgba_css
 from .tables import labels
 from .uploads import DOWNLOAD_PREFIX, QUERY_PREFIX, Upload, read_staged, staging
@@ -200,7 +200,7 @@ def composition_figure(table: pd.DataFrame, scale: ColorScale, *, height: int = 
                       yaxis=dict(tickformat=".0%", title="share of cells"),
                       xaxis=dict(title=html.escape(str(scale.column))), plot_bgcolor="white",
                       legend=dict(orientation="h", y=1.08))
-    return fig
+    return fit_labels(fig)
 
 
 def agreement_metrics(agreement: dict) -> dict[str, str]:
@@ -230,7 +230,7 @@ def agreement_figure(confusion: pd.DataFrame, *, height: int | None = None) -> g
                       xaxis=dict(title="transferred label", side="bottom"),
                       yaxis=dict(title=f"query's own {html.escape(str(confusion.index.name or 'label'))}",
                                  autorange="reversed"))
-    return fig
+    return fit_labels(fig)
 
 
 def unknown_note(report: dict, *, quantile: float, min_confidence: float = 0.0) -> str:

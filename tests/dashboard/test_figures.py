@@ -358,3 +358,24 @@ def test_composition_and_comparison_pages_count_presence_alike(small_run):
     assert sizes["slides"].tolist() == summary["n_samples_present"].tolist()
     assert sizes["patients"].tolist() == summary["n_patients_present"].tolist()
     assert sizes["cells"].tolist() == summary["n_cells"].tolist()
+
+
+def test_long_labels_are_cut_in_legends_and_on_axes_but_not_in_hovers():
+    long = ["N1 · ENSG00000197971+ ENSG00000131095+", "N2 · ENSG00000183036+ ENSG00000034510+"]
+    fractions = pd.DataFrame({long[0]: [0.4, 0.7], long[1]: [0.6, 0.3]}, index=["151673", "151674"])
+    fig = figures.abundance_figure(fractions, niche_colors(fractions.columns))
+    names = [t.name for t in fig.data]
+    assert names == ["N1 · ENSG00000197971+ ENSG0…", "N2 · ENSG00000183036+ ENSG0…"]
+    assert all(len(n) == figures.LABEL_CHARS for n in names)
+    assert long[0] in fig.data[0].hovertemplate  # the hover names the niche in full
+    table = pd.DataFrame({"mixing": [0.4, 0.5]}, index=long)
+    fig = figures.mixing_figure(table, niche_colors(long))
+    assert list(fig.layout.yaxis.tickvals) == long[::-1]  # the bars keep the full names as values
+    assert [t.endswith("…") for t in fig.layout.yaxis.ticktext] == [True, True]
+    # short labels, and labels that would look alike once cut, are left whole
+    fig = figures.mixing_figure(pd.DataFrame({"mixing": [0.4]}, index=["N1 · CAF"]), {})
+    assert fig.layout.yaxis.ticktext is None
+    alike = ["a very long cell type name, variant one", "a very long cell type name, variant two"]
+    fig = figures.mixing_figure(pd.DataFrame({"mixing": [0.4, 0.5]}, index=alike), {})
+    assert fig.layout.yaxis.ticktext is None
+    assert figures.short_label("N3 · " + "x" * 40 + "<br><sub>conserved</sub>").endswith("…<br><sub>conserved</sub>")
