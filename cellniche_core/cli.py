@@ -366,8 +366,9 @@ def run_transfer(args) -> Path:
     say = _stage_lines(args.quiet)
 
     path, report = transfer_file(args.run, args.query, args.out, label_key=args.label_key, device=args.device,
-                                 overwrite=args.overwrite, truth_key=args.truth_key, on_stage=say, n_neighbors=args.n_neighbors,
-                                 quantile=args.quantile, min_confidence=args.min_confidence, seed=args.seed)
+                                 overwrite=args.overwrite, truth_key=args.truth_key, on_stage=say,
+                                 n_neighbors=args.n_neighbors, quantile=args.quantile,
+                                 min_confidence=args.min_confidence, seed=args.seed)
     lines = describe_alignment(report["alignment"]) or ["the query has every reference feature, nothing extra"]
     for line in lines:
         print(f"alignment: {line}", file=sys.stderr)

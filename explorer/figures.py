@@ -60,11 +60,12 @@ def fit_labels(fig: go.Figure) -> go.Figure:
         for trace, name in zip([t for t in fig.data if t.name is not None], cut):
             trace.name = name
     for axis in ("x", "y"):
-        values = []
+        found: dict[str, None] = {}  # the categories in order of appearance
         for trace in fig.data:
             data = getattr(trace, axis, None)
             if data is not None and len(data) and all(isinstance(v, str) for v in data):
-                values += [v for v in data if v not in values]
+                found.update(dict.fromkeys(data))
+        values = list(found)
         cut = _shortened(values) if values else None
         if cut:
             fig.update_layout({f"{axis}axis": dict(tickmode="array", tickvals=values, ticktext=cut)})
