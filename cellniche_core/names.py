@@ -218,27 +218,34 @@ def read_names_csv(path: str | os.PathLike, niches) -> dict[str, str]:
 
 
 def parse_names_csv(text: str, niches, *, source: str = "names.csv") -> dict[str, str]:
-    """``{niche: name}`` from the text of a two-column CSV with a ``niche,name`` header.
+    """``{niche: name}`` from the text of a CSV with a ``niche,name`` header.
 
-    A niche may be given by its id or its label (``N3 · old name``). Raises
-    :class:`NamesError`, starting with ``source``, naming the line for a missing header, a
-    row without two fields, a repeated or unknown niche, or a bad name.
+    A third column ``automatic_name`` (as the dashboard's download writes, beside the
+    names to fill in) is read past. An empty name comes back as "" (the automatic name). A niche may be given by its id or its label
+    (``N3 · old name``). Raises :class:`NamesError`, starting with ``source``, naming the
+    line for a missing header, a row of another number of fields, a repeated or unknown
+    niche, or a bad name.
     """
     rows = [row for row in csv.reader(text.lstrip("\ufeff").splitlines()) if any(cell.strip() for cell in row)]
-    if not rows or [c.strip().lower() for c in rows[0]] != ["niche", "name"]:
-        raise NamesError(f"{source}: the first line must be the header 'niche,name'")
+    header = [c.strip().lower() for c in rows[0]] if rows else []
+    if header not in (["niche", "name"], ["niche", "name", "automatic_name"]):
+        raise NamesError(f"{source}: the first line must be the header 'niche,name' (or 'niche,name,automatic_name')")
+    fields = ",".join(header)
     names: dict[str, str] = {}
     for line, row in enumerate(rows[1:], start=2):
-        if len(row) != 2:
-            raise NamesError(f"{source}, line {line}: expected 2 fields (niche,name), found {len(row)}")
+        if len(row) != len(header):
+            raise NamesError(f"{source}, line {line}: expected {len(header)} fields ({fields}), found {len(row)}")
         niche = niche_id(row[0].strip())
         if niche in names:
             raise NamesError(f"{source}, line {line}: niche {niche} is named twice")
         names[niche] = row[1]
     try:
-        return check_names(names, niches)
+        cleaned = check_names(names, niches)
     except NamesError as exc:
         raise NamesError(f"{source}: {exc}") from None
+    # an empty name stays, as "": laid over the names given before, it takes the niche back
+    # to its automatic name (dropped here, it left the old name in place)
+    return {n: cleaned.get(n, "") for n in names}
 
 
 def given_names(run_dir, manifest: dict | None = None) -> dict[str, str]:

@@ -65,6 +65,9 @@ with st.expander("Set names from a CSV file"):
             st.rerun()
 
 st.dataframe(table[["label"]].rename(columns={"label": "shown as"}), hide_index=True, width="stretch")
-st.download_button("Download names (CSV)", table[["niche", "name"]].to_csv(index=False).encode(),
+csv_table = table[["niche", "name", "auto_name"]].rename(columns={"auto_name": "automatic_name"})
+st.download_button("Download names (CSV)", csv_table.to_csv(index=False).encode(),
                    file_name=f"{ref.name}_niche_names.csv", mime="text/csv", key="names_download",
-                   help="The file `python -m cellniche_core names RUN --from FILE` reads")
+                   help="niche, the name given (empty: the automatic name is shown), and the automatic name; "
+                        "fill in the name column and upload it above, or give it to "
+                        "`python -m cellniche_core names RUN --from FILE`")

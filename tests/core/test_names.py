@@ -98,6 +98,19 @@ def test_names_csv_errors_name_the_line(tmp_path):
         read_names_csv(tmp_path / "missing.csv", ["N1"])
 
 
+def test_the_downloaded_names_csv_reads_back_with_its_automatic_names_column(tmp_path):
+    # as the Niche names page writes it: the given names (empty: automatic) beside the automatic ones
+    path = tmp_path / "run_niche_names.csv"
+    path.write_text("niche,name,automatic_name\nN1,,CAF\nN2,tumour core,Tumour + Tumour (Ki67+)\n")
+    assert read_names_csv(path, ["N1", "N2"]) == {"N1": "", "N2": "tumour core"}
+    path.write_text("niche,name,automatic_name\nN1,x\n")
+    with pytest.raises(NamesError, match=r"line 2: expected 3 fields \(niche,name,automatic_name\), found 2"):
+        read_names_csv(path, ["N1"])
+    path.write_text("niche,name,notes\nN1,x,y\n")
+    with pytest.raises(NamesError, match="header 'niche,name'"):
+        read_names_csv(path, ["N1"])
+
+
 @pytest.fixture
 def run_copy(tmp_path, small_run):
     copy = tmp_path / "runs" / "small"
@@ -122,6 +135,13 @@ def test_names_command_sets_names_from_a_csv(run_copy, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown niche(s) 'N42'" in err and "N1, N2" in err
     assert read_names(run_copy) == {"N2": "tumour core"}
+    # an empty name takes a named niche back to its automatic name; the others keep theirs
+    csv.write_text("niche,name\nN1,immune edge\n")
+    assert main(["names", str(run_copy), "--from", str(csv)]) == 0
+    csv.write_text("niche,name,automatic_name\nN2,,whatever the download said\n")
+    assert main(["names", str(run_copy), "--from", str(csv)]) == 0
+    capsys.readouterr()
+    assert read_names(run_copy) == {"N1": "immune edge"}
     assert main(["names", str(run_copy), "--reset"]) == 0
     assert read_names(run_copy) == {}
 
