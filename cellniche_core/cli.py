@@ -365,10 +365,10 @@ def run_transfer(args) -> Path:
 
     say = _stage_lines(args.quiet)
 
+    options = {"n_neighbors": args.n_neighbors, "quantile": args.quantile, "min_confidence": args.min_confidence}
     path, report = transfer_file(args.run, args.query, args.out, label_key=args.label_key, device=args.device,
-                                 overwrite=args.overwrite, truth_key=args.truth_key, on_stage=say,
-                                 n_neighbors=args.n_neighbors, quantile=args.quantile,
-                                 min_confidence=args.min_confidence, seed=args.seed)
+                                 overwrite=args.overwrite, truth_key=args.truth_key, on_stage=say, seed=args.seed,
+                                 **options)
     lines = describe_alignment(report["alignment"]) or ["the query has every reference feature, nothing extra"]
     for line in lines:
         print(f"alignment: {line}", file=sys.stderr)
@@ -392,7 +392,7 @@ def _add_names_parser(sub) -> None:
                     "(niches not listed keep theirs; an empty name goes back to the automatic one). Names "
                     "are kept in RUN_DIR/niche_names.json; cohort.h5ad is not modified.")
     names.add_argument("run", metavar="RUN_DIR", help="run folder written by 'fit' or 'demo'")
-    names.add_argument("--from", dest="from_csv", metavar="CSV", help="two columns: niche,name")
+    names.add_argument("--from", dest="from_csv", metavar="CSV", help="columns niche,name (empty: automatic)")
     names.add_argument("--reset", action="store_true", help="forget every name given (back to automatic names)")
 
 
