@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from .graph import DEFAULT_KNN, GraphSettings
 from .keys import DEMO_COHORT, DEMO_QUERY, Keys
+from .progress import ProgressFile, TerminalProgress
 from .sampling import STRATEGIES
 from .tally import MIN_CELLS, MIN_FRACTION
 from .train import PRECISIONS, TrainConfig
@@ -77,69 +76,6 @@ def _positive_int(value: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return v
-
-
-class TerminalProgress:
-    """Stage lines plus a progress bar for training, on stderr."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self.bar = None
-        self.t0 = time.perf_counter()
-
-    def __call__(self, stage: str, fraction: float, message: str) -> None:
-        if not self.enabled:
-            return
-        if stage == "train":
-            if self.bar is None:
-                from tqdm import tqdm
-
-                # the message as the description: tqdm prints a postfix after ", "
-                self.bar = tqdm(total=100, unit="%", file=sys.stderr,
-                                bar_format="train: {percentage:3.0f}%|{bar}| {desc}")
-            self.bar.n = int(round(fraction * 100))
-            self.bar.set_description_str(message, refresh=True)
-            return
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        if fraction == 0.0 or stage in ("read", "graph", "write"):
-            print(f"[{time.perf_counter() - self.t0:7.1f}s] {stage}: {message}", file=sys.stderr)
-
-
-class ProgressFile:
-    """Progress written to a small JSON file for another process: ``{"stage", "fraction",
-    "message", "share"}``, ``share`` being the whole job's share done over ``stages``
-    (:func:`cellniche_core.pipeline.overall_progress`).
-
-    Each write replaces the file atomically; within a stage, writes are at most every
-    ``every_s`` seconds, so a training loop reporting every step costs nothing.
-    """
-
-    def __init__(self, path: str | Path, stages=None, every_s: float = 0.25):
-        from .pipeline import STAGES
-
-        self.path = Path(path)
-        self.stages = tuple(stages or STAGES)
-        self.every_s = every_s
-        self._last = (None, 0.0)
-
-    def __call__(self, stage: str, fraction: float, message: str) -> None:
-        now = time.monotonic()
-        last_stage, last_time = self._last
-        if stage == last_stage and fraction < 1.0 and now - last_time < self.every_s:
-            return
-        self._last = (stage, now)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            from .pipeline import overall_progress
-
-            share = overall_progress(stage, fraction, self.stages)
-            tmp.write_text(json.dumps({"stage": stage, "fraction": float(fraction), "message": message,
-                                       "share": share}))
-            os.replace(tmp, self.path)
-        except OSError:  # progress is best effort; the build itself goes on
-            pass
 
 
 def _both(*callbacks):

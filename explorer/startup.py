@@ -95,7 +95,7 @@ def has_runs(directory: Path) -> bool:
 
 def read_progress(path: Path) -> tuple[float, str]:
     """(share done, "stage: message") from a progress file (written by
-    ``cellniche_core.cli.ProgressFile``); (0, "starting") when unreadable."""
+    ``cellniche_core.progress.ProgressFile``); (0, "starting") when unreadable."""
     try:
         data = json.loads(Path(path).read_text())
         share = min(max(float(data["share"]), 0.0), 1.0)

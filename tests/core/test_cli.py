@@ -100,7 +100,7 @@ def test_cuda_request_without_gpu_is_refused(tmp_path, small_cohort_path, capsys
 
 
 def test_the_training_bar_shows_the_step_without_a_stray_separator(capsys):
-    from cellniche_core.cli import TerminalProgress
+    from cellniche_core.progress import TerminalProgress
 
     progress = TerminalProgress()
     progress("read", 0.0, "reading 2 files")

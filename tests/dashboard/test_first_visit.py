@@ -82,7 +82,7 @@ def test_failed_demo_build_is_an_error_message(tmp_path, monkeypatch):
 
 
 def test_the_page_reads_the_share_the_build_writes(tmp_path):
-    from cellniche_core.cli import ProgressFile
+    from cellniche_core.progress import ProgressFile
     from cellniche_core.pipeline import DEMO_STAGES, overall_progress
 
     path = tmp_path / "progress.json"
@@ -96,7 +96,7 @@ def test_the_page_reads_the_share_the_build_writes(tmp_path):
 
 
 def test_cli_progress_file_is_replaced_atomically(tmp_path):
-    from cellniche_core.cli import ProgressFile
+    from cellniche_core.progress import ProgressFile
     from cellniche_core.pipeline import overall_progress
 
     path = tmp_path / "p.json"
