@@ -27,7 +27,7 @@ LABEL_AXES = {"autotypenumbers": "strict"}
 _FONT = "font-size:0.85rem;line-height:1.5"
 #: legend entries and axis labels longer than this are cut with "…" (the hover keeps them
 #: whole): niche names made of Ensembl ids took half a chart's width
-LABEL_CHARS = 28
+LABEL_CHARS = 32
 
 
 def short_label(text: str, width: int = LABEL_CHARS) -> str:

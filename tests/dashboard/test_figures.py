@@ -365,7 +365,7 @@ def test_long_labels_are_cut_in_legends_and_on_axes_but_not_in_hovers():
     fractions = pd.DataFrame({long[0]: [0.4, 0.7], long[1]: [0.6, 0.3]}, index=["151673", "151674"])
     fig = figures.abundance_figure(fractions, niche_colors(fractions.columns))
     names = [t.name for t in fig.data]
-    assert names == ["N1 · ENSG00000197971+ ENSG0…", "N2 · ENSG00000183036+ ENSG0…"]
+    assert names == ["N1 · ENSG00000197971+ ENSG00000…", "N2 · ENSG00000183036+ ENSG00000…"]
     assert all(len(n) == figures.LABEL_CHARS for n in names)
     assert long[0] in fig.data[0].hovertemplate  # the hover names the niche in full
     table = pd.DataFrame({"mixing": [0.4, 0.5]}, index=long)
