@@ -21,9 +21,14 @@ import plotly.graph_objects as go
 
 from cellniche_core.keys import RunKeys
 
-from .figures import LABEL_AXES
+from .figures import LABEL_AXES, fit_labels
 from .palette import DIMMED_COLOR, ColorScale, rgba_css
 from .tables import labels
+
+#: the selection's bars without colours of their own (cell types), and the legend's
+#: swatch for bars in each niche's colour
+SELECTION_COLOR = "#1f77b4"
+MIXED_COLOR = "#555555"
 
 UMAP = "umap"
 SLIDE = "slide"
@@ -241,10 +246,14 @@ def composition_figure(table: pd.DataFrame, column: str, *, reference: str, colo
     fig = go.Figure([
         go.Bar(y=names, x=table["reference_share"], orientation="h", name=reference,
                marker_color="#bdbdbd", hovertemplate="%{y}: %{x:.1%}<extra>" + reference + "</extra>"),
-        go.Bar(y=names, x=table["selection_share"], orientation="h", name="selection",
-               marker_color=[(colors or {}).get(n, "#1f77b4") for n in names],
-               hovertemplate="%{y}: %{x:.1%}<extra>selection</extra>")])
+        go.Bar(y=names, x=table["selection_share"], orientation="h", name="selection", showlegend=False,
+               marker_color=[(colors or {}).get(n, SELECTION_COLOR) for n in names],
+               hovertemplate="%{y}: %{x:.1%}<extra>selection</extra>"),
+        # the legend's "selection" entry: its bars take each niche's colour, so the entry
+        # would take the first niche's; a marker-only trace with no point shows a neutral one
+        go.Scatter(x=[None], y=[None], mode="markers", name="selection", hoverinfo="skip",
+                   marker=dict(symbol="square", size=11, color=SELECTION_COLOR if colors is None else MIXED_COLOR))])
     fig.update_layout(**LABEL_AXES, barmode="group", height=max(240, 34 * len(table) + 90),
                       margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(tickformat=".0%", title="share of cells"),
                       legend=dict(orientation="h", y=1.08), plot_bgcolor="white")
-    return fig
+    return fit_labels(fig)

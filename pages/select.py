@@ -95,7 +95,7 @@ st.caption(f"Selection: {chosen.describe()}. It selects every cell inside it, al
            f"out of their drawn sample. Slides: " + ", ".join(f"{s} ({n:,})" for s, n in per_slide.head(8).items())
            + ("…" if len(per_slide) > 8 else ""))
 if n_selected == 0:
-    st.info("No cell lies inside the select.")
+    st.info("No cell lies inside the selection.")
     st.stop()
 
 reference = "the cohort" if against == "cohort" else f"slide {slide}"

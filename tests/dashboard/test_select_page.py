@@ -67,6 +67,17 @@ def test_composition_against_the_cohort_and_the_slide():
     assert cells["cell"].tolist() == ["w", "x"] and list(cells.columns)[:5] == [
         "cell", "sample", "patient", "niche", "cell_type"]
 
+    # the bars take each niche's colour; the legend's "selection" entry a neutral one, not the first niche's
+    fig = selection.composition_figure(table.reset_index(), "niche", reference="the cohort",
+                                       colors={"N1": "#ff7f0e", "N2": "#2ca02c"})
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert [t.name for t in bars] == ["the cohort", "selection"] and not bars[1].showlegend
+    assert set(bars[1].marker.color) == {"#ff7f0e", "#2ca02c"}
+    swatch = next(t for t in fig.data if t.type == "scatter")
+    assert swatch.name == "selection" and swatch.marker.color == selection.MIXED_COLOR
+    fig = selection.composition_figure(table.reset_index(), "niche", reference="the cohort")
+    assert next(t for t in fig.data if t.type == "scatter").marker.color == selection.SELECTION_COLOR
+
 
 def test_select_page_from_a_link_and_the_maps_page_dims_the_rest(tmp_path, small_run, monkeypatch):
     import anndata as ad
