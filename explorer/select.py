@@ -254,6 +254,8 @@ def composition_figure(table: pd.DataFrame, column: str, *, reference: str, colo
         go.Scatter(x=[None], y=[None], mode="markers", name="selection", hoverinfo="skip",
                    marker=dict(symbol="square", size=11, color=SELECTION_COLOR if colors is None else MIXED_COLOR))])
     fig.update_layout(**LABEL_AXES, barmode="group", height=max(240, 34 * len(table) + 90),
-                      margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(tickformat=".0%", title="share of cells"),
-                      legend=dict(orientation="h", y=1.08), plot_bgcolor="white")
+                      margin=dict(l=10, r=10, t=40, b=10), xaxis=dict(tickformat=".0%", title="share of cells"),
+                      # above the bars, whatever the chart's height (at y=1.08 it covered the top bar
+                      # of a short chart)
+                      legend=dict(orientation="h", y=1.0, yanchor="bottom", x=0), plot_bgcolor="white")
     return fit_labels(fig)

@@ -199,7 +199,7 @@ def composition_figure(table: pd.DataFrame, scale: ColorScale, *, height: int = 
     fig.update_layout(**LABEL_AXES, barmode="group", height=height, margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(tickformat=".0%", title="share of cells"),
                       xaxis=dict(title=html.escape(str(scale.column))), plot_bgcolor="white",
-                      legend=dict(orientation="h", y=1.08))
+                      legend=dict(orientation="h", y=1.0, yanchor="bottom", x=0))
     return fit_labels(fig)
 
 
