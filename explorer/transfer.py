@@ -23,7 +23,7 @@ from cellniche_core.transfer import annotate_query, read_query
 
 from .figures import LABEL_AXES, fit_labels
 from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale, rgba_css
-from .tables import labels
+from .tables import MAX_CATEGORIES, labels
 from .uploads import DOWNLOAD_PREFIX, QUERY_PREFIX, Upload, read_staged, staging
 
 #: folders of the data directory that never hold query files
@@ -110,11 +110,12 @@ def label_options(color_options: dict[str, str], keys: RunKeys) -> list[str]:
 
 def truth_options(query: ad.AnnData, keys: RunKeys) -> list[str]:
     """Columns of the annotated query that may hold its own labels: not numbers, not the
-    transfer's output, not the slide or patient ids."""
+    transfer's output, not the slide or patient ids, and not ids of single cells (more than
+    :data:`~explorer.tables.MAX_CATEGORIES` values, as the maps' colour menu)."""
     skip = {keys.sample, keys.patient, Keys.TRANSFERRED}
     return [str(c) for c, column in query.obs.items()
             if str(c) not in skip and not pd.api.types.is_float_dtype(column)
-            and not pd.api.types.is_complex_dtype(column)]
+            and not pd.api.types.is_complex_dtype(column) and column.nunique() <= MAX_CATEGORIES]
 
 
 def query_keys(keys: RunKeys) -> RunKeys:

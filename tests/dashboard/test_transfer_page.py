@@ -111,13 +111,16 @@ def test_transfer_page_scores_the_querys_own_labels(data_dir):
     assert at.query_params["own"] == Keys.CELL_TYPE
 
 
-def test_agreement_helpers():
+def test_agreement_helpers(monkeypatch):
     from cellniche_core.agreement import transfer_agreement
 
     query = ad.AnnData(obs=pd.DataFrame({
         "own": pd.Categorical(["A", "A", "B", "Z"]), "depth": [0.1, 0.2, 0.3, 0.4], Keys.SAMPLE: list("ssss"),
+        "barcode": [f"AAC{i}" for i in range(4)],
         Keys.TRANSFERRED: pd.Categorical(["A", "B", "B", UNKNOWN], categories=["A", "B", UNKNOWN])},
         index=list("wxyz")))
+    assert transfer.truth_options(query, RunKeys()) == ["own", "barcode"]
+    monkeypatch.setattr(transfer, "MAX_CATEGORIES", 3)  # a column with a value per cell (ids) is no annotation
     assert transfer.truth_options(query, RunKeys()) == ["own"]
     result = transfer_agreement(query, "own")
     fig = transfer.agreement_figure(result["confusion"])
