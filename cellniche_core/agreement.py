@@ -19,6 +19,8 @@ from .io import CohortError
 from .keys import UNKNOWN, Keys
 
 _SHOW = 8
+#: a column with more distinct values holds ids of cells, not an annotation
+MAX_LABELS = 1000
 
 
 def _truth(query, truth_key: str) -> pd.Series:
@@ -55,7 +57,7 @@ def transfer_agreement(query, truth_key: str, *, transferred_key: str = Keys.TRA
     - ``confusion``: counts, own labels (rows, as ``per_label``) × transferred labels.
 
     Raises :class:`~cellniche_core.io.CohortError` when the column is missing, holds
-    numbers, or labels no cell.
+    numbers or more than :data:`MAX_LABELS` distinct values, or labels no cell.
     """
     if transferred_key not in query.obs.columns:
         raise CohortError(f"the query has no obs[{transferred_key!r}]: annotate it first")
@@ -69,6 +71,10 @@ def transfer_agreement(query, truth_key: str, *, transferred_key: str = Keys.TRA
     if not labelled.any():
         raise CohortError(f"no query cell has a label in obs[{truth_key!r}]")
     own = truth.to_numpy()[labelled].astype(str)
+    n_distinct = len(set(own))
+    if n_distinct > MAX_LABELS:
+        raise CohortError(f"the query's obs[{truth_key!r}] holds {n_distinct:,} distinct values, more than "
+                          f"{MAX_LABELS:,}: ids of cells, not labels to compare with")
     called = called_column.astype(str).to_numpy()[labelled]
     known = np.isin(own, reference)
 

@@ -68,6 +68,14 @@ def test_a_column_without_labels_is_refused(own, message):
         transfer_agreement(annotated(own, ["A", "B", "C"]), "own")
 
 
+def test_a_column_of_cell_ids_is_refused(monkeypatch):
+    import cellniche_core.agreement as agreement
+
+    monkeypatch.setattr(agreement, "MAX_LABELS", 3)
+    with pytest.raises(CohortError, match="holds 4 distinct values, more than 3: ids of cells"):
+        transfer_agreement(annotated(["c1", "c2", "c3", "c4"], ["A", "B", "C", "A"]), "own")
+
+
 def test_a_missing_column_is_named_with_the_columns_there_are():
     with pytest.raises(CohortError, match=r"no obs\['layer'\].*'own'"):
         transfer_agreement(annotated(["A"], ["A"]), "layer")
