@@ -343,6 +343,7 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
     from cellniche_core.cellniche import CellNiche, spatial_graph
     from cellniche_core.io import load_run, write_h5ad
     from cellniche_core.novelty import INPUT_HOPS, model_input_profiles
+    from cellniche_core.agreement import transfer_agreement
     from cellniche_core.transfer import annotate_query, transfer_labels
 
     ref_side, query_side, how = transfer_split(ds)
@@ -361,6 +362,7 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
     known = (truth != unseen) & ds.labelled[query_side]
     novel = truth == unseen
     report = annotate_query(run, query, label_key=ds.label_key, device="cpu")
+    per_label = transfer_agreement(query, ds.label_key)["per_label"].set_index("label")  # at the defaults
     cal = report["calibration"]
     model = CellNiche.from_state(run.model_config, run.state_dict)
     graph = spatial_graph(query, model.graph, model.keys)
@@ -392,6 +394,10 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
     pred = knn.predict(x[query_side])
     lines += ["", f"baseline: 15-NN vote on the inputs averaged over the {BASELINE_NEIGHBOURS} nearest cells "
               f"(no unknown call): accuracy on known labels {np.mean(pred[known] == truth[known]):.3f}"]
+    shown = [lab for lab in per_label.index if per_label.loc[lab, "in_reference"]]
+    lines.append("per label at the default, ours / baseline: " + ", ".join(
+        f"{lab} {per_label.loc[lab, 'agreement']:.3f} / {np.mean(pred[known & (truth == lab)] == lab):.3f}"
+        for lab in shown))
     if features != "pheno":  # the scaling and PCs fitted on the reference alone, as our encoder's inputs are
         x = neighbour_mean(baseline_inputs(ds.adata, features, fit_rows=in_ref), coords, ds.slides,
                            BASELINE_NEIGHBOURS)
