@@ -25,7 +25,7 @@ MAX_LABELS = 1000
 
 def _truth(query, truth_key: str) -> pd.Series:
     """The query's own labels as text, NaN where it has none; refuses a missing or numeric column."""
-    from .transfer import NO_LABEL
+    from .transfer import label_text
 
     if truth_key not in query.obs.columns:
         raise CohortError(f"the query has no obs[{truth_key!r}] to compare with; its obs columns: "
@@ -34,9 +34,7 @@ def _truth(query, truth_key: str) -> pd.Series:
     if pd.api.types.is_float_dtype(column) or pd.api.types.is_complex_dtype(column):
         raise CohortError(f"the query's obs[{truth_key!r}] holds measurements ({column.dtype}), not labels: "
                           "give a categorical or text column")
-    values = column.astype(object).where(column.notna())
-    values = values.map(lambda v: v if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-    return values.where(~values.isin(NO_LABEL))
+    return label_text(column)
 
 
 def transfer_agreement(query, truth_key: str, *, transferred_key: str = Keys.TRANSFERRED) -> dict:

@@ -135,10 +135,7 @@ def _reference_labels(reference: ad.AnnData, label_key: str) -> tuple[np.ndarray
     if not _is_categorical(obs[label_key]):
         raise CohortError(f"reference: obs[{label_key!r}] is numeric ({obs[label_key].dtype}); only "
                           f"categorical columns can be transferred: {usable}")
-    values = pd.Series(obs[label_key]).astype("object")
-    values = values.where(values.notna()).map(str, na_action="ignore")
-    # text that stands for "no label" in exported annotations is no label either
-    values = values.where(~values.isin(NO_LABEL))
+    values = label_text(obs[label_key])
     column = obs[label_key]
     order = (map(str, column.cat.categories) if isinstance(column.dtype, pd.CategoricalDtype)
              else sorted(values.dropna().unique()))
@@ -149,6 +146,14 @@ def _reference_labels(reference: ad.AnnData, label_key: str) -> tuple[np.ndarray
     if not names:
         raise CohortError(f"reference: obs[{label_key!r}] has no label to transfer (all NaN or {UNKNOWN!r})")
     return codes, names
+
+
+def label_text(column: pd.Series) -> pd.Series:
+    """The labels of an obs column as text; NaN where a cell has none, which includes text
+    that stands for "no label" in exported annotations (:data:`NO_LABEL`)."""
+    values = pd.Series(column).astype("object")
+    values = values.where(values.notna()).map(str, na_action="ignore")
+    return values.where(~values.isin(NO_LABEL))
 
 
 def _is_categorical(column: pd.Series) -> bool:
