@@ -112,7 +112,7 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
     on_stage("graph", 1.0, f"{graph.n_edges:,} edges")
     t = time.perf_counter()
     model.fit(adata, device=str(device), should_stop=should_stop, rank=context.rank,
-              world_size=context.world_size, graph=graph,
+              world_size=context.world_size, graph=graph, keep_inputs=True,
               progress=lambda s, n, loss: on_stage("train", s / n, f"step {s}/{n}, loss {loss:.3f}"))
     timings["train"] = time.perf_counter() - t
     # Training is the only work the ranks share: leave the process group now. Otherwise
@@ -124,7 +124,8 @@ def analyse_cohort(adata: ad.AnnData, options: RunOptions, *, on_stage: StageCal
 
     on_stage("embed", 0.0, f"embedding {adata.n_obs:,} cells")
     t = time.perf_counter()
-    report = model.embed(adata, device=str(device), graph=graph)
+    report = model.embed(adata, device=str(device), graph=graph, inputs=model.inputs)
+    model.inputs = None
     store_graph(adata, graph)  # kept with the run, so that no later step rebuilds it
     scale = describe_scale(graph, options.train, positives_per_cell=model.history.mean_positives_per_cell,
                            batch_cells=model.history.mean_batch_cells, seed=options.train.seed)

@@ -66,6 +66,25 @@ def test_same_seed_same_embedding_on_cpu(tiny):
     assert not np.allclose(e0, e1)
 
 
+def test_inputs_kept_from_training_embed_as_inputs_made_anew(tiny):
+    """``fit(keep_inputs=True)`` then ``embed(inputs=...)`` (what a run does, to read X once)."""
+    a = tiny.copy()
+    a.obs = a.obs.drop(columns="cell_type")  # expression inputs: the case worth sparing
+    model = CellNiche(features="expr", config=TrainConfig(n_steps=5, seed=0)).fit(a, device="cpu", keep_inputs=True)
+    assert model.inputs is not None and model.inputs[0].shape == (a.n_obs, model.spec.in_channels)
+    kept, fresh = a.copy(), a.copy()
+    kept_report = model.embed(kept, device="cpu", inputs=model.inputs)
+    fresh_report = model.embed(fresh, device="cpu")
+    np.testing.assert_array_equal(kept.obsm[Keys.EMBEDDING], fresh.obsm[Keys.EMBEDDING])
+    assert kept_report == fresh_report
+    other = a.copy()  # the inputs given are the ones embedded
+    model.embed(other, device="cpu", inputs=(np.zeros_like(model.inputs[0]), {}))
+    assert not np.allclose(other.obsm[Keys.EMBEDDING], fresh.obsm[Keys.EMBEDDING])
+    with pytest.raises(ValueError, match="rows"):
+        model.embed(a[:10].copy(), device="cpu", inputs=model.inputs)
+    assert CellNiche(config=TrainConfig(n_steps=2)).fit(a.copy(), device="cpu").inputs is None
+
+
 def test_training_lowers_the_loss_and_reports_progress(tiny):
     seen = []
     m = CellNiche(config=TrainConfig(n_steps=60, seed=0)).fit(
