@@ -11,15 +11,32 @@ from pathlib import Path
 
 
 class TerminalProgress:
-    """Stage lines plus a progress bar for training, on stderr."""
+    """Stage lines plus a progress bar for training, on stderr.
 
-    def __init__(self, enabled: bool = True):
+    ``bar``: draw tqdm's bar (redrawn in place with carriage returns); by default only
+    when stderr is a terminal. Otherwise (a job's log file, a pipe) training is a plain
+    line at each tenth of the steps: a redrawn bar writes every step into a log (48 kB of
+    one line for a million cells' 800 steps).
+    """
+
+    def __init__(self, enabled: bool = True, *, bar: bool | None = None):
         self.enabled = enabled
+        self.use_bar = _is_terminal(sys.stderr) if bar is None else bar
         self.bar = None
+        self.tenth = -1
         self.t0 = time.perf_counter()
+
+    def _line(self, stage: str, message: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:7.1f}s] {stage}: {message}", file=sys.stderr, flush=True)
 
     def __call__(self, stage: str, fraction: float, message: str) -> None:
         if not self.enabled:
+            return
+        if stage == "train" and not self.use_bar:
+            tenth = int(fraction * 10 + 1e-9)
+            if tenth > self.tenth:
+                self.tenth = tenth
+                self._line(stage, f"{tenth * 10:3d}% {message}")
             return
         if stage == "train":
             if self.bar is None:
@@ -35,7 +52,14 @@ class TerminalProgress:
             self.bar.close()
             self.bar = None
         if fraction == 0.0 or stage in ("read", "graph", "write"):
-            print(f"[{time.perf_counter() - self.t0:7.1f}s] {stage}: {message}", file=sys.stderr)
+            self._line(stage, message)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
 
 class ProgressFile:

@@ -102,7 +102,7 @@ def test_cuda_request_without_gpu_is_refused(tmp_path, small_cohort_path, capsys
 def test_the_training_bar_shows_the_step_without_a_stray_separator(capsys):
     from cellniche_core.progress import TerminalProgress
 
-    progress = TerminalProgress()
+    progress = TerminalProgress(bar=True)
     progress("read", 0.0, "reading 2 files")
     progress("train", 0.4, "step 120/300 · loss 3.21")
     progress("train", 1.0, "step 300/300 · loss 2.90")
@@ -112,3 +112,20 @@ def test_the_training_bar_shows_the_step_without_a_stray_separator(capsys):
     bar = err.split("\r")[-1].splitlines()[0] if "\r" in err else err.splitlines()[1]
     assert bar.startswith("train: 100%|") and bar.endswith("| step 300/300 · loss 2.90")
     assert ", step" not in err
+
+
+def test_training_in_a_log_is_a_line_per_tenth_of_the_steps(capsys):
+    """stderr is not a terminal here (a job's log): no bar redrawn at every step."""
+    from cellniche_core.progress import TerminalProgress
+
+    progress = TerminalProgress()
+    for step in range(1, 801):
+        progress("train", step / 800, f"step {step}/800, loss 3.000")
+    progress("embed", 0.0, "embedding 5 cells")
+    lines = capsys.readouterr().err.splitlines()
+    assert "\r" not in "".join(lines)
+    train = [line for line in lines if "] train: " in line]
+    assert len(train) == 11 and train[0].endswith("  0% step 1/800, loss 3.000")
+    assert train[1].endswith(" 10% step 80/800, loss 3.000")
+    assert train[-1].endswith("100% step 800/800, loss 3.000")
+    assert lines[-1].endswith("] embed: embedding 5 cells")
