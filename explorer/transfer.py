@@ -214,6 +214,16 @@ def agreement_metrics(agreement: dict) -> dict[str, str]:
             "Labels the reference lacks: unknown": pct(agreement["unknown_unseen"])}
 
 
+def agreement_table(per_label: pd.DataFrame) -> pd.DataFrame:
+    """The per-label table of :func:`cellniche_core.agreement.transfer_agreement` for the
+    page: ``agreement`` as text, "not in the reference" for the labels the reference lacks
+    (a number column would show their NaN as "None")."""
+    table = per_label.copy()
+    table["agreement"] = [f"{value:.1%}" if known else "not in the reference"
+                          for value, known in zip(table["agreement"], table["in_reference"])]
+    return table
+
+
 def agreement_figure(confusion: pd.DataFrame, *, height: int | None = None) -> go.Figure:
     """The query's own labels (rows) against the transferred ones (columns), each row as
     shares of its cells; the hover gives the counts."""

@@ -149,12 +149,10 @@ else:
                 column.metric(name, value)
             st.caption(" ".join(line[0].upper() + line[1:] + "." for line in describe_agreement(agreement)))
             st.plotly_chart(transfer.agreement_figure(agreement["confusion"]), key="transfer_agreement")
-            st.dataframe(agreement["per_label"], hide_index=True, width="stretch", column_config={
-                "in_reference": st.column_config.CheckboxColumn("in reference"),
-                "agreement": st.column_config.NumberColumn(format="percent"),
-                "unknown": st.column_config.NumberColumn(format="percent"),
-                "most_called": st.column_config.TextColumn("most often called"),
-            })
+            st.dataframe(transfer.agreement_table(agreement["per_label"]), hide_index=True, width="stretch",
+                         column_config={"in_reference": st.column_config.CheckboxColumn("in reference"),
+                                        "unknown": st.column_config.NumberColumn(format="percent"),
+                                        "most_called": st.column_config.TextColumn("most often called")})
 
 st.download_button(
     "Download the annotated query (.h5ad)",

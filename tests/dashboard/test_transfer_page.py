@@ -126,6 +126,9 @@ def test_agreement_helpers(monkeypatch):
     fig = transfer.agreement_figure(result["confusion"])
     assert list(fig.data[0].y) == ["A", "B", "Z"] and list(fig.data[0].x) == ["A", "B", UNKNOWN]
     assert np.allclose(fig.data[0].z[0], [0.5, 0.5, 0.0]) and fig.data[0].customdata[2][2] == 1
+    shown = transfer.agreement_table(result["per_label"])
+    assert shown["agreement"].tolist() == ["50.0%", "100.0%", "not in the reference"]
+    assert result["per_label"]["agreement"].isna().tolist() == [False, False, True]  # the result is left as it was
     assert transfer.agreement_metrics(result) == {"Agreement (labels the reference knows)": "66.7%",
                                                   "Of those, called unknown": "0.0%",
                                                   "Labels the reference lacks: unknown": "100.0%"}
