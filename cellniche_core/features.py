@@ -286,7 +286,7 @@ def describe_alignment(alignment: dict, *, show: int = 10) -> list[str]:
         items = list(items)
         return ", ".join(map(str, items[:show])) + (f" (+{len(items) - show} more)" if len(items) > show else "")
 
-    lines = []
+    lines = [f"the query as read: {note}" for note in alignment.get("input_notes", [])]
     if len(alignment.get("missing_genes", [])):
         lines.append(f"{len(alignment['missing_genes'])} reference gene(s) missing in the query, set to the "
                      f"reference mean: {names(alignment['missing_genes'])}")

@@ -225,14 +225,15 @@ def spatial_blocks(coords: np.ndarray, slides: np.ndarray | None = None, *, n_bl
     return blocks
 
 
-def model_input_profiles(model, adata, *, graph=None) -> np.ndarray:
+def model_input_profiles(model, adata, *, graph=None, x=None) -> np.ndarray:
     """:func:`input_profiles` of ``adata`` with a trained model's inputs and graph, at
     :data:`INPUT_HOPS`. ``graph``: the spatial graph of ``adata`` if already built with the
-    model's settings."""
+    model's settings; ``x``: the model's inputs of ``adata`` if already made."""
     from .cellniche import spatial_graph
     from .features import make_features
 
-    x, _ = make_features(adata, model.spec, cell_type_key=model.keys.cell_type_key)
+    if x is None:
+        x, _ = make_features(adata, model.spec, cell_type_key=model.keys.cell_type_key)
     graph = spatial_graph(adata, model.graph, model.keys) if graph is None else graph
     return input_profiles(x, graph.indptr, graph.indices, INPUT_HOPS)
 

@@ -50,11 +50,9 @@ The unknown rule
       held out on real tissue and on the demo, every unseen region the two rules caught
       together the input rule caught alone (DLPFC white matter 70.8-74.2 %, STARmap's
       corpus callosum 80.2 %, the demo's necrotic niche 98.1 %), while the embedding rule
-      added only known cells (DLPFC 1.4-1.8 % of them unknown without it, 1.8-2.0 % with;
-      STARmap 5.5-6.5 % against 5.5-7.8 %; measured with the projection head the encoder
-      had then). The encoder sees the same surroundings the
-      profiles hold, so it adds no novelty they miss; its calibration cells were trained
-      on, which makes the thresholds optimistic for a new slide.
+      added only known cells (figures in the README). The encoder sees the surroundings
+      the profiles hold, so it adds no novelty they miss; its calibration cells were
+      trained on, which makes its thresholds optimistic for a new slide.
     - both distances are read over the cell's surroundings when the query's spatial graph
       is given (``query_graph``, as :func:`annotate_query` does): each is averaged over
       the cell and its neighbours before the thresholds. What is new in a slide is a
@@ -104,9 +102,9 @@ import pandas as pd
 import torch
 
 from .cellniche import CellNiche, spatial_graph
-from .features import FeatureSpec, describe_alignment, value_kind
+from .features import FeatureSpec, describe_alignment, make_features, value_kind
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
-from .keys import TRANSFER_UNS_KEY, UNKNOWN, Keys
+from .keys import INPUT_UNS_KEY, TRANSFER_UNS_KEY, UNKNOWN, Keys
 from .novelty import INPUT_HOPS, calibration_groups, edge_quantile, input_rule, model_input_profiles, shared_cells
 from .train import resolve_device
 from .vote import label_shares, nearest, spatial_mean, subsample_by_label, vote, winner
@@ -470,12 +468,15 @@ def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, devic
     validate_cohort(query, source=source, **_query_kwargs(run))
     model = CellNiche.from_state(run.model_config, run.state_dict)
     _check_alignable(query, model.spec, cell_type_key=model.keys.cell_type_key, source=source)
-    alignment = model.embed(query, device=device)
+    graph = spatial_graph(query, model.graph, model.keys)  # the query's graph and inputs made once, used thrice
+    inputs = make_features(query, model.spec, cell_type_key=model.keys.cell_type_key)
+    alignment = model.embed(query, device=device, graph=graph, inputs=inputs)
+    alignment["input_notes"] = list(query.uns.get(INPUT_UNS_KEY, {}).get("notes", []))  # e.g. a z dropped
     kind = value_kind(query.X) if model.spec.uses_expression and query.X is not None else model.spec.transform
     if kind != model.spec.transform:
         alignment["values"] = {"reference": model.spec.transform, "query": kind}
-    graph = spatial_graph(query, model.graph, model.keys)
-    profiles = (model_input_profiles(model, run.adata), model_input_profiles(model, query, graph=graph))
+    profiles = (model_input_profiles(model, run.adata, graph=run.graph()),  # the graph the run stored
+                model_input_profiles(model, query, graph=graph, x=inputs[0]))
     summary = transfer_labels(run.adata, query, label_key=label_key, device=device, profiles=profiles,
                               profile_scales=len(INPUT_HOPS),
                               query_graph=(graph.indptr, graph.indices),

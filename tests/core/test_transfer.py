@@ -569,6 +569,22 @@ def test_transfer_through_the_command_line(small_run, query_path, tmp_path, caps
     assert query_path.read_bytes() == before
 
 
+def test_what_reading_the_query_did_is_said(small_run, query_path, tmp_path, capsys):
+    """A z column dropped and cell names made unique are said with the alignment, not only kept in uns."""
+    q = ad.read_h5ad(query_path)
+    q.obsm[Keys.SPATIAL] = np.hstack([q.obsm[Keys.SPATIAL], np.zeros((q.n_obs, 1))])
+    q.obs_names = ["cell"] * 3 + list(q.obs_names[3:])
+    q.write_h5ad(tmp_path / "z.h5ad")
+    assert main(["transfer", str(small_run), str(tmp_path / "z.h5ad"), "--out", str(tmp_path / "a.h5ad")]) == 0
+    err = capsys.readouterr().err
+    assert "alignment: the query as read: z.h5ad: obsm['spatial'] has 3 columns; the first 2 (x, y) are used" in err
+    assert "alignment: the query as read: 2 duplicate obs names were made unique" in err
+    notes = ad.read_h5ad(tmp_path / "a.h5ad").uns[TRANSFER_UNS_KEY]["alignment"]["input_notes"]
+    assert len(notes) == 2
+    assert main(["transfer", str(small_run), str(query_path), "--out", str(tmp_path / "b.h5ad")]) == 0
+    assert "the query as read" not in capsys.readouterr().err  # nothing to say of a plain file
+
+
 def test_a_query_missing_the_references_keys_is_told_to_use_them(small_run, tmp_path, capsys):
     q = ad.read_h5ad(small_run / "cohort.h5ad")[:40].copy()
     q.obs = q.obs.rename(columns={Keys.CELL_TYPE: "celltype"})
