@@ -48,6 +48,7 @@ class TerminalProgress:
             self.bar.n = int(round(fraction * 100))
             self.bar.set_description_str(message, refresh=True)
             return
+        self.tenth = -1  # a later training counts its tenths afresh
         if self.bar is not None:
             self.bar.close()
             self.bar = None
