@@ -201,12 +201,14 @@ def composition(adata, keys: RunKeys, mask: np.ndarray, *, column: str, against:
 
 def scatter_figure(points: pd.DataFrame, scale: ColorScale, *, selected: np.ndarray | None,
                    title_x: str, title_y: str, equal_axes: bool, height: int = 520,
-                   polygon=None, show_legend: bool = True) -> go.Figure:
+                   polygon=None, show_legend: bool = True, y_down: bool = False) -> go.Figure:
     """Cells as a WebGL scatter coloured by niche, the selected ones on top, the others grey.
 
     ``points``: ``x``, ``y``, ``niche``, ``cell_type`` (and any other columns);
     ``selected``: boolean per row, or None when nothing is selected (all in colour).
     The selection's ``polygon`` is outlined. Box and lasso selection are on, lasso first.
+    ``y_down``: y grows downwards, as on the niche maps (image coordinates), so that a
+    slide here looks as it does there.
     """
     fig = go.Figure()
     if selected is not None and (~selected).any():
@@ -235,6 +237,7 @@ def scatter_figure(points: pd.DataFrame, scale: ColorScale, *, selected: np.ndar
                       legend=dict(itemsizing="constant", orientation="h", yanchor="top", y=-0.1, x=0))
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, title=title_x)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, title=title_y,
+                     autorange="reversed" if y_down else True,
                      **({"scaleanchor": "x", "scaleratio": 1} if equal_axes else {}))
     return fig
 

@@ -73,7 +73,7 @@ with right:
     st.markdown(f"**Slide {slide}** · draw a lasso or a box")
     points, rows = select_state.slide_view(ref, slide, POINTS)
     fig = select.scatter_figure(points, scale, selected=select_state.drawn_selection(ref, rows, text),
-                                   title_x="x", title_y="y", equal_axes=True,
+                                   title_x="x", title_y="y", equal_axes=True, y_down=True,
                                    polygon=polygon_in(select.SLIDE, slide), show_legend=False)
     st.plotly_chart(fig, key="select_slide", on_select="rerun", selection_mode=("lasso", "box"))
 

@@ -125,6 +125,10 @@ def test_a_box_on_a_slide_is_highlighted_on_the_embedding(tmp_path, small_run, m
     at = open_app({"page": "select", "sel": sel})
     assert_clean(at)
     assert {m.label: m.value for m in at.metric}["Slides"] == "1"
+    # the slide as the niche maps draw it (y grows downwards); the embedding as plotted
+    axes = {c.proto.id: json.loads(c.proto.spec)["layout"].get("yaxis", {}) for c in at.get("plotly_chart")}
+    slide, umap_axis = (next(a for k, a in axes.items() if f"select_{name}" in k) for name in ("slide", "umap"))
+    assert slide.get("autorange") == "reversed" and umap_axis.get("autorange") is True
     at.switch_page("pages/embedding.py").run()
     assert_clean(at)
     assert at.toggle(key="embedding_selection").value
