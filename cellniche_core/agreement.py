@@ -117,9 +117,10 @@ def describe_agreement(agreement: dict) -> list[str]:
         lines.append(f"the query's own obs[{key!r}] agrees with the transferred label for "
                      f"{agreement['accuracy']:.1%} of its {agreement['n_known']:,} cells of labels the reference "
                      f"knows ({agreement['unknown_known']:.1%} of them called unknown)")
-    else:
-        lines.append(f"none of the query's own labels in obs[{key!r}] is a label of the reference: compare with "
-                     "a column that names its labels as the reference does")
+    else:  # no name in common: every label would read as unseen, and none called unknown as a failure
+        return [f"none of the query's own labels in obs[{key!r}] is a label of the reference, so there is no "
+                "agreement to score; compare with a column that names its labels as the reference does, or "
+                "transfer the reference's column of that name"]
     if agreement["n_unseen"]:
         names = ", ".join(repr(n) for n in agreement["unseen_labels"][:_SHOW])
         more = f" and {len(agreement['unseen_labels']) - _SHOW} more" if len(agreement["unseen_labels"]) > _SHOW else ""

@@ -21,7 +21,7 @@ from cellniche_core.io import Run, load_weights, write_h5ad
 from cellniche_core.keys import DEMO_QUERY, RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
 from cellniche_core.transfer import annotate_query, read_query
 
-from .figures import LABEL_AXES, fit_labels
+from .figures import LABEL_AXES, fit_labels, short_label
 from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale, rgba_css
 from .tables import MAX_CATEGORIES, labels
 from .uploads import DOWNLOAD_PREFIX, QUERY_PREFIX, Upload, read_staged, staging
@@ -239,7 +239,7 @@ def agreement_figure(confusion: pd.DataFrame, *, height: int | None = None) -> g
     fig.update_layout(**LABEL_AXES, height=height or max(260, 60 + 28 * len(rows)),
                       margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor="white",
                       xaxis=dict(title="transferred label", side="bottom"),
-                      yaxis=dict(title=f"query's own {html.escape(str(confusion.index.name or 'label'))}",
+                      yaxis=dict(title=html.escape(short_label(str(confusion.index.name or "query's label"), 24)),
                                  autorange="reversed"))
     return fit_labels(fig)
 

@@ -145,9 +145,13 @@ else:
         except CohortError as exc:
             st.warning(f"Cannot compare with obs[{truth_key!r}]: {exc}")
         else:
-            for column, (name, value) in zip(st.columns(3), transfer.agreement_metrics(agreement).items()):
-                column.metric(name, value)
-            st.caption(" ".join(line[0].upper() + line[1:] + "." for line in describe_agreement(agreement)))
+            said = " ".join(line[0].upper() + line[1:] + "." for line in describe_agreement(agreement))
+            if agreement["n_known"]:
+                for column, (name, value) in zip(st.columns(3), transfer.agreement_metrics(agreement).items()):
+                    column.metric(name, value)
+                st.caption(said)
+            else:  # no name in common: figures would read as a missed unseen region
+                st.info(said + " The heatmap shows how the two sets of labels correspond.")
             st.plotly_chart(transfer.agreement_figure(agreement["confusion"]), key="transfer_agreement")
             st.dataframe(transfer.agreement_table(agreement["per_label"]), hide_index=True, width="stretch",
                          column_config={"in_reference": st.column_config.CheckboxColumn("in reference"),

@@ -56,7 +56,9 @@ def test_integer_labels_compare_as_text():
 def test_a_column_naming_its_labels_otherwise_is_told_so():
     result = transfer_agreement(annotated(["x", "y"], ["A", "B"]), "own")
     assert result["n_known"] == 0 and np.isnan(result["accuracy"])
-    assert "none of the query's own labels" in describe_agreement(result)[0]
+    said = describe_agreement(result)
+    assert len(said) == 1 and "none of the query's own labels" in said[0]  # not "unseen, 0 % unknown"
+    assert "called unknown" not in said[0]
 
 
 @pytest.mark.parametrize("own, message", [

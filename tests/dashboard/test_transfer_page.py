@@ -107,7 +107,9 @@ def test_transfer_page_scores_the_querys_own_labels(data_dir):
     assert "Agreement (labels the reference knows)" not in {m.label for m in at.metric}
     at.selectbox(key="_w_transfer:own").set_value(Keys.CELL_TYPE).run()  # names nothing the reference has
     assert_clean(at)
-    assert any("None of the query's own labels" in c.value for c in at.caption)
+    assert any("None of the query's own labels" in i.value for i in at.info)
+    assert not at.metric or "Agreement (labels the reference knows)" not in {m.label for m in at.metric}
+    assert any("transfer_agreement" in c.proto.id for c in at.get("plotly_chart"))  # the correspondence is drawn
     assert at.query_params["own"] == Keys.CELL_TYPE
 
 
