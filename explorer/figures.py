@@ -332,6 +332,15 @@ def abundance_figure(fractions: pd.DataFrame, colors: dict[str, str], *, height:
     return fit_labels(fig)
 
 
+def every_label_axis(n_columns: int) -> dict:
+    """Axis settings that label every column of a heatmap (plotly labels every other one
+    when they crowd, and a reader gives the unlabelled columns to their neighbours' names),
+    up to 80 columns, in a smaller font past 40; beyond, plotly's own choice."""
+    if n_columns > 80:
+        return {}
+    return {"dtick": 1, **({"tickfont": {"size": 9}} if n_columns > 40 else {})}
+
+
 def enrichment_heatmap(table: pd.DataFrame, *, height: int | None = None) -> go.Figure:
     """(niches x cell types) log2 fold enrichment, diverging colours centred on 0."""
     limit = float(np.nanmax(np.abs(table.to_numpy()))) if table.size else 1.0
@@ -344,7 +353,7 @@ def enrichment_heatmap(table: pd.DataFrame, *, height: int | None = None) -> go.
         hovertemplate="%{y} · %{x}: %{z:+.2f}<extra></extra>"))
     fig.update_layout(**LABEL_AXES, height=height or max(300, 34 * len(table) + 140),
                       margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(autorange="reversed"),
-                      xaxis=dict(tickangle=-40))
+                      xaxis=dict(tickangle=-40, **every_label_axis(table.shape[1])))
     return fit_labels(fig)
 
 
@@ -356,7 +365,7 @@ def marker_heatmap(scores: pd.DataFrame, *, height: int | None = None) -> go.Fig
         hovertemplate="%{y} · %{x}: %{z:+.2f}<extra></extra>"))
     fig.update_layout(**LABEL_AXES, height=height or max(300, 30 * len(scores) + 150),
                       margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(autorange="reversed"),
-                      xaxis=dict(tickangle=-45))
+                      xaxis=dict(tickangle=-45, **every_label_axis(scores.shape[1])))
     return fit_labels(fig)
 
 

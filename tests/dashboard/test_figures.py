@@ -306,6 +306,12 @@ def test_heatmaps_and_bars():
     assert fig.data[0].zmid == 0 and fig.data[0].zmax == 2.0
     assert np.asarray(fig.data[0].z).shape == (2, 2)
     assert isinstance(figures.marker_heatmap(table), go.Figure)
+    # every column labelled (plotly labels every other one of 30 by itself), up to 80
+    wide = pd.DataFrame(np.zeros((2, 30)), index=["N1", "N2"], columns=[f"g{i}" for i in range(30)])
+    assert figures.marker_heatmap(wide).layout.xaxis.dtick == 1
+    assert figures.enrichment_heatmap(wide).layout.xaxis.dtick == 1
+    huge = pd.DataFrame(np.zeros((2, 500)), index=["N1", "N2"], columns=[f"g{i}" for i in range(500)])
+    assert figures.marker_heatmap(huge).layout.xaxis.dtick is None
     sizes = pd.DataFrame({"cells": [3, 1], "fraction": [0.75, 0.25], "slides": [2, 1], "patients": [1, 1]},
                          index=["N1", "N2"])
     bars = figures.niche_size_figure(sizes, niche_colors(sizes.index))
