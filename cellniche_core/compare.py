@@ -296,7 +296,9 @@ def compare_patients(
     DataFrame
         One row per niche: ``niche``, ``n_cells_a``, ``n_cells_b``, ``abundance_a``,
         ``abundance_b``, ``difference`` (b - a), ``log2_ratio`` (b over a, pseudocount of
-        half a cell of the smaller patient), ``presence`` (``"both"``, ``"only <a>"``,
+        half a cell of the smaller patient; NaN where the niche is present in neither, as
+        the ratio of a few stray cells, 0 against 2 read as a 5-fold change, would mislead),
+        ``presence`` (``"both"``, ``"only <a>"``,
         ``"only <b>"`` or ``"neither"``), ``cohort_mean`` and ``cohort_sd`` (over patients).
         ``attrs`` holds ``patient_a``, ``patient_b`` and their cell counts.
     """
@@ -323,7 +325,8 @@ def compare_patients(
         "abundance_a": abundance[ia],
         "abundance_b": abundance[ib],
         "difference": abundance[ib] - abundance[ia],
-        "log2_ratio": np.log2((abundance[ib] + pseudo) / (abundance[ia] + pseudo)),
+        "log2_ratio": np.where(present[ia] | present[ib],
+                               np.log2((abundance[ib] + pseudo) / (abundance[ia] + pseudo)), np.nan),
         "presence": presence,
         "cohort_mean": abundance.mean(0),
         "cohort_sd": abundance.std(0, ddof=1) if len(t.patients) > 1 else np.nan,

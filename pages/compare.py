@@ -111,10 +111,13 @@ else:
     pair = compare_state.patient_pair(ref, patient_a, patient_b)
     st.plotly_chart(compare.patient_difference_figure(pair, colors, patient_a=patient_a,
                                                          patient_b=patient_b), key="pair_difference")
-    st.dataframe(pair.rename(columns={"n_cells_a": f"cells {patient_a}", "n_cells_b": f"cells {patient_b}",
-                                      "abundance_a": patient_a, "abundance_b": patient_b}),
-                 hide_index=True, width="stretch")
-    st.caption("Abundance = share of the patient's cells (all its slides). No p-value: with one patient "
+    shown = pair.rename(columns={"n_cells_a": f"cells {patient_a}", "n_cells_b": f"cells {patient_b}",
+                                 "abundance_a": patient_a, "abundance_b": patient_b})
+    st.dataframe(shown.style.format(  # shares in %, as the chart; no fold change where neither has the niche
+        {patient_a: "{:.1%}", patient_b: "{:.1%}", "difference": "{:+.1%}", "cohort_mean": "{:.1%}",
+         "cohort_sd": "{:.1%}", "log2_ratio": "{:+.2f}"}, na_rep="–"), hide_index=True, width="stretch")
+    st.caption("Abundance = share of the patient's cells (all its slides); difference in percentage points; "
+               "log2_ratio: none where the niche is present in neither patient. No p-value: with one patient "
                "on each side there is nothing to replicate; compare a difference with cohort_sd.")
     download(pair, f"{patient_a}_vs_{patient_b}")
 

@@ -236,6 +236,11 @@ def test_compare_two_patients():
     assert t.loc["A", "presence"] == "both"
     assert t.loc["C", "log2_ratio"] > 5 and t.loc["B", "log2_ratio"] < -4
     assert t.loc["A", "cohort_mean"] == pytest.approx((0.8 + 0.5 + 1.0) / 3)
+    # a niche present in neither (a few stray cells in one) gets no fold change
+    adata = cohort({("P1", "a"): {"A": 997, "D": 3}, ("P2", "b"): {"A": 1000}, ("P3", "c"): {"D": 500, "A": 500}})
+    t = by_niche(compare_patients(adata, "P1", "P2"))
+    assert t.loc["D", "presence"] == "neither" and t.loc["D", "n_cells_a"] == 3
+    assert np.isnan(t.loc["D", "log2_ratio"]) and np.isfinite(t.loc["A", "log2_ratio"])
     with pytest.raises(ValueError, match="unknown patient 'P9'"):
         compare_patients(adata, "P1", "P9")
 
