@@ -69,13 +69,22 @@ else:
     else:
         hits = tests.loc[tests["significant"], "niche"].tolist()
         st.plotly_chart(compare.group_difference_figure(tests), key="group_difference")
+        percent = {c: st.column_config.NumberColumn(format="percent")  # shares in %, as the chart
+                   for c in tests.columns if c.startswith("mean_")}
         st.dataframe(tests, hide_index=True, width="stretch", column_config={
-            "effect": st.column_config.NumberColumn(format="%+.3f"),
+            # which mean is higher, not a finding: whether it differs is `significant`
+            "enriched_in": st.column_config.TextColumn("higher mean in"),
+            "effect": st.column_config.NumberColumn(format="percent"),
+            "effect_ci_low": st.column_config.NumberColumn(format="percent"),
+            "effect_ci_high": st.column_config.NumberColumn(format="percent"),
             "p_value": st.column_config.NumberColumn(format="%.2g"),
             "q_value": st.column_config.NumberColumn(format="%.2g"),
+            **percent,
         })
         st.caption(f"{tests['test'].iloc[0]} per niche with the patient as the unit (one abundance per "
-                   "patient, slides pooled); q = Benjamini–Hochberg across niches; red = q < 0.05. "
+                   "patient, slides pooled); effect in percentage points; q = Benjamini–Hochberg across niches; "
+                   "red = q < 0.05; 'higher mean in' names the group with the higher mean whether or not it "
+                   "differs. "
                    + (f"Different between groups: {', '.join(hits)}." if hits else
                       "No niche differs significantly between groups."))
         download(tests, "group_tests")
