@@ -39,7 +39,7 @@ patterns = dict(zip(summary["niche"], summary["pattern"]))
 st.plotly_chart(compare.abundance_heatmap(matrix, patterns), key="abundance_heatmap")
 shown = summary.drop(columns=["n_samples", "n_patients"])
 st.dataframe(shown, hide_index=True, width="stretch", column_config={
-    "share": st.column_config.NumberColumn(format="percent"),
+    "share": st.column_config.NumberColumn("share of all cells", format="percent"),  # pooled, not per patient
     "abundance": st.column_config.NumberColumn("abundance (mean over patients)", format="percent"),
     "abundance_ci_low": st.column_config.NumberColumn("95 % CI low", format="percent"),
     "abundance_ci_high": st.column_config.NumberColumn("95 % CI high", format="percent"),
@@ -71,7 +71,10 @@ else:
         st.plotly_chart(compare.group_difference_figure(tests), key="group_difference")
         percent = {c: st.column_config.NumberColumn(format="percent")  # shares in %, as the chart
                    for c in tests.columns if c.startswith("mean_")}
-        st.dataframe(tests, hide_index=True, width="stretch", column_config={
+        # the test (in the caption) and a single comparison (the chart's axis) are not repeated on every row
+        same = [c for c in ("test", "comparison") if tests[c].nunique() == 1]
+        st.dataframe(tests, hide_index=True, width="stretch",
+                     column_order=[c for c in tests.columns if c not in same], column_config={
             # which mean is higher, not a finding: whether it differs is `significant`
             "enriched_in": st.column_config.TextColumn("higher mean in"),
             "effect": st.column_config.NumberColumn(format="percent"),
