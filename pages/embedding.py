@@ -16,7 +16,8 @@ if keys.umap not in current.run.adata.obsm:
     st.warning(f"This run has no UMAP (`obsm['{keys.umap}']`); it was fitted without one.")
     st.stop()
 
-COLOR_COLUMNS = {"niche": "niche", "sample": "sample", "cell_type": "cell type"}
+# shown by the run's column names, as the niche maps' menu shows them
+COLOR_COLUMNS = {"niche": keys.niche, "sample": keys.sample, "cell_type": keys.cell_type}
 options = state.color_options(ref)
 # other annotations of the cells (an expert's regions, a clinical group): by their column name
 annotations = [c for c, kind in options.items() if kind != NUMERIC and c not in COLOR_COLUMNS

@@ -177,7 +177,7 @@ def test_embedding_colours_by_another_annotation(runs_dir):
     at = open_app({"page": "embedding", "color": Keys.TRUE_NICHE})
     assert_clean(at)
     picker = at.selectbox(key="_w_embedding:color")
-    assert picker.options == ["niche", "sample", "cell type", "patient", "response", Keys.TRUE_NICHE]
+    assert picker.options == ["niche", "sample", "cell_type", "patient", "response", Keys.TRUE_NICHE]
     cells = load_run(runs_dir / "small", with_weights=False).adata
     umap = json.loads(at.get("plotly_chart")[0].proto.spec)
     planted = set(cells.obs[Keys.TRUE_NICHE].astype(str))
