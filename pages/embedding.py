@@ -65,4 +65,4 @@ with right:
     st.plotly_chart(figures.mixing_figure(table, colors, cohort=cohort), key="mixing")
     st.dataframe(table.style.format({"mixing": "{:.2f}"}, na_rep="n/a"), width="stretch")
     st.caption(f"Scores: {note}. A niche that is well mixed is shared across {batch}s; "
-               "a low score or a single sample marks a niche specific to one.")
+               f"a low score, or a single {batch}, marks a niche specific to one.")
