@@ -116,11 +116,9 @@ st.markdown(transfer.confidence_legend_html(), unsafe_allow_html=True)
 st.subheader("Composition: query against reference")
 table = transfer_state.label_table(ref, query, label_key, _adata=adata)
 st.plotly_chart(transfer.composition_figure(table, transferred), key="transfer_composition")
-st.dataframe(table, hide_index=True, width="stretch", column_config={
-    "reference_share": st.column_config.NumberColumn(format="percent"),
-    "query_share": st.column_config.NumberColumn(format="percent"),
-    "mean_confidence": st.column_config.NumberColumn(format="%.2f"),
-})
+st.dataframe(table.style.format(  # a label no query cell got has no mean confidence: "–", not "None"
+    {"reference_share": "{:.1%}", "query_share": "{:.1%}", "mean_confidence": "{:.2f}"}, na_rep="–"),
+    hide_index=True, width="stretch")
 st.caption("Share of each label among the reference's cells and the query's; a label the query lacks, or a "
            "large unknown share, is where the new slide differs from the atlas.")
 
