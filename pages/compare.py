@@ -73,8 +73,10 @@ else:
                    for c in tests.columns if c.startswith("mean_")}
         # the test (in the caption) and a single comparison (the chart's axis) are not repeated on every row
         same = [c for c in ("test", "comparison") if tests[c].nunique() == 1]
+        first = ["niche", "enriched_in", "effect", "effect_ci_low", "effect_ci_high", "q_value", "significant"]
+        order = [*first, *(c for c in tests.columns if c not in first)]  # the finding before the statistics
         st.dataframe(tests, hide_index=True, width="stretch",
-                     column_order=[c for c in tests.columns if c not in same], column_config={
+                     column_order=[c for c in order if c not in same], column_config={
             # which mean is higher, not a finding: whether it differs is `significant`
             "enriched_in": st.column_config.TextColumn("higher mean in"),
             "effect": st.column_config.NumberColumn(format="percent"),
