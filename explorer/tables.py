@@ -294,3 +294,12 @@ def mixing_table(per_niche: pd.Series, sizes: pd.DataFrame) -> pd.DataFrame:
 
     table["reading"] = table.apply(reading, axis=1)
     return table
+
+
+def number_text(values, fmt: str, *, missing: str = "–") -> list[str]:
+    """Numbers as text in ``fmt`` (e.g. ``"{:+.2f}"``), ``missing`` where there is none.
+
+    For a table column that may hold NaN: ``st.dataframe`` shows a missing number as
+    "None", whatever a Styler's ``na_rep`` says.
+    """
+    return [missing if v is None or pd.isna(v) else fmt.format(v) for v in values]

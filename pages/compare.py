@@ -6,7 +6,7 @@ enter_page("compare")  # before the heavy imports: see explorer.startup
 
 import streamlit as st
 
-from explorer import compare, compare_state, figures, state, view
+from explorer import compare, compare_state, figures, state, tables, view
 from explorer.palette import niche_colors
 
 NO_GROUP = "none"
@@ -127,9 +127,10 @@ else:
                                                          patient_b=patient_b), key="pair_difference")
     shown = pair.rename(columns={"n_cells_a": f"cells {patient_a}", "n_cells_b": f"cells {patient_b}",
                                  "abundance_a": patient_a, "abundance_b": patient_b})
-    st.dataframe(shown.style.format(  # shares in %, as the chart; no fold change where neither has the niche
+    shown["log2_ratio"] = tables.number_text(shown["log2_ratio"], "{:+.2f}")  # none where neither has the niche
+    st.dataframe(shown.style.format(  # shares in %, as the chart
         {patient_a: "{:.1%}", patient_b: "{:.1%}", "difference": "{:+.1%}", "cohort_mean": "{:.1%}",
-         "cohort_sd": "{:.1%}", "log2_ratio": "{:+.2f}"}, na_rep="–"), hide_index=True, width="stretch")
+         "cohort_sd": "{:.1%}"}), hide_index=True, width="stretch")
     st.caption("Abundance = share of the patient's cells (all its slides); difference in percentage points; "
                "log2_ratio: none where the niche is present in neither patient. No p-value: with one patient "
                "on each side there is nothing to replicate; compare a difference with cohort_sd.")

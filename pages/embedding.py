@@ -6,7 +6,7 @@ enter_page("embedding")  # before the heavy imports: see explorer.startup
 
 import streamlit as st
 
-from explorer import figures, select_state, state, view
+from explorer import figures, select_state, state, tables, view
 from explorer.palette import NUMERIC, niche_colors
 
 st.title("Embedding")
@@ -63,6 +63,7 @@ with right:
                    f"{batch}s in their overall proportions; 0: only from its own {batch}.")
     colors = niche_colors(table.index)
     st.plotly_chart(figures.mixing_figure(table, colors, cohort=cohort), key="mixing")
-    st.dataframe(table.style.format({"mixing": "{:.2f}"}, na_rep="n/a"), width="stretch")
+    st.dataframe(table.assign(mixing=tables.number_text(table["mixing"], "{:.2f}", missing="n/a")),
+                 width="stretch")
     st.caption(f"Scores: {note}. A niche that is well mixed is shared across {batch}s; "
                f"a low score, or a single {batch}, marks a niche specific to one.")

@@ -12,7 +12,7 @@ from cellniche_core.agreement import describe_agreement
 from cellniche_core.io import CohortError
 from cellniche_core.keys import Keys
 from cellniche_core.transfer import TRANSFER_UNS_KEY, describe_alignment
-from explorer import figures, state, transfer, transfer_state, view
+from explorer import figures, state, tables, transfer, transfer_state, view
 
 UPLOAD = "upload"
 NO_TRUTH = ""
@@ -116,9 +116,10 @@ st.markdown(transfer.confidence_legend_html(), unsafe_allow_html=True)
 st.subheader("Composition: query against reference")
 table = transfer_state.label_table(ref, query, label_key, _adata=adata)
 st.plotly_chart(transfer.composition_figure(table, transferred), key="transfer_composition")
-st.dataframe(table.style.format(  # a label no query cell got has no mean confidence: "–", not "None"
-    {"reference_share": "{:.1%}", "query_share": "{:.1%}", "mean_confidence": "{:.2f}"}, na_rep="–"),
-    hide_index=True, width="stretch")
+shown = table.assign(  # a label no query cell got has no mean confidence: "–", not "None"
+    mean_confidence=tables.number_text(table["mean_confidence"], "{:.2f}"))
+st.dataframe(shown.style.format({"reference_share": "{:.1%}", "query_share": "{:.1%}"}),
+             hide_index=True, width="stretch")
 st.caption("Share of each label among the reference's cells and the query's; a label the query lacks, or a "
            "large unknown share, is where the new slide differs from the atlas.")
 

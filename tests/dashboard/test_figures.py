@@ -385,3 +385,10 @@ def test_long_labels_are_cut_in_legends_and_on_axes_but_not_in_hovers():
     fig = figures.mixing_figure(pd.DataFrame({"mixing": [0.4, 0.5]}, index=alike), {})
     assert fig.layout.yaxis.ticktext is None
     assert figures.short_label("N3 · " + "x" * 40 + "<br><sub>conserved</sub>").endswith("…<br><sub>conserved</sub>")
+
+
+def test_number_text_says_missing_where_a_number_is_missing():
+    from explorer.tables import number_text
+
+    assert number_text([0.391, np.nan, -7.4926, None], "{:+.2f}") == ["+0.39", "–", "-7.49", "–"]
+    assert number_text(pd.Series([0.5, np.nan]), "{:.2f}", missing="n/a") == ["0.50", "n/a"]
