@@ -291,7 +291,9 @@ def umap_figure(points: pd.DataFrame, scale: ColorScale, *, color_column: str,
             marker=dict(size=3, color=UNKNOWN_COLOR, opacity=0.6),
             customdata=part[shown].to_numpy(), hovertemplate=hover))
     fig.update_layout(**LABEL_AXES, height=height, margin=dict(l=10, r=10, t=30, b=10),
-                      legend=dict(itemsizing="constant", title=html.escape(str(title or color_column))),
+                      # below the plot: beside it, the legend took half the width of an equal-axes UMAP
+                      legend=dict(itemsizing="constant", title=html.escape(str(title or color_column)),
+                                  orientation="h", yanchor="top", y=-0.08, x=0),
                       plot_bgcolor="white")
     _axis_off(fig)
     return fit_labels(fig)

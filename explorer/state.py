@@ -184,12 +184,12 @@ def mixing(ref: RunRef, batch: str) -> tuple[pd.DataFrame, float | None, str]:
     if batch == "sample" and recorded:
         labels = {niche_id(n): n for n in niches(ref)}  # the manifest knows the niches by id
         per_niche = pd.Series(recorded, dtype=float).rename(index=lambda n: labels.get(n, n))
-        source = "per niche from the run manifest"
+        source = "each niche's as measured when the run was made (5,000 cells per niche)"
     else:
         per_niche = batch_mixing(emb, batches, run.adata.obs[keys.niche].iloc[keep])["mixing"]
-        source = f"per niche computed{sampled}"
+        source = f"each niche's measured here{sampled}"
     cohort = batch_mixing(emb, batches)["mixing"].iloc[0]
-    note = f"{source}; cohort score computed{sampled}"
+    note = f"{source}; the cohort's measured here{sampled}"
     return tables.mixing_table(per_niche, niche_sizes(ref)), None if pd.isna(cohort) else float(cohort), note
 
 

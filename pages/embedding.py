@@ -63,7 +63,8 @@ with right:
                    f"{batch}s in their overall proportions; 0: only from its own {batch}.")
     colors = niche_colors(table.index)
     st.plotly_chart(figures.mixing_figure(table, colors, cohort=cohort), key="mixing")
-    st.dataframe(table.assign(mixing=tables.number_text(table["mixing"], "{:.2f}", missing="n/a")),
-                 width="stretch")
+    shown = table.assign(mixing=tables.number_text(table["mixing"], "{:.2f}", missing="n/a"))
+    st.dataframe(shown[["mixing", "reading", *(c for c in shown.columns if c not in ("mixing", "reading"))]],
+                 width="stretch")  # the score first: the sizes are on other pages too
     st.caption(f"Scores: {note}. A niche that is well mixed is shared across {batch}s; "
                f"a low score, or a single {batch}, marks a niche specific to one.")
