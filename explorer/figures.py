@@ -372,13 +372,15 @@ def marker_heatmap(scores: pd.DataFrame, *, height: int | None = None) -> go.Fig
 
 
 def niche_size_figure(sizes: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
-    """Bars of cells per niche, coloured with the niche palette."""
+    """Bars of cells per niche, coloured with the niche palette; horizontal, so that niche
+    names (ids and their cell types, or the user's names) read across, not slanted over each other."""
     fig = go.Figure(go.Bar(
-        x=sizes.index.astype(str), y=sizes["cells"],
+        y=sizes.index.astype(str), x=sizes["cells"], orientation="h",
         marker_color=[colors.get(n, "#9e9e9e") for n in sizes.index],
         customdata=np.c_[sizes["fraction"], sizes["slides"], sizes["patients"]],
-        hovertemplate="%{x}: %{y:,} cells (%{customdata[0]:.1%})<br>"
+        hovertemplate="%{y}: %{x:,} cells (%{customdata[0]:.1%})<br>"
                       "in %{customdata[1]} slides, %{customdata[2]} patients<extra></extra>"))
-    fig.update_layout(**LABEL_AXES, height=320, margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(title="cells"),
+    fig.update_layout(**LABEL_AXES, height=max(220, 28 * len(sizes) + 90), margin=dict(l=10, r=10, t=30, b=10),
+                      xaxis=dict(title="cells"), yaxis=dict(autorange="reversed"),
                       showlegend=False, plot_bgcolor="white")
     return fit_labels(fig)
