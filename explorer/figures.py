@@ -246,6 +246,10 @@ def _axis_off(fig: go.Figure) -> None:
                      scaleanchor="x", scaleratio=1)
 
 
+#: random parts each category is drawn in when the UMAP is coloured by anything but the niche
+UMAP_LAYERS = 4
+
+
 def umap_figure(points: pd.DataFrame, scale: ColorScale, *, color_column: str,
                 highlight: str | None = None, height: int = 620, selected: np.ndarray | None = None,
                 title: str | None = None) -> go.Figure:
@@ -275,21 +279,26 @@ def umap_figure(points: pd.DataFrame, scale: ColorScale, *, color_column: str,
              + (f"<br>{html.escape(str(title or color_column))} %{{customdata[3]}}" if extra else "")
              + "<extra></extra>")
     shown = ["niche", "sample", "cell_type"] + ([color_column] if extra else [])
-    for category, color in scale.color_map().items():
-        part = points[values == category]
-        if part.empty:
-            continue
-        fig.add_trace(go.Scattergl(
-            x=part["x"], y=part["y"], mode="markers", name=category,
-            marker=dict(size=3, color=color, opacity=0.8),
-            customdata=part[shown].to_numpy(), hovertemplate=hover))
     missing = ~values.isin(list(scale.color_map()))  # cells without a value of the column
-    if missing.any():
-        part = points[missing]
-        fig.add_trace(go.Scattergl(
-            x=part["x"], y=part["y"], mode="markers", name="n/a",
-            marker=dict(size=3, color=UNKNOWN_COLOR, opacity=0.6),
-            customdata=part[shown].to_numpy(), hovertemplate=hover))
+    groups = [(category, color, 0.8, (values == category).to_numpy()) for category, color in scale.color_map().items()]
+    groups.append(("n/a", UNKNOWN_COLOR, 0.6, missing.to_numpy()))
+    groups = [g for g in groups if g[3].any()]
+    # Colouring by anything but the niche (samples, patients: the check of batch mixing), each
+    # category is drawn in UMAP_LAYERS random parts, the first part of every category before
+    # the second of any: one trace per category would draw the last ones over the others, and
+    # the cohort would look less mixed than it is. A category's parts share its legend entry.
+    layers = 1 if color_column == "niche" else UMAP_LAYERS
+    rng = np.random.default_rng(0)
+    parts = {name: np.array_split(rng.permutation(np.flatnonzero(rows)), layers) for name, _, _, rows in groups}
+    for layer in range(layers):
+        for category, color, opacity, _ in groups:
+            part = points.iloc[np.sort(parts[category][layer])]
+            if part.empty:
+                continue
+            fig.add_trace(go.Scattergl(
+                x=part["x"], y=part["y"], mode="markers", name=category, legendgroup=category,
+                showlegend=layer == 0, marker=dict(size=3, color=color, opacity=opacity),
+                customdata=part[shown].to_numpy(), hovertemplate=hover))
     fig.update_layout(**LABEL_AXES, height=height, margin=dict(l=10, r=10, t=30, b=10),
                       # below the plot: beside it, the legend took half the width of an equal-axes UMAP
                       legend=dict(itemsizing="constant", title=html.escape(str(title or color_column)),

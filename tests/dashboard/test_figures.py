@@ -285,8 +285,11 @@ def test_umap_figure_colours_by_an_annotation_and_shows_cells_without_one():
     points = _points().assign(sample=["s1", "s2"] * 3, color=["L1", "L2", "L1", "n/a", "L2", "L1"])
     scale = color_scale(pd.Series(["L1", "L2"]), column="layer", kind="category")
     fig = figures.umap_figure(points, scale, color_column="color", title="layer")
-    assert [t.name for t in fig.data] == ["L1", "L2", "n/a"]
-    assert [len(t.x) for t in fig.data] == [3, 2, 1]
+    assert [t.name for t in fig.data if t.showlegend] == ["L1", "L2", "n/a"]  # one legend entry each
+    counts = {name: sum(len(t.x) for t in fig.data if t.legendgroup == name) for name in ("L1", "L2", "n/a")}
+    assert counts == {"L1": 3, "L2": 2, "n/a": 1}
+    # drawn in parts, the first part of every category before the second of any (no category on top)
+    assert [t.name for t in fig.data][:3] == ["L1", "L2", "n/a"] and fig.data[3].name == "L1"
     assert fig.layout.legend.title.text == "layer" and "layer %{customdata[3]}" in fig.data[0].hovertemplate
     assert fig.data[2].marker.color == UNKNOWN_COLOR
 
