@@ -109,8 +109,9 @@ def choice(name: str, label: str, options: Sequence, *, default, what: str = "",
 
     An unknown value from the link falls back to ``default`` with a warning; a stored
     value no longer offered (e.g. after switching runs) falls back silently. A link
-    value matches an option by its text or by its ``url_value`` (a niche by its id, so
-    that a link survives a rename).
+    value matches an option by its text, by its ``url_value`` (a niche by its id, so
+    that a link survives a rename) or by the text the menu shows for it (what a user
+    copies from the page, e.g. "data/demo_query.h5ad").
     """
     options = list(options)
     view = st.session_state.setdefault(_STATE, {})
@@ -118,7 +119,8 @@ def choice(name: str, label: str, options: Sequence, *, default, what: str = "",
     link = _from_link(name)
     if link is not None:
         # query values are text; options may be numbers
-        by_text = {url_value(o): o for o in options} | {str(o): o for o in options}
+        by_text = ({str(format_func(o)): o for o in options} | {url_value(o): o for o in options}
+                   | {str(o): o for o in options})
         if link and link[0] in by_text:
             view[key] = by_text[link[0]]
         else:

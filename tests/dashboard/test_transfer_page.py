@@ -170,6 +170,10 @@ def test_demo_query_is_the_first_choice(data_dir, query_bytes):
     assert at.selectbox(key="_w_transfer:query").value == transfer.DEMO_QUERY
     assert len(decks(at)) == 3 and not at.file_uploader  # annotated at once, nothing to upload
     assert at.query_params["query"] == transfer.DEMO_QUERY
+    # a link naming the file as the menu shows it, "data/...", is that file, not an unknown one
+    at = open_transfer({"query": "data/demo_query.h5ad"})
+    assert not any("Unknown query file" in w.value for w in at.warning)
+    assert at.selectbox(key="_w_transfer:query").value == transfer.DEMO_QUERY
 
 
 def test_demo_writes_a_held_out_query_patient():
