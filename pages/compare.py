@@ -89,7 +89,8 @@ else:
         st.caption(f"{tests['test'].iloc[0]} per niche with the patient as the unit (one abundance per "
                    "patient, slides pooled); effect in percentage points; q = Benjamini–Hochberg across niches; "
                    "red = q < 0.05; 'higher mean in' names the group with the higher mean whether or not it "
-                   "differs. "
+                   "differs. Intervals: 95 % bootstrap over the patients of each group, not adjusted for the "
+                   "number of niches: one that just clears 0 is no finding unless q says so. "
                    + (f"Different between groups: {', '.join(hits)}." if hits else
                       "No niche differs significantly between groups."))
         download(tests, "group_tests")
