@@ -18,7 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from cellniche_core.io import Run, load_weights, write_h5ad
-from cellniche_core.keys import DEMO_QUERY, RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
+from cellniche_core.keys import DEMO_QUERY, INPUT_UNS_KEY, RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
 from cellniche_core.transfer import annotate_query, read_query
 
 from .figures import LABEL_AXES, fit_labels, short_label
@@ -71,7 +71,7 @@ def with_weights(run: Run) -> Run:
 
 def annotate_file(run: Run, path: Path, *, label_key: str, device: str = "auto") -> tuple[ad.AnnData, dict]:
     """Read the query at ``path`` (only read) and annotate it; see :func:`annotate_query`."""
-    query = read_query(run, path)
+    query = _file_names_only(read_query(run, path))
     return query, annotate_query(run, query, label_key=label_key, device=device, source=Path(path).name)
 
 
@@ -85,8 +85,19 @@ def annotate_upload(run: Run, data: bytes, name: str, *, upload_dir: Path, label
     upload, never the temporary path.
     """
     upload = Upload(name, data)
-    query = read_staged([upload], Path(upload_dir), QUERY_PREFIX, lambda paths: read_query(run, paths[0]))
+    query = _file_names_only(read_staged([upload], Path(upload_dir), QUERY_PREFIX,
+                                         lambda paths: read_query(run, paths[0])))
     return query, annotate_query(run, query, label_key=label_key, device=device, source=upload.shown)
+
+
+def _file_names_only(query: ad.AnnData) -> ad.AnnData:
+    """``query`` with the files it was read from recorded by name only: the annotated file
+    is downloaded by collaborators, and the server's folders (or its temporary upload
+    folder) are none of theirs."""
+    read = query.uns.get(INPUT_UNS_KEY)
+    if isinstance(read, dict) and "files" in read:
+        read["files"] = [Path(str(f)).name for f in read["files"]]
+    return query
 
 
 def h5ad_bytes(adata: ad.AnnData, *, tmp_dir: Path) -> bytes:

@@ -271,3 +271,18 @@ def test_unknown_note_counts_the_reasons_and_says_which_distance_decides():
     note = transfer.unknown_note(report, quantile=0.95)
     assert "9 lie (with their neighbours, on average) farther" in note
     assert "95.0% of reference cells held out one by one (same label)" in note and "inputs" not in note
+
+
+def test_an_annotated_query_names_its_files_without_the_servers_folders(small_run, tmp_path, query_bytes):
+    from cellniche_core.io import load_run
+    from cellniche_core.keys import INPUT_UNS_KEY
+
+    run = transfer.with_weights(load_run(small_run, with_weights=False))
+    path = tmp_path / "deep" / "folder" / "slide.h5ad"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(query_bytes)
+    query, _ = transfer.annotate_file(run, path, label_key=Keys.NICHE, device="cpu")
+    assert list(query.uns[INPUT_UNS_KEY]["files"]) == ["slide.h5ad"]
+    query, _ = transfer.annotate_upload(run, query_bytes, "my slide.h5ad", upload_dir=tmp_path / "up",
+                                        label_key=Keys.NICHE, device="cpu")
+    assert str(tmp_path) not in str(query.uns[INPUT_UNS_KEY]["files"])
