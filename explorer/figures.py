@@ -275,7 +275,7 @@ def umap_figure(points: pd.DataFrame, scale: ColorScale, *, color_column: str,
         points = points[~dimmed]
     values = points[color_column].astype(str)
     extra = color_column not in ("niche", "sample", "cell_type")  # an annotation: in the hover too
-    hover = ("niche %{customdata[0]}<br>sample %{customdata[1]}<br>%{customdata[2]}"
+    hover = ("niche %{customdata[0]}<br>sample %{customdata[1]}<br>cell type %{customdata[2]}"
              + (f"<br>{html.escape(str(title or color_column))} %{{customdata[3]}}" if extra else "")
              + "<extra></extra>")
     shown = ["niche", "sample", "cell_type"] + ([color_column] if extra else [])
