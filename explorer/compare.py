@@ -141,9 +141,13 @@ def adjacency_heatmap(cohort: pd.DataFrame, niches: list[str]) -> go.Figure:
     """Which niches border which: (niche x niche) ``border_log2_ratio`` of the cohort adjacency table.
 
     Red: the two niches share more of the boundary edges than their sizes predict; the
-    diagonal (a niche with itself) is left blank.
+    diagonal (a niche with itself) is left blank, and so is a pair that neither touches nor
+    is expected to (no boundary edge seen, under one expected): its ratio, 0 by the
+    smoothing, would read as "as expected".
     """
     cohort = cohort.astype({"niche_a": str, "niche_b": str})
+    evidence = (cohort["observed"] > 0) | (cohort["border_expected"] >= 1)
+    cohort = cohort.assign(border_log2_ratio=cohort["border_log2_ratio"].where(evidence))
     both = pd.concat([cohort, cohort.rename(columns={"niche_a": "niche_b", "niche_b": "niche_a"})])
     both = both.drop_duplicates(["niche_a", "niche_b"])
     matrix = both.pivot(index="niche_a", columns="niche_b", values="border_log2_ratio")
@@ -154,7 +158,7 @@ def adjacency_heatmap(cohort: pd.DataFrame, niches: list[str]) -> go.Figure:
     fig = go.Figure(go.Heatmap(
         z=z, x=niches, y=niches, colorscale="RdBu_r", zmin=-limit, zmax=limit, zmid=0,
         colorbar=dict(title="log2 obs/exp<br>boundary"),
-        text=np.where(np.isfinite(z), np.round(z, 1).astype(str), ""), texttemplate="%{text}",
+        text=np.where(np.isfinite(z), (np.round(z, 1) + 0.0).astype(str), ""), texttemplate="%{text}",  # no "-0.0"
         hovertemplate="%{y} – %{x}: %{z:+.2f}<extra></extra>"))
     fig.update_layout(**LABEL_AXES, height=max(280, 34 * len(niches) + 140), margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(autorange="reversed"))

@@ -129,6 +129,18 @@ def test_adjacency_heatmap_is_symmetric(tiny):
     assert z.shape == (2, 2) and z[0, 1] == z[1, 0]
 
 
+def test_adjacency_heatmap_leaves_pairs_without_contacts_blank():
+    """No boundary edge seen and under one expected: blank, not a smoothed 0 ("as expected")."""
+    table = pd.DataFrame({"niche_a": ["A", "A", "B"], "niche_b": ["B", "C", "C"], "observed": [40, 0, 0],
+                          "border_expected": [10.0, 0.3, 6.0],
+                          "border_log2_ratio": [1.95, -0.0, np.log2(0.5 / 6.5)]})
+    fig = compare.adjacency_heatmap(table, ["A", "B", "C"])
+    z = np.array(fig.data[0].z, dtype=float)
+    assert np.isnan(z[0, 2]) and np.isnan(z[2, 0])  # A-C: nothing seen, nothing expected
+    assert z[0, 1] == 1.95 and z[1, 2] < -3  # B-C: expected 6, none seen: a real depletion
+    assert "-0.0" not in list(np.ravel(fig.data[0].text))
+
+
 def test_transition_points_grey_inside_cells(tiny):
     from cellniche_core.compare import transition_scores
 
