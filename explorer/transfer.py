@@ -197,6 +197,10 @@ def confidence_legend_html() -> str:
             "<span>0</span><span>0.5</span><span>1</span></div></div>")
 
 
+#: the legend swatches of the composition chart, whose bars take each label's colour
+NEUTRAL_SWATCH = "#616161"
+
+
 def composition_figure(table: pd.DataFrame, scale: ColorScale, *, height: int = 360) -> go.Figure:
     """Grouped bars: each label's share of the reference (pale) and of the query (full colour)."""
     colors = scale.color_map()
@@ -206,8 +210,13 @@ def composition_figure(table: pd.DataFrame, scale: ColorScale, *, height: int = 
     for column, name, alpha in (("reference_share", "reference", 0.4), ("query_share", "query", 1.0)):
         fig.add_trace(go.Bar(
             x=names, y=table[column], name=name, marker_color=[rgba_css(c, alpha) for c in palette],
-            marker_line=dict(color=palette, width=1),
+            marker_line=dict(color=palette, width=1), showlegend=False,
             hovertemplate=f"{name} · %{{x}}: %{{y:.1%}}<extra></extra>"))
+    # the legend says pale against full colour: a bar trace's entry would take the first label's colour
+    for name, alpha in (("reference (pale)", 0.4), ("query (full colour)", 1.0)):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
+                                 marker=dict(symbol="square", size=11, color=rgba_css(NEUTRAL_SWATCH, alpha),
+                                             line=dict(color=NEUTRAL_SWATCH, width=1))))
     fig.update_layout(**LABEL_AXES, barmode="group", height=height, margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(tickformat=".0%", title="share of cells"),
                       xaxis=dict(title=html.escape(str(scale.column))), plot_bgcolor="white",

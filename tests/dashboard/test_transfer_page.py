@@ -73,7 +73,7 @@ def test_transfer_page_annotates_a_file_under_data(data_dir):
     legend = "\n".join(m.value for m in at.markdown)
     assert UNKNOWN in legend and "transfer confidence" in legend
     bars = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert len(bars) == 1 and [t["name"] for t in bars[0]["data"]] == ["reference", "query"]
+    assert len(bars) == 1 and [t["name"] for t in bars[0]["data"] if t["type"] == "bar"] == ["reference", "query"]
     table = at.dataframe[0].value
     assert table["label"].iloc[-1] == UNKNOWN
     assert table["query_share"].sum() == pytest.approx(1.0)
@@ -229,7 +229,10 @@ def test_label_table_and_scales():
     assert scale.categories == ("N1", "N2", "N3", UNKNOWN)
     assert scale.color_map()["N2"] == ref_scale.color_map()["N2"] and scale.color_map()[UNKNOWN] == UNKNOWN_COLOR
     fig = transfer.composition_figure(table, scale)
-    assert [t.name for t in fig.data] == ["reference", "query"]
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert [t.name for t in bars] == ["reference", "query"] and not any(t.showlegend for t in bars)
+    # the legend's entries are neutral swatches, pale and full: the bars take each label's colour
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["reference (pale)", "query (full colour)"]
     assert transfer.label_options({"niche": "niche", "cell_type": "category", "sample": "category",
                                         "transfer_confidence": "numeric"}, RunKeys()) == ["niche", "cell_type"]
 
