@@ -80,13 +80,8 @@ def main() -> int:
                         "--features", "expr", "--n-niches", "6", "--no-umap", "--steps", "300", "--quiet",
                         "--overwrite"], check=True, env=env)
     out = args.out / "embedded.h5ad"
-    t = time.perf_counter()
-    # GNU time reports the embed process's own peak RSS (kB) on the last line of stderr
-    res = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "cellniche_core", "embed", str(run),
-                          str(cohort), "--out", str(out), "--overwrite", "--quiet"],
-                         check=True, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    peak = int(res.stderr.strip().splitlines()[-1]) / 1e6
+    wall, peak = measured([sys.executable, "-m", "cellniche_core", "embed", str(run), str(cohort), "--out", str(out),
+                           "--overwrite", "--quiet"], env)
     x_gb = n_cells * n_genes * 4 / 1e9
     print(f"{n_cells:,} cells x {n_genes} genes (X {x_gb:.1f} GB dense float32 on disk): embedded from disk in "
           f"{wall:.1f} s, peak RSS {peak:.2f} GB")
@@ -94,26 +89,27 @@ def main() -> int:
              "from cellniche_core.cellniche import CellNiche; run = load_run(sys.argv[1]); "
              "m = CellNiche.from_state(run.model_config, run.state_dict); del run; "
              "a = ad.read_h5ad(sys.argv[2]); m.embed(a)")
-    t = time.perf_counter()
-    res = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-c", eager, str(run), str(cohort)],
-                         check=True, env=env, capture_output=True, text=True)
-    print(f"the same with the cohort read whole into memory: {time.perf_counter() - t:.1f} s, peak RSS "
-          f"{int(res.stderr.strip().splitlines()[-1]) / 1e6:.2f} GB")
+    wall, peak = measured([sys.executable, "-c", eager, str(run), str(cohort)], env)
+    print(f"the same with the cohort read whole into memory: {wall:.1f} s, peak RSS {peak:.2f} GB")
     if args.fit:
         fit_whole(cohort, args.out / "runs" / "whole", env, x_gb)
     return 0
+
+
+def measured(command: list[str], env: dict) -> tuple[float, float]:
+    """Run ``command`` in its own process: its wall time (s) and its own peak RSS (GB), which
+    GNU time reports (kB) on the last line of stderr."""
+    t = time.perf_counter()
+    res = subprocess.run(["/usr/bin/time", "-f", "%M", *command], check=True, env=env, capture_output=True, text=True)
+    return time.perf_counter() - t, int(res.stderr.strip().splitlines()[-1]) / 1e6
 
 
 def fit_whole(cohort: Path, run: Path, env: dict, x_gb: float) -> None:
     """A default expression fit of the whole cohort in its own process: wall time, stages, peak RSS."""
     import json
 
-    t = time.perf_counter()
-    res = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "cellniche_core", "fit", str(cohort),
-                          "--out", str(run), "--features", "expr", "--overwrite", "--quiet"],
-                         check=True, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    peak = int(res.stderr.strip().splitlines()[-1]) / 1e6
+    wall, peak = measured([sys.executable, "-m", "cellniche_core", "fit", str(cohort), "--out", str(run),
+                           "--features", "expr", "--overwrite", "--quiet"], env)
     timings = json.loads((run / "manifest.json").read_text())["timings_s"]
     stages = ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if k != "total")
     print(f"default fit of the whole cohort (--features expr, X {x_gb:.1f} GB read whole): {wall:.1f} s, "
