@@ -30,6 +30,14 @@ _FONT = "font-size:0.85rem;line-height:1.5"
 LABEL_CHARS = 32
 
 
+def legend_swatch(name: str, color: str, *, line: str | None = None) -> go.Scatter:
+    """A legend entry alone (a trace with no point): for bars that take each label's colour,
+    whose own entry would show the first label's."""
+    return go.Scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
+                      marker=dict(symbol="square", size=11, color=color,
+                                  **({"line": dict(color=line, width=1)} if line else {})))
+
+
 def short_label(text: str, width: int = LABEL_CHARS) -> str:
     """``text`` cut to ``width`` characters with "…"; markup after a line break is kept."""
     head, brk, tail = str(text).partition("<br>")

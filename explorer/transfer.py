@@ -21,7 +21,7 @@ from cellniche_core.io import Run, load_weights, write_h5ad
 from cellniche_core.keys import DEMO_QUERY, INPUT_UNS_KEY, RUN_MODEL_CONFIG, RUN_WEIGHTS, UNKNOWN, Keys, RunKeys
 from cellniche_core.transfer import annotate_query, read_query
 
-from .figures import LABEL_AXES, fit_labels, short_label
+from .figures import LABEL_AXES, fit_labels, legend_swatch, short_label
 from .palette import NUMERIC, UNKNOWN_COLOR, VIRIDIS, ColorScale, rgba_css
 from .tables import MAX_CATEGORIES, labels
 from .uploads import DOWNLOAD_PREFIX, QUERY_PREFIX, Upload, read_staged, staging
@@ -214,9 +214,7 @@ def composition_figure(table: pd.DataFrame, scale: ColorScale, *, height: int = 
             hovertemplate=f"{name} · %{{x}}: %{{y:.1%}}<extra></extra>"))
     # the legend says pale against full colour: a bar trace's entry would take the first label's colour
     for name, alpha in (("reference (pale)", 0.4), ("query (full colour)", 1.0)):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
-                                 marker=dict(symbol="square", size=11, color=rgba_css(NEUTRAL_SWATCH, alpha),
-                                             line=dict(color=NEUTRAL_SWATCH, width=1))))
+        fig.add_trace(legend_swatch(name, rgba_css(NEUTRAL_SWATCH, alpha), line=NEUTRAL_SWATCH))
     fig.update_layout(**LABEL_AXES, barmode="group", height=height, margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(tickformat=".0%", title="share of cells"),
                       xaxis=dict(title=html.escape(str(scale.column))), plot_bgcolor="white",
