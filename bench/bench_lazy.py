@@ -10,7 +10,7 @@
    comparison, the same embedding with the cohort read whole into memory first.
 4. With ``--fit``: a default ``python -m cellniche_core fit COHORT --features expr`` of the
    whole cohort (UMAP included), its wall time, stage times and peak resident memory.
-   ``fit`` reads X whole (it writes it into the run), so X counts in full here.
+   ``fit`` of one .h5ad leaves X on disk as ``embed`` does, and copies it into the run.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def fit_whole(cohort: Path, run: Path, env: dict, x_gb: float) -> None:
                            "--features", "expr", "--overwrite", "--quiet"], env)
     timings = json.loads((run / "manifest.json").read_text())["timings_s"]
     stages = ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if k != "total")
-    print(f"default fit of the whole cohort (--features expr, X {x_gb:.1f} GB read whole): {wall:.1f} s, "
+    print(f"default fit of the whole cohort (--features expr, X {x_gb:.1f} GB left on disk): {wall:.1f} s, "
           f"peak RSS {peak:.2f} GB; stages (s): {stages}")
 
 

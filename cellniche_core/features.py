@@ -69,10 +69,36 @@ class FeatureSpec:
         return cls(**d)
 
 
+def on_disk(X) -> bool:
+    """Whether ``X`` is a matrix left on disk (an h5py or zarr array, an anndata sparse
+    dataset): read a block of rows at a time, never indexed by a list of rows."""
+    return not (isinstance(X, np.ndarray) or sp.issparse(X))
+
+
+def row_blocks(X, *, block_bytes: int | None = None):
+    """``(lo, rows lo..hi of X)`` for consecutive blocks of about ``block_bytes`` (float64, full width)."""
+    step = max(1, (block_bytes or CHUNK_BYTES) // (8 * max(1, X.shape[1])))
+    for lo in range(0, X.shape[0], step):
+        yield lo, X[lo:lo + step]
+
+
 def _dense_rows(X, rows=None) -> np.ndarray:
+    """``X`` (or its ``rows``, sorted) as a dense float64 array; an on-disk ``X`` is read in blocks."""
+    if rows is not None and on_disk(X):
+        rows = np.asarray(rows)
+        parts = [_dense_rows(block[rows[(rows >= lo) & (rows < lo + block.shape[0])] - lo])
+                 for lo, block in row_blocks(X)]
+        return np.concatenate(parts) if parts else np.empty((0, X.shape[1]))
     X = X if rows is None else X[rows]
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
     return X.astype(np.float64, copy=False)
+
+
+def row_totals(X) -> np.ndarray:
+    """Each row's sum, (n,); an on-disk ``X`` is read a block of rows at a time."""
+    if not on_disk(X):
+        return np.asarray(X.sum(1), dtype=np.float64).ravel()
+    return np.concatenate([row_totals(block) for _, block in row_blocks(X)] or [np.empty(0)])
 
 
 #: what each transform of :func:`value_kind` says of the values, for messages
@@ -145,7 +171,7 @@ def fit_features(adata, *, mode: str, cell_type_key: str, seed: int = 0) -> Feat
         spec.genes = list(map(str, adata.var_names))
         spec.transform = value_kind(adata.X)
         if spec.transform == "log1p_norm":
-            totals = np.asarray(adata.X.sum(1)).ravel()
+            totals = row_totals(adata.X)
             spec.target_sum = float(np.median(totals[totals > 0])) if (totals > 0).any() else 1.0
         rng = np.random.default_rng(seed)
         n = adata.n_obs

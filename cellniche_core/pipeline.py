@@ -199,14 +199,26 @@ def fit_run(paths, out: str | Path, options: RunOptions, *, group_keys=(), overw
     ``input_names`` replaces ``paths`` in the manifest's ``inputs`` (e.g. the names of
     uploaded files, when ``paths`` are temporary copies).
     """
-    from .io import read_cohort, write_run
+    from .io import read_cohort
 
     on_stage = on_stage or _quiet
     t0 = time.perf_counter()
     on_stage("read", 0.0, "reading cohort")
+    # one .h5ad file: X stays on disk, read a block of rows at a time and copied into the run
     adata = read_cohort(paths, spatial_key=options.keys.spatial_key, sample_key=options.keys.sample_key,
                         patient_key=options.patient_key, cell_type_key=options.keys.cell_type_key,
-                        group_keys=tuple(group_keys), features=options.features)
+                        group_keys=tuple(group_keys), features=options.features, backed=True)
+    try:
+        return _fit_read(adata, paths, out, options, t0=t0, overwrite=overwrite, on_stage=on_stage,
+                         should_stop=should_stop, input_names=input_names)
+    finally:
+        if adata.isbacked:
+            adata.file.close()
+
+
+def _fit_read(adata: ad.AnnData, paths, out, options: RunOptions, *, t0: float, overwrite: bool,
+              on_stage: StageCallback, should_stop, input_names) -> Path:
+    from .io import write_run
     from .niches import check_n_niches
 
     check_n_niches(options.n_niches, adata.n_obs)  # before any training

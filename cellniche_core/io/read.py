@@ -42,6 +42,7 @@ def read_cohort(
     features: str = "pheno",
     min_cells_per_sample: int = 20,
     key_hint: str | None = None,
+    backed: bool = False,
 ) -> ad.AnnData:
     """Read, validate and concatenate one or more cohort files.
 
@@ -71,6 +72,10 @@ def read_cohort(
         Smallest slide accepted.
     key_hint
         As in :func:`~cellniche_core.io.validate_cohort`.
+    backed
+        With one ``.h5ad`` file whose ``X`` is dense or CSR, leave ``X`` on disk (anndata's
+        backed mode, read-only): it is checked, and later read, a block of rows at a time.
+        The caller closes the file (``adata.file.close()``). Other inputs are read whole.
 
     Returns
     -------
@@ -105,13 +110,17 @@ def read_cohort(
     adatas, notes = [], []
     derived: dict[str, list[str]] = {}
     for path in paths:
-        adata = _read_file(path)
-        for column in _derive_slide_columns(
-            adata, source=path, stem=path.stem, sample_key=sample_key, patient_key=patient_key
-        ):
-            derived.setdefault(column, []).append(path.name)
-        validate_cohort(adata, source=path, key_hint=key_hint, **keys)
-        notes += _keep_xy(adata, spatial_key, source=path)
+        adata = _read_file(path, backed=backed and len(paths) == 1)
+        try:
+            for column in _derive_slide_columns(
+                adata, source=path, stem=path.stem, sample_key=sample_key, patient_key=patient_key
+            ):
+                derived.setdefault(column, []).append(path.name)
+            validate_cohort(adata, source=path, key_hint=key_hint, **keys)
+            notes += _keep_xy(adata, spatial_key, source=path)
+        except BaseException:
+            close_backed(adata)
+            raise
         adatas.append(adata)
 
     _check_distinct_slides(adatas, paths, sample_key)
@@ -147,7 +156,13 @@ def read_cohort(
     return adata
 
 
-def _read_file(path: Path) -> ad.AnnData:
+def close_backed(adata: ad.AnnData) -> None:
+    """Close the file a backed AnnData reads ``X`` from (nothing for one in memory)."""
+    if adata.isbacked:
+        adata.file.close()
+
+
+def _read_file(path: Path, *, backed: bool = False) -> ad.AnnData:
     if not path.exists():
         raise cohort_error(path, "does not exist")
     suffix = path.suffix.lower()
@@ -163,7 +178,7 @@ def _read_file(path: Path) -> ad.AnnData:
             raise cohort_error(path, "is not a readable .h5ad file (it is a directory)")
         if path.stat().st_size == 0:
             raise cohort_error(path, "is empty (0 bytes)")
-        return _read_h5ad(path)
+        return _read_h5ad(path, backed=backed)
     if not path.is_dir():
         raise cohort_error(path, "is not a readable .zarr store (expected a directory)")
     if not any(path.iterdir()):
@@ -226,9 +241,21 @@ def _text_start(path: Path, size: int = 1024) -> str | None:
     return line if len(line) <= 60 else line[:57] + "..."
 
 
-def _read_h5ad(path: Path) -> ad.AnnData:
+def _read_h5ad(path: Path, *, backed: bool = False) -> ad.AnnData:
+    def read() -> ad.AnnData:
+        return ad.read_h5ad(path, backed="r") if backed and _x_by_rows(path) else ad.read_h5ad(path)
+
     return _read_store(path, kind=".h5ad file", container="an HDF5 file",
-                       list_keys=lambda: _h5ad_keys(path), read=lambda: ad.read_h5ad(path))
+                       list_keys=lambda: _h5ad_keys(path), read=read)
+
+
+def _x_by_rows(path: Path) -> bool:
+    """Whether the file's ``X`` is one a block of rows is read from cheaply: dense or CSR."""
+    with h5py.File(path, "r") as f:
+        node = f.get("X")
+        if isinstance(node, h5py.Dataset):
+            return node.ndim == 2
+        return isinstance(node, h5py.Group) and node.attrs.get("encoding-type") == "csr_matrix"
 
 
 def _read_zarr(path: Path) -> ad.AnnData:

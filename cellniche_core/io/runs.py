@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import h5py
 import torch
 
 from ..cellniche import spatial_graph, stored_graph
@@ -159,12 +160,28 @@ def _write_adata(adata: ad.AnnData, path: Path, manifest: dict) -> None:
     previous = adata.uns.get(Keys.UNS)
     adata.uns[Keys.UNS] = to_uns(manifest)
     try:
-        write_h5ad(adata, path)
+        if adata.isbacked:
+            _write_backed(adata, path)
+        else:
+            write_h5ad(adata, path)
     finally:
         if had_uns:
             adata.uns[Keys.UNS] = previous
         else:
             del adata.uns[Keys.UNS]
+
+
+def _write_backed(adata: ad.AnnData, path: Path) -> None:
+    """Write a backed AnnData: all but ``X`` (and ``raw``) from memory, those two copied from
+    its file by HDF5, a chunk at a time, never read whole."""
+    in_memory = ad.AnnData(obs=adata.obs, var=adata.var, uns=adata.uns, obsm=dict(adata.obsm),
+                           varm=dict(adata.varm), obsp=dict(adata.obsp), varp=dict(adata.varp),
+                           layers=dict(adata.layers))
+    write_h5ad(in_memory, path)
+    with h5py.File(adata.filename, "r") as source, h5py.File(path, "r+") as out:
+        for key in ("X", "raw"):
+            if key in source:
+                source.copy(source[key], out, key)
 
 
 def load_run(run_dir: str | os.PathLike, *, with_weights: bool = True) -> Run:

@@ -225,7 +225,7 @@ def _check_expression(adata: ad.AnnData, source: object, features: str) -> None:
 
 
 def _rows_with_nonfinite(x: Any, chunk_size: int = 65_536) -> np.ndarray:
-    """Sorted row indices of ``x`` holding NaN or inf; dense or sparse, never densified."""
+    """Sorted row indices of ``x`` holding NaN or inf; dense or sparse, in memory or on disk, never densified."""
     if np.dtype(x.dtype).kind in "biu":
         return np.empty(0, dtype=np.int64)
     if sp.issparse(x):
@@ -236,11 +236,13 @@ def _rows_with_nonfinite(x: Any, chunk_size: int = 65_536) -> np.ndarray:
             coo = x.tocoo()
             rows = coo.row[~np.isfinite(coo.data)]
         return np.unique(rows)
-    # row chunks bound the temporary boolean mask for atlas-sized dense X
+    # row chunks bound the temporary boolean mask for atlas-sized dense X (or one on disk)
     found = []
     for start in range(0, x.shape[0], chunk_size):
-        block = np.asarray(x[start : start + chunk_size])
-        found.append(start + np.flatnonzero(~np.isfinite(block).all(axis=1)))
+        block = x[start : start + chunk_size]
+        bad = _rows_with_nonfinite(block) if sp.issparse(block) else np.flatnonzero(
+            ~np.isfinite(np.asarray(block)).all(axis=1))
+        found.append(start + bad)
     return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
 
 
