@@ -10,7 +10,9 @@
    comparison, the same embedding with the cohort read whole into memory first.
 4. With ``--fit``: a default ``python -m cellniche_core fit COHORT --features expr`` of the
    whole cohort (UMAP included), its wall time, stage times and peak resident memory.
-   ``fit`` of one .h5ad leaves X on disk as ``embed`` does, and copies it into the run.
+   ``fit`` of one .h5ad leaves X on disk as ``embed`` does, and copies it into the run. Then
+   the run loaded as the dashboard loads it (X left on disk) and its niches' marker scores
+   computed, against the same with X read whole.
 """
 
 from __future__ import annotations
@@ -114,6 +116,14 @@ def fit_whole(cohort: Path, run: Path, env: dict, x_gb: float) -> None:
     stages = ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if k != "total")
     print(f"default fit of the whole cohort (--features expr, X {x_gb:.1f} GB left on disk): {wall:.1f} s, "
           f"peak RSS {peak:.2f} GB; stages (s): {stages}")
+    # what the dashboard does first with such a run: load it, then its niches' markers
+    view = "\n".join(["import sys", "from cellniche_core.io import load_run",
+                      "from cellniche_core.niches import marker_scores",
+                      "run = load_run(sys.argv[1], with_weights=False, expression=sys.argv[2] == '1')",
+                      "with run.expression() as X:", "    marker_scores(run.adata, niche_key=run.keys.niche, X=X)"])
+    for whole, how in ((False, "X left on disk, as the dashboard loads it"), (True, "X read whole")):
+        wall, peak = measured([sys.executable, "-c", view, str(run), "1" if whole else "0"], env)
+        print(f"the run loaded and its markers computed ({how}): {wall:.1f} s, peak RSS {peak:.2f} GB")
 
 
 if __name__ == "__main__":

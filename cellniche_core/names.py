@@ -90,16 +90,17 @@ def auto_names_from_markers(scores: pd.DataFrame, *, n_top: int = 2, min_z: floa
     return out
 
 
-def auto_names_for(adata, *, niche_key: str, cell_type_key: str | None) -> dict[str, str]:
-    """Automatic names of the niches of ``adata``: cell types when the column exists, else markers."""
+def auto_names_for(adata, *, niche_key: str, cell_type_key: str | None, X=None) -> dict[str, str]:
+    """Automatic names of the niches of ``adata``: cell types when the column exists, else
+    markers of ``X`` (default ``adata.X``; e.g. a run's matrix left on disk)."""
     niche = adata.obs[niche_key].astype(str)
     if cell_type_key and cell_type_key in adata.obs:
         counts = pd.crosstab(niche, adata.obs[cell_type_key].astype(str))
         return auto_names(counts)
-    if adata.n_vars:
+    if adata.n_vars and (X is not None or adata.X is not None):
         from .niches import marker_scores
 
-        return auto_names_from_markers(marker_scores(adata, niche_key=niche_key))
+        return auto_names_from_markers(marker_scores(adata, niche_key=niche_key, X=X))
     return {n: "" for n in pd.unique(niche)}
 
 
@@ -267,6 +268,7 @@ def named_run(run, *, niche_key: str | None = None):
         return run
     # the names file is read again: a run cached by the dashboard sees a rename
     names = given_names(run.path, run.manifest)
-    labels = niche_labels([str(c) for c in pd.unique(run.adata.obs[niche_key].astype(str))],
-                          auto_names_for(run.adata, niche_key=niche_key, cell_type_key=run.keys.cell_type), names)
+    with run.expression() as X:
+        auto = auto_names_for(run.adata, niche_key=niche_key, cell_type_key=run.keys.cell_type, X=X)
+    labels = niche_labels([str(c) for c in pd.unique(run.adata.obs[niche_key].astype(str))], auto, names)
     return replace(run, adata=with_labels(run.adata, labels, niche_key=niche_key), niche_names=names)

@@ -191,28 +191,37 @@ def enrichment(adata, *, niche_key: str, cell_type_key: str, pseudocount: float 
     return np.log2(frac.div(overall, axis=1))
 
 
-def marker_scores(adata, *, niche_key: str, layer: str | None = None) -> pd.DataFrame:
+def marker_scores(adata, *, niche_key: str, layer: str | None = None, X=None) -> pd.DataFrame:
     """Mean z-scored expression of every feature in each niche, (niches x features).
 
-    Each feature of ``X`` (or ``layers[layer]``) is standardised over all cells; a
-    niche's score is the mean of that z-score over its cells, so +1 means one cohort
-    standard deviation above the cohort mean. Works on sparse ``X`` without densifying.
+    Each feature of ``X`` (default ``adata.X``, or ``layers[layer]``) is standardised over
+    all cells; a niche's score is the mean of that z-score over its cells, so +1 means one
+    cohort standard deviation above the cohort mean. The matrix is read a block of rows at a
+    time, so it may be sparse (never densified whole) or on disk (a run's ``X`` left there).
     """
     import scipy.sparse as sp
 
-    x = adata.X if layer is None else adata.layers[layer]
+    from .features import row_blocks
+
+    x = X if X is not None else (adata.X if layer is None else adata.layers[layer])
     niche = adata.obs[niche_key].astype(str).to_numpy()
     names = niche_categories(niche)
     codes = pd.Categorical(niche, categories=names).codes
-    member = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))),
-                           shape=(len(names), len(codes)))
-    size = np.asarray(member.sum(1)).ravel()
-    group_sum = member @ x
-    group_sum = group_sum.toarray() if sp.issparse(group_sum) else np.asarray(group_sum, dtype=float)
+    size = np.bincount(codes, minlength=len(names)).astype(np.float64)
+    group_sum = np.zeros((len(names), x.shape[1]))
+    total, total_sq = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for lo, block in row_blocks(x):
+        rows = codes[lo:lo + block.shape[0]]
+        member = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(len(names), len(rows)))
+        block = block.astype(np.float64) if sp.issparse(block) else np.asarray(block, dtype=np.float64)
+        part = member @ block
+        group_sum += part.toarray() if sp.issparse(part) else part
+        total += np.asarray(block.sum(0)).ravel()
+        total_sq += np.asarray((block.multiply(block) if sp.issparse(block) else np.square(block)).sum(0)).ravel()
+    n = max(len(codes), 1)
     group_mean = group_sum / np.maximum(size, 1)[:, None]
-    mean = np.asarray(x.mean(0, dtype=np.float64)).ravel()
-    sq = x.multiply(x) if sp.issparse(x) else np.square(x, dtype=np.float64)
-    sd = np.sqrt(np.maximum(np.asarray(sq.mean(0, dtype=np.float64)).ravel() - mean ** 2, 0.0))
+    mean = total / n
+    sd = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0))
     z = (group_mean - mean) / np.where(sd > 0, sd, 1.0)
     return pd.DataFrame(z, index=pd.Index(names, name=niche_key), columns=adata.var_names.astype(str))
 

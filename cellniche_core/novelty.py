@@ -225,15 +225,16 @@ def spatial_blocks(coords: np.ndarray, slides: np.ndarray | None = None, *, n_bl
     return blocks
 
 
-def model_input_profiles(model, adata, *, graph=None, x=None) -> np.ndarray:
+def model_input_profiles(model, adata, *, graph=None, x=None, X=None) -> np.ndarray:
     """:func:`input_profiles` of ``adata`` with a trained model's inputs and graph, at
     :data:`INPUT_HOPS`. ``graph``: the spatial graph of ``adata`` if already built with the
-    model's settings; ``x``: the model's inputs of ``adata`` if already made."""
+    model's settings; ``x``: the model's inputs of ``adata`` if already made; ``X``: its
+    expression matrix when not ``adata.X`` (e.g. a run's, left on disk)."""
     from .cellniche import spatial_graph
     from .features import make_features
 
     if x is None:
-        x, _ = make_features(adata, model.spec, cell_type_key=model.keys.cell_type_key)
+        x, _ = make_features(adata, model.spec, cell_type_key=model.keys.cell_type_key, X=X)
     graph = spatial_graph(adata, model.graph, model.keys) if graph is None else graph
     return input_profiles(x, graph.indptr, graph.indices, INPUT_HOPS)
 

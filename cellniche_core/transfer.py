@@ -373,8 +373,7 @@ def transfer_labels(
         "calibration": calibration,
     }
     params = {"label_key": label_key, "use_rep": use_rep, "n_neighbors": k, "vote_neighbors": nbr.shape[1],
-              "quantile": quantile,
-              "min_confidence": min_confidence, "calibration_keys": list(calibration_keys),
+              "quantile": quantile, "min_confidence": min_confidence, "calibration_keys": list(calibration_keys),
               "input_rule": profiles is not None, "input_vote": profiles is not None,
               "input_edge_quantile": (edge_quantile(quantile) if profiles is not None and query_graph is not None
                                       else None),
@@ -475,8 +474,9 @@ def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, devic
     kind = value_kind(query.X) if model.spec.uses_expression and query.X is not None else model.spec.transform
     if kind != model.spec.transform:
         alignment["values"] = {"reference": model.spec.transform, "query": kind}
-    profiles = (model_input_profiles(model, run.adata, graph=run.graph()),  # the graph the run stored
-                model_input_profiles(model, query, graph=graph, x=inputs[0]))
+    with run.expression() as X:  # the graph the run stored; its X, in memory or on disk
+        profiles = (model_input_profiles(model, run.adata, graph=run.graph(), X=X),
+                    model_input_profiles(model, query, graph=graph, x=inputs[0]))
     summary = transfer_labels(run.adata, query, label_key=label_key, device=device, profiles=profiles,
                               profile_scales=len(INPUT_HOPS),
                               query_graph=(graph.indptr, graph.indices),

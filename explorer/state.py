@@ -65,7 +65,9 @@ def find_runs(directory: Path) -> dict[str, RunRef]:
 
 @st.cache_resource(max_entries=4, show_spinner="Loading run…")
 def _read(path: str, stamp: float) -> Run:
-    return load_run(path, with_weights=False)
+    # X stays on disk (read when markers or a transfer need it): a viewer of a run of a
+    # million cells x 500 genes would otherwise hold 2 GB of it per run it has open
+    return load_run(path, with_weights=False, expression=False)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Naming niches…")
@@ -85,7 +87,8 @@ def niche_names_table(ref: RunRef) -> pd.DataFrame:
     """One row per niche: ``niche`` (id), ``auto_name``, ``name`` (the user's, or empty), ``label``."""
     run = _read(ref.path, ref.stamp)
     keys = run.keys
-    auto = auto_names_for(run.adata, niche_key=keys.niche, cell_type_key=keys.cell_type)
+    with run.expression() as X:
+        auto = auto_names_for(run.adata, niche_key=keys.niche, cell_type_key=keys.cell_type, X=X)
     given = read_names(ref.path)
     ids = niche_categories(run.adata.obs[keys.niche])
     return pd.DataFrame({"niche": ids, "auto_name": [auto.get(n, "") for n in ids],
@@ -203,4 +206,6 @@ def cell_type_enrichment(ref: RunRef) -> pd.DataFrame:
 @st.cache_data(max_entries=16, show_spinner=False)
 def markers(ref: RunRef) -> pd.DataFrame:
     """(niches x features) mean z-scored expression."""
-    return marker_scores(load(ref).adata, niche_key=run_keys(ref).niche)
+    run = load(ref)
+    with run.expression() as X:
+        return marker_scores(run.adata, niche_key=run_keys(ref).niche, X=X)

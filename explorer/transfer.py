@@ -66,7 +66,7 @@ def with_weights(run: Run) -> Run:
     """``run`` (loaded without weights) with its model weights and config read from disk."""
     config = json.loads((run.path / RUN_MODEL_CONFIG).read_text())
     state_dict = load_weights(run.path / RUN_WEIGHTS)  # tensors only: a tampered file is refused
-    return Run(run.path, run.adata, state_dict, config, run.manifest)
+    return replace(run, state_dict=state_dict, model_config=config)
 
 
 def annotate_file(run: Run, path: Path, *, label_key: str, device: str = "auto") -> tuple[ad.AnnData, dict]:

@@ -12,7 +12,8 @@ import json
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ class Run:
         A readable name for each niche label, where one was given (else empty): the
         manifest's ``niche_names`` under those of ``niche_names.json`` (see
         :mod:`cellniche_core.names`).
+    x_on_disk
+        Loaded with ``expression=False``: ``adata.X`` is None and :meth:`expression` reads
+        the matrix from ``cohort.h5ad``.
     """
 
     path: Path
@@ -57,6 +61,7 @@ class Run:
     model_config: dict[str, Any]
     manifest: dict[str, Any]
     niche_names: dict[str, str] = field(default_factory=dict)
+    x_on_disk: bool = False
 
     @property
     def keys(self) -> RunKeys:
@@ -75,6 +80,23 @@ class Run:
     def features(self) -> str:
         """The feature mode the model was trained with."""
         return self.model_config["features"]["mode"]
+
+    @contextmanager
+    def expression(self) -> Iterator[Any]:
+        """The run's expression matrix: ``adata.X``, or, for a run loaded with
+        ``expression=False``, the matrix in ``cohort.h5ad`` opened read-only for the
+        ``with`` block (an h5py dataset or an anndata sparse dataset; read it a block of rows
+        at a time). None when the run has none."""
+        if not self.x_on_disk:
+            yield self.adata.X
+            return
+        with h5py.File(self.path / RUN_ADATA, "r") as f:
+            node = f.get("X")
+            if isinstance(node, h5py.Group):
+                node = ad.io.sparse_dataset(node)
+                if node.format != "csr":  # a block of rows of a CSC matrix reads all of it
+                    node = node.to_memory()
+            yield node
 
     def graph(self) -> SpatialGraph:
         """The spatial graph the run was trained on.
@@ -184,7 +206,7 @@ def _write_backed(adata: ad.AnnData, path: Path) -> None:
                 source.copy(source[key], out, key)
 
 
-def load_run(run_dir: str | os.PathLike, *, with_weights: bool = True) -> Run:
+def load_run(run_dir: str | os.PathLike, *, with_weights: bool = True, expression: bool = True) -> Run:
     """Load a run folder written by :func:`write_run`.
 
     Parameters
@@ -193,6 +215,10 @@ def load_run(run_dir: str | os.PathLike, *, with_weights: bool = True) -> Run:
         The run folder.
     with_weights
         Load ``model.pt`` (on the CPU, ``weights_only=True``); False skips it.
+    expression
+        Read the expression matrix (``X``, ``layers``, ``raw``) into memory; False leaves
+        them on disk (``adata.X`` is None, :meth:`Run.expression` reads ``X``): a viewer
+        of a run of a million cells x 500 genes then holds no 2 GB of it.
 
     Returns
     -------
@@ -220,12 +246,21 @@ def load_run(run_dir: str | os.PathLike, *, with_weights: bool = True) -> Run:
 
     manifest = read_json(run_dir / RUN_MANIFEST)
     model_config = read_json(run_dir / RUN_MODEL_CONFIG)
-    adata = ad.read_h5ad(run_dir / RUN_ADATA)
+    adata = ad.read_h5ad(run_dir / RUN_ADATA) if expression else _read_without_expression(run_dir / RUN_ADATA)
     adata.uns[Keys.UNS] = manifest
     state_dict = load_weights(run_dir / RUN_WEIGHTS) if with_weights else None
     from ..names import given_names
 
-    return Run(run_dir, adata, state_dict, model_config, manifest, niche_names=given_names(run_dir, manifest))
+    return Run(run_dir, adata, state_dict, model_config, manifest, niche_names=given_names(run_dir, manifest),
+               x_on_disk=not expression)
+
+
+def _read_without_expression(path: Path) -> ad.AnnData:
+    """An .h5ad file's AnnData without ``X``, ``layers`` or ``raw``, which stay on disk."""
+    with h5py.File(path, "r") as f:
+        parts = {key: ad.io.read_elem(f[key]) for key in ("obs", "var", "obsm", "obsp", "varm", "varp", "uns")
+                 if key in f}
+    return ad.AnnData(**parts)
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""Fitting one .h5ad file with its expression matrix left on disk (anndata's backed mode)."""
+"""The expression matrix left on disk: fitting one .h5ad file (anndata's backed mode), and a run
+loaded without it (as the dashboard loads one), read where markers or a transfer need it."""
 
 import hashlib
 
 import anndata as ad
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -28,25 +30,31 @@ def _cohort(kind: str):
     return cohort
 
 
-@pytest.mark.parametrize("kind", ["dense", "csr"])
-def test_fit_of_one_file_reads_x_from_disk_and_copies_it_into_the_run(kind, tmp_path):
+@pytest.fixture(scope="module", params=["dense", "csr"])
+def fitted(request, tmp_path_factory):
+    """An expression cohort in one .h5ad file, its run, and the run of the same cohort read
+    whole from a .zarr store."""
     from cellniche_core.pipeline import RunOptions, fit_run
     from cellniche_core.train import TrainConfig
 
-    cohort = _cohort(kind)
-    path = tmp_path / "cohort.h5ad"
+    root = tmp_path_factory.mktemp(f"lazyfit_{request.param}")
+    cohort = _cohort(request.param)
+    path = root / "cohort.h5ad"
     cohort.write_h5ad(path)
     before = _sha(path)
     options = RunOptions(features="expr", n_niches=4, train=TrainConfig(n_steps=12, seed=0), device="cpu",
                          umap=False)
-    run_dir = fit_run([path], tmp_path / "run", options)
+    run_dir = fit_run([path], root / "run", options)
     assert _sha(path) == before  # the input is only read
-    # the same cohort from a .zarr store is read whole into memory: the run must not differ
-    zpath = tmp_path / "cohort.zarr"
+    zpath = root / "cohort.zarr"
     ad.read_h5ad(path).write_zarr(zpath)
-    whole = load_run(fit_run([zpath], tmp_path / "run_whole", options), with_weights=False).adata
-    run = load_run(run_dir, with_weights=False).adata
+    return request.param, cohort, path, run_dir, fit_run([zpath], root / "run_whole", options)
 
+
+def test_fit_of_one_file_reads_x_from_disk_and_copies_it_into_the_run(fitted):
+    kind, cohort, _, run_dir, whole_dir = fitted
+    whole = load_run(whole_dir, with_weights=False).adata  # read whole: the run must not differ
+    run = load_run(run_dir, with_weights=False).adata
     assert not run.isbacked and sp.issparse(run.X) == (kind == "csr")
     got = run.X.toarray() if sp.issparse(run.X) else run.X
     np.testing.assert_array_equal(got, np.asarray(cohort.layers["counts"]))
@@ -57,6 +65,52 @@ def test_fit_of_one_file_reads_x_from_disk_and_copies_it_into_the_run(kind, tmp_
     assert (run.obs[Keys.NICHE].astype(str) == whole.obs[Keys.NICHE].astype(str)).all()
     assert run.obs.columns.tolist() == whole.obs.columns.tolist()
     assert run.uns["cellniche"]["n_niches"] == 4
+
+
+def test_a_run_loaded_without_expression_reads_it_from_disk_where_needed(fitted, monkeypatch):
+    from cellniche_core.names import auto_names_for, named_run
+    from cellniche_core.niches import marker_scores
+    from cellniche_core.transfer import annotate_query
+
+    _, cohort, path, run_dir, _ = fitted
+    full, lazy = load_run(run_dir), load_run(run_dir, expression=False)
+    assert full.adata.X is not None and lazy.adata.X is None and not lazy.adata.layers
+    assert lazy.adata.obs.equals(full.adata.obs) and lazy.adata.var_names.equals(full.adata.var_names)
+    monkeypatch.setattr(features, "CHUNK_BYTES", 8 * cohort.n_vars * 101)  # blocks of 101 rows
+    key = full.keys.niche
+    with lazy.expression() as X:
+        assert features.on_disk(X) and X.shape == full.adata.shape
+        pd.testing.assert_frame_equal(marker_scores(lazy.adata, niche_key=key, X=X),
+                                      marker_scores(full.adata, niche_key=key), atol=1e-9)
+        # a run without cell types is named by its markers, read from disk
+        assert auto_names_for(lazy.adata, niche_key=key, cell_type_key=None, X=X) == auto_names_for(
+            full.adata, niche_key=key, cell_type_key=None)
+    with full.expression() as X:
+        assert X is full.adata.X
+    assert named_run(lazy).adata.obs[key].tolist() == named_run(full).adata.obs[key].tolist()
+    query = [ad.read_h5ad(path)[:400].copy() for _ in range(2)]
+    for run, q in zip((full, lazy), query):
+        annotate_query(run, q, device="cpu")
+    assert q.obs["transferred_label"].tolist() == query[0].obs["transferred_label"].tolist()
+    np.testing.assert_array_equal(q.obs["transfer_distance"], query[0].obs["transfer_distance"])
+
+
+def test_marker_scores_read_by_blocks_are_the_z_scores_of_the_niche_means(monkeypatch):
+    from cellniche_core.niches import marker_scores
+
+    rng = np.random.default_rng(0)
+    x = rng.poisson(2.0, (230, 6)).astype(np.float32)
+    x[:, 5] = 3.0  # a constant gene: z 0, not a division by zero
+    niche = rng.choice(["A", "B", "C"], 230)
+    adata = ad.AnnData(X=x, obs=pd.DataFrame({"niche": niche}, index=[f"c{i}" for i in range(230)]))
+    monkeypatch.setattr(features, "CHUNK_BYTES", 8 * 6 * 17)  # blocks of 17 rows
+    z = (x - x.mean(0, dtype=np.float64)) / np.where(x.std(0) > 0, x.std(0, dtype=np.float64), 1.0)
+    expected = pd.DataFrame(z).groupby(niche).mean()
+    for matrix in (x, sp.csr_matrix(x)):
+        got = marker_scores(adata, niche_key="niche", X=matrix)
+        np.testing.assert_allclose(got.loc[["A", "B", "C"]].to_numpy(), expected.loc[["A", "B", "C"]].to_numpy(),
+                                   atol=1e-9)
+    assert (got["5"] == 0).all()
 
 
 @pytest.mark.parametrize("kind", ["dense", "csr"])
