@@ -117,6 +117,7 @@ def niche_map_deck(
     radius: float | None = None,
     value_label: str | None = None,
     selected: np.ndarray | None = None,
+    frame: tuple[float, float] | None = None,
 ) -> pdk.Deck:
     """A slide's cells as coloured dots in an orthographic view, with no base map.
 
@@ -140,6 +141,9 @@ def niche_map_deck(
         it out (when the colour is the niche or the cell type, already in the tooltip).
     selected
         Boolean per point: a linked selection; points outside it are dimmed too.
+    frame
+        ``(zoom, scale bar length)`` shared by maps shown side by side (:func:`shared_frame`),
+        so that they are drawn to one scale; by default the slide fills the chart.
 
     Returns
     -------
@@ -166,11 +170,11 @@ def niche_map_deck(
     data = [dict(zip(columns, row)) for row in zip(*columns.values())]
     radius = point_radius(points) if radius is None else radius
 
-    x0, x1 = (float(points["x"].min()), float(points["x"].max())) if len(points) else (0.0, 1.0)
-    y0, y1 = (float(points["y"].min()), float(points["y"].max())) if len(points) else (0.0, 1.0)
-    span = max(x1 - x0, 1e-9), max(y1 - y0, 1e-9)
-    # orthographic zoom z shows 2**z pixels per coordinate unit; leave a 5 % margin
-    zoom = math.log2(min(width_px / span[0], height_px / span[1]) * 0.95)
+    x0, x1, y0, y1 = _cells_extent(points)
+    # below the tissue (the view draws y downwards), in the band map_extent adds
+    bar = scale_bar_layers(x0, x1, y1 + 0.4 * _BAR_BAND * max(x1 - x0, y1 - y0), length=frame and frame[1])
+    x0, x1, y0, y1 = map_extent(points)
+    zoom = frame[0] if frame else fit_zoom([(x0, x1, y0, y1)], width_px, height_px)
     view_state = pdk.ViewState(target=[(x0 + x1) / 2, (y0 + y1) / 2, 0], zoom=zoom,
                                min_zoom=zoom - 3, max_zoom=zoom + 7)
 
@@ -195,7 +199,7 @@ def niche_map_deck(
     tooltip = {"html": "<br/>".join(lines),
                "style": {"fontSize": "12px", "backgroundColor": "rgba(30,30,30,0.85)", "color": "white"}}
     return CompactDeck(
-        layers=[layer],
+        layers=[layer, *bar],
         views=[pdk.View(type="OrthographicView", controller=True)],
         initial_view_state=view_state,
         map_provider=None,
@@ -203,6 +207,61 @@ def niche_map_deck(
         tooltip=tooltip,
         height=height_px,
     )
+
+
+#: share of a slide's larger side added under it for the scale bar and its label
+_BAR_BAND = 0.1
+
+
+def _cells_extent(points: pd.DataFrame) -> tuple[float, float, float, float]:
+    x0, x1 = (float(points["x"].min()), float(points["x"].max())) if len(points) else (0.0, 1.0)
+    y0, y1 = (float(points["y"].min()), float(points["y"].max())) if len(points) else (0.0, 1.0)
+    return x0, max(x1, x0 + 1e-9), y0, max(y1, y0 + 1e-9)
+
+
+def map_extent(points: pd.DataFrame) -> tuple[float, float, float, float]:
+    """``x0, x1, y0, y1`` of a slide's cells and of the band under them that holds the scale bar."""
+    x0, x1, y0, y1 = _cells_extent(points)
+    return x0, x1, y0, y1 + _BAR_BAND * max(x1 - x0, y1 - y0)
+
+
+def fit_zoom(extents, width_px: int, height_px: int) -> float:
+    """The orthographic zoom (2**zoom pixels per coordinate unit) at which every one of
+    ``extents`` (:func:`map_extent`) fits a chart of ``width_px`` x ``height_px``, 5 % spare."""
+    return min(math.log2(min(width_px / (x1 - x0), height_px / (y1 - y0)) * 0.95) for x0, x1, y0, y1 in extents)
+
+
+def shared_frame(slides: list[pd.DataFrame], width_px: int, height_px: int) -> tuple[float, float]:
+    """``(zoom, scale bar length)`` that draw ``slides`` (their points) to one scale, side by
+    side in charts of ``width_px`` x ``height_px``: the zoom at which the largest fits, the bar
+    of the widest."""
+    extents = [map_extent(points) for points in slides]
+    return fit_zoom(extents, width_px, height_px), scale_bar_length(max(x1 - x0 for x0, x1, _, _ in extents))
+
+
+def scale_bar_length(width: float) -> float:
+    """The longest of 1, 2 or 5 times a power of ten that is at most a fifth of ``width``."""
+    if not width > 0 or not math.isfinite(width):
+        return 0.0
+    target = width / 5
+    power = 10.0 ** math.floor(math.log10(target))
+    return max(m * power for m in (1, 2, 5) if m * power <= target * (1 + 1e-9))
+
+
+def scale_bar_layers(x0: float, x1: float, y: float, *, length: float | None = None) -> list[pdk.Layer]:
+    """A scale bar from ``x0`` at height ``y``, ``length`` long (default
+    :func:`scale_bar_length` of the slide's width), and its length written under it, in the
+    coordinates' own unit (µm or pixels, as the input gave them). Empty for no length."""
+    length = scale_bar_length(x1 - x0) if length is None else length
+    if not length > 0:
+        return []
+    path = pdk.Layer("PathLayer", data=[{"p": [[x0, y], [x0 + length, y]]}], id="scale_bar", get_path="p",
+                     get_color=[60, 60, 60], get_width=3, width_units="'pixels'", pickable=False)
+    text = pdk.Layer("TextLayer", data=[{"p": [x0 + length / 2, y], "s": f"{length:g}"}], id="scale_label",
+                     get_position="p", get_text="s", get_size=12, size_units="'pixels'", get_color=[60, 60, 60],
+                     get_text_anchor="'middle'", get_alignment_baseline="'top'", get_pixel_offset=[0, 5],
+                     font_family="'Source Sans Pro, Helvetica, Arial, sans-serif'", pickable=False)
+    return [path, text]
 
 
 def _swatch(color: str, alpha: float = 1.0) -> str:

@@ -111,18 +111,27 @@ else:
     with pick[2]:
         highlighted = view.highlight(niche_names)
     scale = state.scale(ref, keys.niche)
-    maps = st.columns(2)
+    maps, shown = st.columns(2), []
     for column, patient, tag in zip(maps, (patient_a, patient_b), ("a", "b")):
         with column:
             slides = slides_of[patient]
-            slide = (view.choice(f"slide_{tag}", f"Slide of {patient}", slides, default=slides[0],
-                                 what="slide", per_page=True) if len(slides) > 1 else slides[0])
-            points, n_cells = state.map_points(ref, slide, keys.niche, MAP_POINTS)
+            if len(slides) > 1:
+                slide = view.choice(f"slide_{tag}", f"Slide of {patient}", slides, default=slides[0],
+                                    what="slide", per_page=True)
+            else:  # shown all the same, so that the two maps start level
+                slide = st.selectbox(f"Slide of {patient}", slides, disabled=True, key=f"one_slide_{tag}",
+                                     help=f"{patient} has one slide")
+            shown.append((patient, slide, *state.map_points(ref, slide, keys.niche, MAP_POINTS)))
+    frame = figures.shared_frame([points for _, _, points, _ in shown], 420, 380)  # both to one scale
+    for column, (patient, slide, points, n_cells), tag in zip(maps, shown, ("a", "b")):
+        with column:
             st.markdown(f"**{patient}** · {slide} · {n_cells:,} cells")
             st.pydeck_chart(figures.niche_map_deck(points, scale, highlight=highlighted, sample=slide,
-                                                   width_px=420, height_px=380),
+                                                   width_px=420, height_px=380, frame=frame),
                             height=380, key=f"pair_map_{tag}")
     st.markdown(figures.legend_html(scale, highlight=highlighted), unsafe_allow_html=True)
+    st.caption("Both slides are drawn to one scale: the bar under each is as long as the number under it, in "
+               "the unit of the coordinates.")
     pair = compare_state.patient_pair(ref, patient_a, patient_b)
     st.plotly_chart(compare.patient_difference_figure(pair, colors, patient_a=patient_a,
                                                          patient_b=patient_b), key="pair_difference")

@@ -48,14 +48,15 @@ columns = st.columns(len(chosen))
 # the main column is ~900 px on a laptop screen; a slightly small guess keeps slides uncropped
 width_px = int(880 / len(chosen)) - 16
 height_px = {1: 560, 2: 480, 3: 400, 4: 340}[len(chosen)]
-for column, sample in zip(columns, chosen):
-    points, n_cells = state.map_points(ref, sample, color_by, budget)
+slides = {sample: state.map_points(ref, sample, color_by, budget) for sample in chosen}
+frame = figures.shared_frame([points for points, _ in slides.values()], width_px, height_px)  # one scale
+for column, (sample, (points, n_cells)) in zip(columns, slides.items()):
     if not scale.is_numeric:
         present.update(points["value"].unique())
     selected = select_state.on_map(ref, sample, budget, linked) if show_selection else None
     deck = figures.niche_map_deck(points, scale, highlight=highlighted, sample=sample,
                                   width_px=width_px, height_px=height_px, value_label=value_label,
-                                  selected=selected)
+                                  selected=selected, frame=frame)
     with column:
         st.markdown(f"**{sample}** · {n_cells:,} cells")
         st.pydeck_chart(deck, height=height_px, key=f"map_{sample}")
@@ -64,8 +65,10 @@ for column, sample in zip(columns, chosen):
 
 st.markdown(figures.legend_html(scale, highlight=highlighted, present=present or None),
             unsafe_allow_html=True)
+bar = ("The slides are drawn to one scale; the bar under each is as long as the number under it, in the unit "
+       f"of the coordinates (`obsm['{keys.spatial}']`: µm for most instruments, pixels for some).")
 if notes:
     st.caption(f"Large slides are drawn from a random sample of {budget:,} cells per map "
-               f"(keeps the page responsive): {'; '.join(notes)} cells shown.")
+               f"(keeps the page responsive): {'; '.join(notes)} cells shown. {bar}")
 else:
-    st.caption("Every cell is drawn. Scroll to zoom, drag to pan, hover a cell for details.")
+    st.caption(f"Every cell is drawn. Scroll to zoom, drag to pan, hover a cell for details. {bar}")

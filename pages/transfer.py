@@ -93,24 +93,27 @@ with cols[1]:
                               what="query slide", per_page=True)
 
 maps = st.columns(3)
+ref_points, ref_cells = state.map_points(ref, ref_slide, label_key, MAP_POINTS)
+query_maps = [(transfer_state.map_points(ref, query, label_key, query_slide, colour_by, MAP_POINTS, _adata=adata),
+               colour_by, scale, title, tag) for colour_by, scale, title, tag in (
+    (Keys.TRANSFERRED, transferred, "Transferred label", "labels"),
+    (Keys.CONFIDENCE, transfer.confidence_scale(), "Confidence", "confidence"))]
+frame = figures.shared_frame([ref_points, query_maps[0][0][0]], 300, 340)  # reference and query to one scale
 with maps[0]:
-    points, n_cells = state.map_points(ref, ref_slide, label_key, MAP_POINTS)
-    st.markdown(f"**Reference** · {ref_slide} · {n_cells:,} cells")
-    st.pydeck_chart(figures.niche_map_deck(points, reference_scale, sample=ref_slide, width_px=300,
+    st.markdown(f"**Reference** · {ref_slide} · {ref_cells:,} cells")
+    st.pydeck_chart(figures.niche_map_deck(ref_points, reference_scale, sample=ref_slide, width_px=300,
                                            height_px=340, value_label=None if label_key == keys.niche
-                                           else label_key), height=340, key="transfer_reference_map")
-for column, (colour_by, scale, title, tag) in zip(maps[1:], (
-        (Keys.TRANSFERRED, transferred, "Transferred label", "labels"),
-        (Keys.CONFIDENCE, transfer.confidence_scale(), "Confidence", "confidence"))):
+                                           else label_key, frame=frame), height=340, key="transfer_reference_map")
+for column, ((points, n_cells), colour_by, scale, title, tag) in zip(maps[1:], query_maps):
     with column:
-        points, n_cells = transfer_state.map_points(ref, query, label_key, query_slide, colour_by, MAP_POINTS,
-                                                    _adata=adata)
         st.markdown(f"**{title}** · {query_slide} · {n_cells:,} cells")
         st.pydeck_chart(figures.niche_map_deck(points, scale, sample=query_slide, width_px=300, height_px=340,
-                                               value_label=colour_by),
+                                               value_label=colour_by, frame=frame),
                         height=340, key=f"transfer_{tag}_map")
 st.markdown(figures.legend_html(transferred), unsafe_allow_html=True)
 st.markdown(transfer.confidence_legend_html(), unsafe_allow_html=True)
+st.caption("The reference and the query are drawn to one scale: the bar under each slide is as long as the number "
+           "under it, in the unit of the coordinates.")
 
 # ----------------------------------------------------------------------------- composition
 st.subheader("Composition: query against reference")

@@ -59,6 +59,21 @@ def test_link_reopens_the_same_comparison(runs_dir):
     assert (158, 158, 158, 255) in alphas and len(alphas) > 5
 
 
+def test_the_two_patients_are_drawn_level_and_to_one_scale(runs_dir):
+    at = open_compare({"pa": "P2", "pb": "P4"})
+    assert_clean(at)
+    # P4 has one slide: its slide menu is shown all the same, fixed, so that both maps start level
+    chosen = at.selectbox(key="_w_compare:slide_a")
+    assert chosen.value == "P2_s1" and not chosen.disabled
+    menu = at.selectbox(key="one_slide_b")
+    assert menu.value == "P4_s1" and menu.disabled
+    specs = [json.loads(chart.proto.json) for chart in at.get("deck_gl_json_chart")[:2]]
+    assert specs[0]["initialViewState"]["zoom"] == specs[1]["initialViewState"]["zoom"]
+    bars = [next(layer for layer in spec["layers"] if layer["id"] == "scale_bar") for spec in specs]
+    lengths = [bar["data"][0]["p"][1][0] - bar["data"][0]["p"][0][0] for bar in bars]
+    assert lengths[0] == lengths[1] > 0
+
+
 def test_widgets_write_the_comparison_into_the_url(runs_dir):
     at = open_compare()
     at.selectbox(key="_w_compare:pa").set_value("P3").run()

@@ -226,10 +226,21 @@ def test_niche_map_deck_is_orthographic_without_base_map():
     assert len(layer["data"]) == 6
     first = layer["data"][0]
     assert first["c"] == [*hex_to_rgb(NICHE_PALETTE[0]), 255] and first["n"] == "N1"
-    assert spec["initialViewState"]["target"][:2] == [25.0, 12.5]
+    # centred on the cells (x 0..50, y 0..25) and the scale bar below them (to y 25 + 0.1 x 50)
+    assert spec["initialViewState"]["target"][:2] == [25.0, 15.0]
+    bar, label = spec["layers"][1:]
+    assert bar["@@type"] == "PathLayer" and bar["data"] == [{"p": [[0.0, 27.0], [10.0, 27.0]]}]
+    assert label["@@type"] == "TextLayer" and label["data"] == [{"p": [5.0, 27.0], "s": "10"}]
     # compact JSON: no indentation
     assert "\n" not in deck.to_json()
     assert "P1_s1" in deck._tooltip["html"] and "{n}" in deck._tooltip["html"]
+
+
+@pytest.mark.parametrize("width, length", [(50, 10), (1234, 200), (4999, 500), (5000, 1000), (0.7, 0.1),
+                                           (3, 0.5), (0, 0), (float("nan"), 0)])
+def test_scale_bar_is_a_round_length_of_at_most_a_fifth_of_the_slide(width, length):
+    assert figures.scale_bar_length(width) == pytest.approx(length)
+    assert (figures.scale_bar_layers(0.0, width, 1.0) == []) == (length == 0)
 
 
 def test_niche_map_deck_highlight_dims_others_and_draws_them_first():
