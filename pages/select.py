@@ -111,11 +111,16 @@ for column_box, column, title in ((tabs[0], keys.niche, "Niches"), (tabs[1], key
         st.plotly_chart(select.composition_figure(table, column, reference=reference,
                                                      colors=colors if column == keys.niche else None),
                         key=f"select_comp_{title}")
+        # short headers: the table shares half the page with the other one and would be cut off
         st.dataframe(table, hide_index=True, width="stretch", column_config={
-            "selection_share": st.column_config.NumberColumn("share in selection", format="percent"),
-            "reference_share": st.column_config.NumberColumn(f"share in {reference}", format="percent"),
-            "ratio": st.column_config.NumberColumn("ratio", format="%.2f"),
+            column: st.column_config.TextColumn(column, width=180),
+            "selected": st.column_config.NumberColumn("cells", width=62),
+            "selection_share": st.column_config.NumberColumn("selection", format="percent", width=70),
+            "reference_share": st.column_config.NumberColumn(reference, format="percent", width=70),
+            "ratio": st.column_config.NumberColumn("ratio", format="%.2f", width=56),
         })
+        st.caption(f"Cells selected, and the share of cells in the selection and in {reference}; "
+                   "ratio: the first share over the second.")
 st.download_button(f"Download the {n_selected:,} selected cells (CSV)",
                    select_state.cells(ref, text).to_csv(index=False).encode(),
                    file_name=f"{ref.name}_select.csv", mime="text/csv", key="select_download")
