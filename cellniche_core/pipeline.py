@@ -199,7 +199,7 @@ def fit_run(paths, out: str | Path, options: RunOptions, *, group_keys=(), overw
     ``input_names`` replaces ``paths`` in the manifest's ``inputs`` (e.g. the names of
     uploaded files, when ``paths`` are temporary copies).
     """
-    from .io import read_cohort
+    from .io.read import close_backed, read_cohort
 
     on_stage = on_stage or _quiet
     t0 = time.perf_counter()
@@ -212,8 +212,7 @@ def fit_run(paths, out: str | Path, options: RunOptions, *, group_keys=(), overw
         return _fit_read(adata, paths, out, options, t0=t0, overwrite=overwrite, on_stage=on_stage,
                          should_stop=should_stop, input_names=input_names)
     finally:
-        if adata.isbacked:
-            adata.file.close()
+        close_backed(adata)
 
 
 def _fit_read(adata: ad.AnnData, paths, out, options: RunOptions, *, t0: float, overwrite: bool,
