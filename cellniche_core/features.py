@@ -18,6 +18,11 @@ FEATURE_MODES = ("pheno", "expr", "pheno_expr")
 #: expression with more columns than this is reduced by PCA
 MAX_EXPRESSION_DIMS = 50
 _PCA_FIT_CELLS = 100_000
+#: bytes of the dense float64 (cells x genes) the PCA is fitted on, at most: a sample of
+#: 100,000 cells of a panel of 10,000 genes would be 8 GB. A wider sample has its scaling
+#: measured a block of rows at a time and its PCA fitted on its most variable genes, as many
+#: as fit (:func:`most_variable`; 1,342 at 100,000 cells).
+FIT_BYTES = 2**30
 _CLIP = 10.0
 
 
@@ -41,7 +46,9 @@ class FeatureSpec:
     target_sum: float = 1.0
     mean: list[float] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
-    components: list[list[float]] = field(default_factory=list)  # (n_pcs, n_genes)
+    components: list[list[float]] = field(default_factory=list)  # (n_pcs, n_genes), or of pca_genes
+    # a panel too wide for the PCA's memory: the genes (indices into ``genes``) it was fitted on
+    pca_genes: list[int] | None = None
     # counts: each gene's mean share of a cell's total, so that a query lacking genes is
     # normalised by the total its cells would have over the whole panel
     count_share: list[float] = field(default_factory=list)
@@ -110,7 +117,8 @@ def value_kind(X) -> str:
     """The transform values like ``X``'s get (see :data:`VALUE_KINDS`), from a sample of rows:
     counts get library-size normalisation + log1p; heavy-tailed intensities get log1p."""
     rng = np.random.default_rng(0)
-    rows = rng.choice(X.shape[0], size=min(X.shape[0], 5000), replace=False)
+    size = min(X.shape[0], 5000, max(500, CHUNK_BYTES // (8 * max(1, X.shape[1]))))  # ~256 MB at most
+    rows = rng.choice(X.shape[0], size=size, replace=False)
     sample = _dense_rows(X, np.sort(rows))
     if sample.size == 0 or sample.min() < 0:
         return "none"
@@ -119,8 +127,9 @@ def value_kind(X) -> str:
     return "log1p" if np.percentile(sample, 99) > 20 else "none"
 
 
-def _transform(X, spec: FeatureSpec, *, coverage: float = 1.0) -> np.ndarray:
-    """``coverage``: the share of a cell's counts its columns of ``X`` hold (1: the whole panel)."""
+def _transform(X, spec: FeatureSpec, *, coverage: float = 1.0, in_place: bool = False) -> np.ndarray:
+    """``coverage``: the share of a cell's counts its columns of ``X`` hold (1: the whole panel).
+    ``in_place``: ``X`` is the caller's own float64 array, not needed after, and is overwritten."""
     X = _dense_rows(X)
     if spec.transform == "log1p_norm":
         if X.size and X.min() < 0:  # log1p of a negative share: NaN inputs, every embedding NaN
@@ -131,13 +140,78 @@ def _transform(X, spec: FeatureSpec, *, coverage: float = 1.0) -> np.ndarray:
                 "divided by each cell's total, then log1p): give raw counts, as the model was trained on, "
                 "not scaled or background-subtracted values")
         total = X.sum(1, keepdims=True) / coverage
-        X = X / np.where(total > 0, total, 1.0)  # a new array; then in place, not three more of its size
+        total = np.where(total > 0, total, 1.0)
+        if in_place:
+            X /= total
+        else:
+            X = X / total  # a new array; then in place, not three more of its size
         X *= spec.target_sum
         np.log1p(X, out=X)
     elif spec.transform == "log1p":
-        X = np.clip(X, 0, None)
+        X = np.clip(X, 0, None, out=X if in_place else None)
         np.log1p(X, out=X)
     return X
+
+
+def _sample_blocks(X, rows: np.ndarray):
+    """Dense float64 blocks (ours to overwrite) of the sorted ``rows`` of ``X``, ~CHUNK_BYTES each."""
+    step = max(1, CHUNK_BYTES // (8 * max(1, X.shape[1])))
+    if on_disk(X):
+        for lo, block in row_blocks(X):
+            pick = rows[(rows >= lo) & (rows < lo + block.shape[0])] - lo
+            for j in range(0, len(pick), step):
+                yield _dense_rows(block[pick[j:j + step]])
+    else:
+        for j in range(0, len(rows), step):
+            yield _dense_rows(X[rows[j:j + step]])
+
+
+def most_variable(var: np.ndarray, n_top: int) -> np.ndarray:
+    """Indices (sorted) of the ``n_top`` genes of highest variance of their transformed values
+    (log-normalised counts: the genes that vary from cell to cell, not those at a low level in
+    a few cells). Genes of no variance are never chosen."""
+    order = np.argsort(-var, kind="stable")[:n_top]
+    return np.sort(order[var[order] > 0])
+
+
+def _fit_wide(X, rows: np.ndarray, spec: FeatureSpec, seed: int) -> None:
+    """Scaling and PCA of a sample too wide for :data:`FIT_BYTES` (see :func:`fit_features`):
+    the mean and spread of every gene summed a block of rows at a time, then the PCA fitted
+    on the most variable genes that fit."""
+    from sklearn.decomposition import PCA
+
+    n_genes = X.shape[1]
+    total, total_sq, share, counted = np.zeros(n_genes), np.zeros(n_genes), np.zeros(n_genes), 0
+    for block in _sample_blocks(X, rows):
+        if spec.transform == "log1p_norm":
+            sums = block.sum(1)
+            has = sums > 0
+            share += (block[has] / sums[has, None]).sum(0)
+            counted += int(has.sum())
+        block = _transform(block, spec, in_place=True)
+        total += block.sum(0)
+        total_sq += np.square(block).sum(0)
+    if spec.transform == "log1p_norm":
+        spec.count_share = (share / max(counted, 1)).tolist()
+    mean = total / len(rows)
+    var = np.maximum(total_sq / len(rows) - mean ** 2, 0.0)
+    sd = np.sqrt(var)
+    sd[sd == 0] = 1.0
+    spec.mean, spec.scale = mean.tolist(), sd.tolist()
+    chosen = most_variable(var, max(MAX_EXPRESSION_DIMS, FIT_BYTES // (8 * len(rows))))
+    Xs = np.empty((len(rows), len(chosen)))
+    at = 0
+    for block in _sample_blocks(X, rows):
+        z = (_transform(block, spec, in_place=True)[:, chosen] - mean[chosen]) / sd[chosen]
+        Xs[at:at + len(z)] = np.clip(z, -_CLIP, _CLIP)
+        at += len(z)
+    pca = PCA(n_components=MAX_EXPRESSION_DIMS, random_state=seed, copy=False).fit(Xs)
+    spec.components, spec.pca_genes = pca.components_.tolist(), chosen.tolist()
+
+
+def _column_sd(X: np.ndarray, block: int = 256) -> np.ndarray:
+    """``X.std(0)`` a block of columns at a time (the same numbers, without a copy of ``X``)."""
+    return np.concatenate([X[:, j:j + block].std(0) for j in range(0, X.shape[1], block)] or [np.empty(0)])
 
 
 def _count_share(X: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -176,12 +250,15 @@ def fit_features(adata, *, mode: str, cell_type_key: str, seed: int = 0) -> Feat
         rng = np.random.default_rng(seed)
         n = adata.n_obs
         rows = np.sort(rng.choice(n, size=min(n, _PCA_FIT_CELLS), replace=False))
-        raw = _dense_rows(adata.X, rows)  # read once, for the shares and the scaling
+        if len(rows) * adata.n_vars * 8 > FIT_BYTES and adata.n_vars > MAX_EXPRESSION_DIMS:
+            _fit_wide(adata.X, rows, spec, seed)
+            return spec
+        raw = _dense_rows(adata.X, rows)  # read once, for the shares and the scaling; a copy, ours
         if spec.transform == "log1p_norm":
             spec.count_share = _count_share(raw).tolist()
-        Xs = _transform(raw, spec)
+        Xs = _transform(raw, spec, in_place=True)
         del raw
-        mean, sd = Xs.mean(0), Xs.std(0)
+        mean, sd = Xs.mean(0), _column_sd(Xs)
         sd[sd == 0] = 1.0
         spec.mean, spec.scale = mean.tolist(), sd.tolist()
         if Xs.shape[1] > MAX_EXPRESSION_DIMS:
@@ -256,9 +333,11 @@ def make_features(adata, spec: FeatureSpec, *, cell_type_key: str, X=None,
             block = np.empty((hi - lo, len(spec.genes)))
             block[:, ~have] = mean[~have]  # a missing gene sits at the training mean: z = 0
             if have.any():
-                block[:, have] = _transform(source[lo:hi][:, pos[have]], spec,  # genes picked before densifying
+                block[:, have] = _transform(source[lo:hi][:, pos[have]], spec, in_place=True,  # a copy, ours
                                             coverage=max(coverage, 1e-6))
             z = np.clip((block - mean) / scale, -_CLIP, _CLIP)
+            if spec.pca_genes:  # a wide panel's PCA reads its most variable genes
+                z = z[:, spec.pca_genes]
             Z[lo:hi] = z @ components.T if components is not None else z
         parts.append(Z)
     return np.concatenate(parts, axis=1), report

@@ -57,3 +57,41 @@ def test_negative_values_against_a_counts_model_are_refused():
     assert scaled_spec.transform == "none" and not scaled_spec.count_share
     x, _ = make_features(scaled, scaled_spec, cell_type_key="cell_type")
     assert np.isfinite(x).all()
+
+
+def test_a_panel_too_wide_for_the_fit_budget_is_fitted_on_its_most_variable_genes(monkeypatch):
+    import scipy.sparse as sp
+
+    from cellniche_core import features
+
+    cohort = _counts(n=600, genes=300, seed=1)
+    narrow = fit_features(cohort, mode="expr", cell_type_key="cell_type")
+    assert narrow.pca_genes is None and len(narrow.components) == 50
+    monkeypatch.setattr(features, "FIT_BYTES", 600 * 120 * 8)  # room for 120 of the 300 genes
+    monkeypatch.setattr(features, "CHUNK_BYTES", 8 * 300 * 64)  # blocks of 64 rows
+    cohort.X = sp.csr_matrix(cohort.X)
+    wide = fit_features(cohort, mode="expr", cell_type_key="cell_type")
+    assert len(wide.pca_genes) == 120 and np.shape(wide.components) == (50, 120)
+    # the scaling of every gene and the count shares are those of the whole sample, read by blocks
+    np.testing.assert_allclose(wide.mean, narrow.mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(wide.scale, narrow.scale, rtol=1e-6)
+    np.testing.assert_allclose(wide.count_share, narrow.count_share, rtol=1e-9)
+    # the PCA's genes are the 120 of highest variance
+    variance = np.square(np.asarray(narrow.scale))
+    assert set(wide.pca_genes) == set(np.argsort(-variance)[:120].tolist())
+    x, _ = make_features(cohort, wide, cell_type_key="cell_type")
+    z = np.clip((features._transform(cohort.X, wide) - wide.mean) / wide.scale, -10, 10)
+    np.testing.assert_allclose(x, z[:, wide.pca_genes] @ np.asarray(wide.components).T, rtol=1e-5, atol=1e-5)
+    # a stored spec reads back, and one from before the field (no pca_genes) still loads
+    assert features.FeatureSpec.from_dict(wide.to_dict()) == wide
+    old = narrow.to_dict()
+    del old["pca_genes"]
+    assert features.FeatureSpec.from_dict(old).pca_genes is None
+
+
+def test_most_variable_takes_the_highest_variances_and_never_a_constant_gene():
+    from cellniche_core.features import most_variable
+
+    var = np.array([0.5, 0.0, 2.0, 0.1, 1.0])
+    assert most_variable(var, 2).tolist() == [2, 4]
+    assert most_variable(var, 5).tolist() == [0, 2, 3, 4]
