@@ -59,7 +59,7 @@ def test_negative_values_against_a_counts_model_are_refused():
     assert np.isfinite(x).all()
 
 
-def test_a_panel_too_wide_for_the_fit_budget_is_fitted_on_its_most_variable_genes(monkeypatch):
+def test_a_panel_too_wide_for_the_fit_budget_is_fitted_on_its_most_variable_genes(monkeypatch, tmp_path):
     import scipy.sparse as sp
 
     from cellniche_core import features
@@ -82,6 +82,16 @@ def test_a_panel_too_wide_for_the_fit_budget_is_fitted_on_its_most_variable_gene
     x, _ = make_features(cohort, wide, cell_type_key="cell_type")
     z = np.clip((features._transform(cohort.X, wide) - wide.mean) / wide.scale, -10, 10)
     np.testing.assert_allclose(x, z[:, wide.pca_genes] @ np.asarray(wide.components).T, rtol=1e-5, atol=1e-5)
+    # the same from a dense X left on disk (a backed .h5ad), read a block of rows at a time
+    cohort.X = cohort.X.toarray()
+    cohort.write_h5ad(tmp_path / "c.h5ad")
+    backed = ad.read_h5ad(tmp_path / "c.h5ad", backed="r")
+    try:
+        on_disk = fit_features(backed, mode="expr", cell_type_key="cell_type")
+    finally:
+        backed.file.close()
+    assert on_disk.pca_genes == wide.pca_genes
+    np.testing.assert_allclose(on_disk.components, wide.components, atol=1e-6)
     # a stored spec reads back, and one from before the field (no pca_genes) still loads
     assert features.FeatureSpec.from_dict(wide.to_dict()) == wide
     old = narrow.to_dict()
