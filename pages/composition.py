@@ -24,7 +24,7 @@ if keys.cell_type in current.run.adata.obs:
 else:
     st.info(f"This run has no cell-type column (`{keys.cell_type}`).")
 
-left, right = st.columns([3, 2])
+left, right = st.columns(2)
 with left:
     st.subheader("Top markers")
     if current.run.adata.n_vars:
@@ -38,4 +38,12 @@ with left:
 with right:
     st.subheader("Niche sizes")
     st.plotly_chart(figures.niche_size_figure(sizes, colors), key="sizes")
-    st.dataframe(sizes.style.format({"fraction": "{:.1%}"}), width="stretch")
+    # set widths: at the default ones the last column fell outside the half page
+    st.dataframe(sizes.style.format({"fraction": "{:.1%}"}), width="stretch", column_config={
+        "_index": st.column_config.TextColumn("niche", width=170),
+        "cells": st.column_config.NumberColumn("cells", width=58),
+        "fraction": st.column_config.NumberColumn("share", width=62,
+                                                  help="share of all the cohort's cells"),
+        "slides": st.column_config.NumberColumn("slides", width=52, help="slides where the niche is present"),
+        "patients": st.column_config.NumberColumn("patients", width=64, help="patients where it is present"),
+    })
