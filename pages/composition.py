@@ -27,8 +27,14 @@ else:
 left, right = st.columns(2)
 with left:
     st.subheader("Top markers")
-    if current.run.adata.n_vars:
-        scores = state.markers(ref)
+    scores, problem = None, None
+    try:
+        scores = state.markers(ref) if current.run.adata.n_vars else None
+    except OSError as exc:  # the run's file gone since it was opened: a message, not a traceback
+        problem = exc
+    if problem is not None:
+        st.error(f"The markers could not be read: {problem}")
+    elif scores is not None:
         st.dataframe(tables.top_markers(scores, n_top=5)[["markers"]], width="stretch")
         st.caption("Mean z-scored expression per niche; the five highest per niche.")
         with st.expander("All markers"):

@@ -90,7 +90,13 @@ class Run:
         if not self.x_on_disk:
             yield self.adata.X
             return
-        with h5py.File(self.path / RUN_ADATA, "r") as f:
+        path = Path(self.path) / RUN_ADATA
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise FileNotFoundError(f"{path}: the run's cohort file cannot be read any more ({short_reason(exc)}); "
+                                    "was the run deleted or replaced since it was opened?") from exc
+        with f:
             node = f.get("X")
             if isinstance(node, h5py.Group):
                 node = ad.io.sparse_dataset(node)

@@ -95,6 +95,17 @@ def test_a_run_loaded_without_expression_reads_it_from_disk_where_needed(fitted,
     np.testing.assert_array_equal(q.obs["transfer_distance"], query[0].obs["transfer_distance"])
 
 
+def test_a_run_whose_file_is_gone_says_so_when_its_expression_is_needed(fitted, tmp_path):
+    import shutil
+
+    run_dir = shutil.copytree(fitted[3], tmp_path / "run")
+    lazy = load_run(run_dir, with_weights=False, expression=False)
+    (run_dir / "cohort.h5ad").unlink()
+    with pytest.raises(FileNotFoundError, match="cohort file cannot be read any more.*deleted or replaced"):
+        with lazy.expression():
+            pass
+
+
 def test_marker_scores_read_by_blocks_are_the_z_scores_of_the_niche_means(monkeypatch):
     from cellniche_core.niches import marker_scores
 
