@@ -68,8 +68,16 @@ class FeatureSpec:
             n += len(self.components) if self.components else len(self.genes)
         return n
 
+    @property
+    def input_genes(self) -> list[str]:
+        """The genes the inputs depend on: the panel, or the PCA's genes of a wide one."""
+        return [self.genes[i] for i in self.pca_genes] if self.pca_genes else self.genes
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["pca_genes"] is None:  # as before the field existed, so that older releases read it
+            del d["pca_genes"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureSpec:
@@ -93,9 +101,12 @@ def _dense_rows(X, rows=None) -> np.ndarray:
     """``X`` (or its ``rows``, sorted) as a dense float64 array; an on-disk ``X`` is read in blocks."""
     if rows is not None and on_disk(X):
         rows = np.asarray(rows)
-        parts = [_dense_rows(block[rows[(rows >= lo) & (rows < lo + block.shape[0])] - lo])
-                 for lo, block in row_blocks(X)]
-        return np.concatenate(parts) if parts else np.empty((0, X.shape[1]))
+        out, at = np.empty((len(rows), X.shape[1])), 0  # filled block by block: held once
+        for lo, block in row_blocks(X):
+            part = _dense_rows(block[rows[(rows >= lo) & (rows < lo + block.shape[0])] - lo])
+            out[at:at + len(part)] = part
+            at += len(part)
+        return out
     X = X if rows is None else X[rows]
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
     return X.astype(np.float64, copy=False)
@@ -169,9 +180,8 @@ def _sample_blocks(X, rows: np.ndarray):
 def most_variable(var: np.ndarray, n_top: int) -> np.ndarray:
     """Indices (sorted) of the ``n_top`` genes of highest variance of their transformed values
     (log-normalised counts: the genes that vary from cell to cell, not those at a low level in
-    a few cells). Genes of no variance are never chosen."""
-    order = np.argsort(-var, kind="stable")[:n_top]
-    return np.sort(order[var[order] > 0])
+    a few cells)."""
+    return np.sort(np.argsort(-var, kind="stable")[:n_top])
 
 
 def _fit_wide(X, rows: np.ndarray, spec: FeatureSpec, seed: int) -> None:
@@ -205,7 +215,7 @@ def _fit_wide(X, rows: np.ndarray, spec: FeatureSpec, seed: int) -> None:
         z = (_transform(block, spec, in_place=True)[:, chosen] - mean[chosen]) / sd[chosen]
         Xs[at:at + len(z)] = np.clip(z, -_CLIP, _CLIP)
         at += len(z)
-    pca = PCA(n_components=MAX_EXPRESSION_DIMS, random_state=seed, copy=False).fit(Xs)
+    pca = PCA(n_components=min(MAX_EXPRESSION_DIMS, len(rows)), random_state=seed, copy=False).fit(Xs)
     spec.components, spec.pca_genes = pca.components_.tolist(), chosen.tolist()
 
 

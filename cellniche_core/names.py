@@ -104,6 +104,15 @@ def auto_names_for(adata, *, niche_key: str, cell_type_key: str | None, X=None) 
     return {n: "" for n in pd.unique(niche)}
 
 
+def run_auto_names(run, niche_key: str) -> dict[str, str]:
+    """:func:`auto_names_for` of a loaded run; its expression matrix is read (from disk, for a
+    run loaded without it) only when there is no cell-type column to name the niches by."""
+    if run.keys.cell_type in run.adata.obs:
+        return auto_names_for(run.adata, niche_key=niche_key, cell_type_key=run.keys.cell_type)
+    with run.expression() as X:
+        return auto_names_for(run.adata, niche_key=niche_key, cell_type_key=None, X=X)
+
+
 # ----------------------------------------------------------------------------- labels
 
 
@@ -268,7 +277,6 @@ def named_run(run, *, niche_key: str | None = None):
         return run
     # the names file is read again: a run cached by the dashboard sees a rename
     names = given_names(run.path, run.manifest)
-    with run.expression() as X:
-        auto = auto_names_for(run.adata, niche_key=niche_key, cell_type_key=run.keys.cell_type, X=X)
-    labels = niche_labels([str(c) for c in pd.unique(run.adata.obs[niche_key].astype(str))], auto, names)
+    labels = niche_labels([str(c) for c in pd.unique(run.adata.obs[niche_key].astype(str))],
+                          run_auto_names(run, niche_key), names)
     return replace(run, adata=with_labels(run.adata, labels, niche_key=niche_key), niche_names=names)

@@ -411,10 +411,10 @@ def _check_alignable(query: ad.AnnData, spec: FeatureSpec, *, cell_type_key: str
                 "to align; rename the labels to the reference's names")
     if spec.uses_expression:
         var = set(map(str, query.var_names))
-        if not var & set(spec.genes):
+        if not var & set(spec.input_genes):  # of a wide panel, the genes its PCA reads
             raise CohortError(
                 f"{source}: none of its {len(var)} genes/proteins (var names {sorted(var)[:_SHOW]}) is "
-                f"in the reference panel of {len(spec.genes)} ({spec.genes[:_SHOW]}): nothing to align")
+                f"in the reference panel of {len(spec.input_genes)} ({spec.input_genes[:_SHOW]}): nothing to align")
 
 
 def read_query(run, path: str | os.PathLike) -> ad.AnnData:

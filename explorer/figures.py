@@ -216,7 +216,7 @@ _BAR_BAND = 0.1
 def _cells_extent(points: pd.DataFrame) -> tuple[float, float, float, float]:
     x0, x1 = (float(points["x"].min()), float(points["x"].max())) if len(points) else (0.0, 1.0)
     y0, y1 = (float(points["y"].min()), float(points["y"].max())) if len(points) else (0.0, 1.0)
-    return x0, max(x1, x0 + 1e-9), y0, max(y1, y0 + 1e-9)
+    return x0, x1, y0, y1  # a slide of one row or column of cells has a span of 0: fit_zoom clamps it
 
 
 def map_extent(points: pd.DataFrame) -> tuple[float, float, float, float]:
@@ -228,7 +228,8 @@ def map_extent(points: pd.DataFrame) -> tuple[float, float, float, float]:
 def fit_zoom(extents, width_px: int, height_px: int) -> float:
     """The orthographic zoom (2**zoom pixels per coordinate unit) at which every one of
     ``extents`` (:func:`map_extent`) fits a chart of ``width_px`` x ``height_px``, 5 % spare."""
-    return min(math.log2(min(width_px / (x1 - x0), height_px / (y1 - y0)) * 0.95) for x0, x1, y0, y1 in extents)
+    return min(math.log2(min(width_px / max(x1 - x0, 1e-9), height_px / max(y1 - y0, 1e-9)) * 0.95)
+               for x0, x1, y0, y1 in extents)
 
 
 def shared_frame(slides: list[pd.DataFrame], width_px: int, height_px: int) -> tuple[float, float]:

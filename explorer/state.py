@@ -17,7 +17,7 @@ import streamlit as st
 from cellniche_core.io import Run, list_runs, load_run
 from cellniche_core.keys import RUN_ADATA, RUN_MANIFEST, RunKeys
 from cellniche_core.metrics import batch_mixing
-from cellniche_core.names import NAMES_FILE, auto_names_for, label, named_run, niche_id, read_names, write_names
+from cellniche_core.names import NAMES_FILE, label, named_run, niche_id, read_names, run_auto_names, write_names
 from cellniche_core.niches import enrichment, marker_scores, niche_categories
 
 from . import tables
@@ -87,8 +87,7 @@ def niche_names_table(ref: RunRef) -> pd.DataFrame:
     """One row per niche: ``niche`` (id), ``auto_name``, ``name`` (the user's, or empty), ``label``."""
     run = _read(ref.path, ref.stamp)
     keys = run.keys
-    with run.expression() as X:
-        auto = auto_names_for(run.adata, niche_key=keys.niche, cell_type_key=keys.cell_type, X=X)
+    auto = run_auto_names(run, keys.niche)
     given = read_names(ref.path)
     ids = niche_categories(run.adata.obs[keys.niche])
     return pd.DataFrame({"niche": ids, "auto_name": [auto.get(n, "") for n in ids],
@@ -204,8 +203,8 @@ def cell_type_enrichment(ref: RunRef) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def markers(ref: RunRef) -> pd.DataFrame:
-    """(niches x features) mean z-scored expression."""
+def markers(ref: RunRef) -> pd.DataFrame | None:
+    """(niches x features) mean z-scored expression; None for a run without an expression matrix."""
     run = load(ref)
     with run.expression() as X:
-        return marker_scores(run.adata, niche_key=run_keys(ref).niche, X=X)
+        return None if X is None else marker_scores(run.adata, niche_key=run_keys(ref).niche, X=X)

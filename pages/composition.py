@@ -40,7 +40,7 @@ with left:
         with st.expander("All markers"):
             st.plotly_chart(figures.marker_heatmap(scores), key="markers")
     else:
-        st.info("This run has no features in `var`.")
+        st.info("This run has no expression matrix (`X`, with its genes or proteins in `var`) to find markers in.")
 with right:
     st.subheader("Niche sizes")
     st.plotly_chart(figures.niche_size_figure(sizes, colors), key="sizes")

@@ -100,8 +100,11 @@ class Run:
             node = f.get("X")
             if isinstance(node, h5py.Group):
                 node = ad.io.sparse_dataset(node)
-                if node.format != "csr":  # a block of rows of a CSC matrix reads all of it
-                    node = node.to_memory()
+            if node is not None and tuple(node.shape) != tuple(self.adata.shape):
+                raise FileNotFoundError(f"{path}: X has shape {tuple(node.shape)}, not the {self.adata.shape} of the "
+                                        "run opened; was the run replaced since it was opened?")
+            if isinstance(node, ad.abc.CSCDataset):  # a block of rows of a CSC matrix reads all of it
+                node = node.to_memory()
             yield node
 
     def graph(self) -> SpatialGraph:

@@ -236,7 +236,10 @@ def _rows_with_nonfinite(x: Any, chunk_size: int = 65_536) -> np.ndarray:
             coo = x.tocoo()
             rows = coo.row[~np.isfinite(coo.data)]
         return np.unique(rows)
-    # row chunks bound the temporary boolean mask for atlas-sized dense X (or one on disk)
+    # row chunks of ~CHUNK_BYTES bound the temporary mask for atlas-sized dense X (or one on disk)
+    from ..features import CHUNK_BYTES
+
+    chunk_size = max(1, min(chunk_size, CHUNK_BYTES // (np.dtype(x.dtype).itemsize * max(1, x.shape[1]))))
     found = []
     for start in range(0, x.shape[0], chunk_size):
         block = x[start : start + chunk_size]

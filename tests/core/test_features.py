@@ -95,7 +95,7 @@ def test_a_panel_too_wide_for_the_fit_budget_is_fitted_on_its_most_variable_gene
     # a stored spec reads back, and one from before the field (no pca_genes) still loads
     assert features.FeatureSpec.from_dict(wide.to_dict()) == wide
     old = narrow.to_dict()
-    del old["pca_genes"]
+    assert "pca_genes" not in old  # written as before the field, so that older releases read it
     assert features.FeatureSpec.from_dict(old).pca_genes is None
 
 
@@ -104,4 +104,22 @@ def test_most_variable_takes_the_highest_variances_and_never_a_constant_gene():
 
     var = np.array([0.5, 0.0, 2.0, 0.1, 1.0])
     assert most_variable(var, 2).tolist() == [2, 4]
-    assert most_variable(var, 5).tolist() == [0, 2, 3, 4]
+    assert most_variable(var, 4).tolist() == [0, 2, 3, 4]  # a constant gene only when too few vary
+
+
+def test_a_wide_panel_with_fewer_varying_genes_than_components_still_fits(monkeypatch):
+    import scipy.sparse as sp
+
+    from cellniche_core import features
+
+    x = np.zeros((300, 200), dtype=np.float32)
+    x[:, :10] = np.random.default_rng(0).poisson(3.0, (300, 10))
+    cohort = ad.AnnData(sp.csr_matrix(x), obs=pd.DataFrame(index=[f"c{i}" for i in range(300)]),
+                        var=pd.DataFrame(index=[f"g{i}" for i in range(200)]))
+    monkeypatch.setattr(features, "FIT_BYTES", 300 * 60 * 8)  # 60 of the 200 genes
+    spec = fit_features(cohort, mode="expr", cell_type_key="cell_type")
+    assert len(spec.pca_genes) == 60 and set(range(10)) <= set(spec.pca_genes)
+    inputs, _ = make_features(cohort, spec, cell_type_key="cell_type")
+    assert inputs.shape == (300, 50) and np.isfinite(inputs).all()
+    assert spec.input_genes == [f"g{i}" for i in spec.pca_genes]
+    assert "pca_genes" not in fit_features(cohort[:, :40].copy(), mode="expr", cell_type_key="cell_type").to_dict()

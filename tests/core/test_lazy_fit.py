@@ -100,8 +100,13 @@ def test_a_run_whose_file_is_gone_says_so_when_its_expression_is_needed(fitted, 
 
     run_dir = shutil.copytree(fitted[3], tmp_path / "run")
     lazy = load_run(run_dir, with_weights=False, expression=False)
+    cells = ad.read_h5ad(run_dir / "cohort.h5ad")
     (run_dir / "cohort.h5ad").unlink()
     with pytest.raises(FileNotFoundError, match="cohort file cannot be read any more.*deleted or replaced"):
+        with lazy.expression():
+            pass
+    cells[:100].copy().write_h5ad(run_dir / "cohort.h5ad")  # another run's file in its place
+    with pytest.raises(FileNotFoundError, match=r"X has shape \(100, .*replaced since it was opened"):
         with lazy.expression():
             pass
 

@@ -243,6 +243,15 @@ def test_scale_bar_is_a_round_length_of_at_most_a_fifth_of_the_slide(width, leng
     assert (figures.scale_bar_layers(0.0, width, 1.0) == []) == (length == 0)
 
 
+def test_a_slide_of_one_column_of_cells_far_from_the_origin_is_drawn():
+    points = _points().assign(x=3e7, y=3e7 + np.arange(6.0))  # no width: 3e7 + 1e-9 == 3e7
+    zoom, bar = figures.shared_frame([points], 400, 400)
+    assert np.isfinite(zoom) and bar == 0
+    spec = json.loads(figures.niche_map_deck(points, color_scale(points["niche"], column="niche", kind="niche"),
+                                             frame=(zoom, bar)).to_json())
+    assert [layer["@@type"] for layer in spec["layers"]] == ["ScatterplotLayer"]  # no bar of no length
+
+
 def test_niche_map_deck_highlight_dims_others_and_draws_them_first():
     points = _points()
     scale = color_scale(points["niche"], column="niche", kind="niche")
