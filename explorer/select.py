@@ -254,7 +254,8 @@ def composition_figure(table: pd.DataFrame, column: str, *, reference: str, colo
                hovertemplate="%{y}: %{x:.1%}<extra>selection</extra>"),
         # the legend's "selection" entry: its bars take each niche's colour, so the entry
         # would take the first niche's; a marker-only trace with no point shows a neutral one
-        legend_swatch("selection", SELECTION_COLOR if colors is None else MIXED_COLOR)])
+        legend_swatch("selection" if colors is None else "selection (niche colours)",
+                      SELECTION_COLOR if colors is None else MIXED_COLOR)])
     fig.update_layout(**LABEL_AXES, barmode="group", height=max(240, 34 * len(table) + 90),
                       margin=dict(l=10, r=10, t=40, b=10), xaxis=dict(tickformat=".0%", title="share of cells"),
                       # above the bars, whatever the chart's height (at y=1.08 it covered the top bar

@@ -74,9 +74,10 @@ def test_composition_against_the_cohort_and_the_slide():
     assert [t.name for t in bars] == ["the cohort", "selection"] and not bars[1].showlegend
     assert set(bars[1].marker.color) == {"#ff7f0e", "#2ca02c"}
     swatch = next(t for t in fig.data if t.type == "scatter")
-    assert swatch.name == "selection" and swatch.marker.color == selection.MIXED_COLOR
+    assert swatch.name == "selection (niche colours)" and swatch.marker.color == selection.MIXED_COLOR
     fig = selection.composition_figure(table.reset_index(), "niche", reference="the cohort")
-    assert next(t for t in fig.data if t.type == "scatter").marker.color == selection.SELECTION_COLOR
+    swatch = next(t for t in fig.data if t.type == "scatter")
+    assert swatch.name == "selection" and swatch.marker.color == selection.SELECTION_COLOR
 
 
 def test_select_page_from_a_link_and_the_maps_page_dims_the_rest(tmp_path, small_run, monkeypatch):
