@@ -394,6 +394,24 @@ def neighbourhood_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarra
     return out
 
 
+def describe_inputs(spec: FeatureSpec) -> str:
+    """What the encoder reads, in words: ``"cell type (12 types)"``, ``"expression of 10,000
+    genes (counts: log of counts per cell, z-scored; 50 principal components of the 2,716
+    most variable)"``; both joined by " + " for ``pheno_expr``."""
+    parts = []
+    if spec.uses_types:
+        parts.append(f"cell type ({len(spec.cell_types):,} types)")
+    if spec.uses_expression:
+        how = {"log1p_norm": "counts: log of counts per cell", "log1p": "intensities: log"}.get(spec.transform,
+                                                                                                 "values as given")
+        pcs = ""
+        if spec.components:
+            of = (f"the {len(spec.pca_genes):,} most variable" if spec.pca_genes else "all")
+            pcs = f"; {len(spec.components)} principal components of {of}"
+        parts.append(f"expression of {len(spec.genes):,} genes ({how}, z-scored{pcs})")
+    return " + ".join(parts)
+
+
 def describe_alignment(alignment: dict, *, show: int = 10) -> list[str]:
     """One readable line per thing the feature alignment had to do (:func:`make_features`, and
     the query's kind of values, see :func:`~cellniche_core.transfer.annotate_query`)."""

@@ -9,6 +9,7 @@ import streamlit as st
 from explorer import figures, state, view
 from explorer.palette import niche_colors
 
+from cellniche_core.features import FeatureSpec, describe_inputs
 from cellniche_core.scale import scale_lines
 
 st.title("Cohort overview")
@@ -39,7 +40,8 @@ with right:
     with st.expander("Run details"):
         truth = (manifest.get("metrics") or {}).get("vs_true_niche")
         lines = [f"- niches: {manifest.get('n_niches')} ({manifest.get('niche_rule', 'n/a')})",
-                 f"- encoder input: {manifest.get('features', 'n/a')}",
+                 f"- encoder input: {manifest.get('features', 'n/a')}, "
+                 f"{describe_inputs(FeatureSpec.from_dict(current.run.model_config['features']))}",
                  f"- device: {manifest.get('device', 'n/a')}, seed {manifest.get('seed', 'n/a')}",
                  f"- created: {manifest.get('created', 'n/a')}"]
         if truth:

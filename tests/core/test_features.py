@@ -123,3 +123,19 @@ def test_a_wide_panel_with_fewer_varying_genes_than_components_still_fits(monkey
     assert inputs.shape == (300, 50) and np.isfinite(inputs).all()
     assert spec.input_genes == [f"g{i}" for i in spec.pca_genes]
     assert "pca_genes" not in fit_features(cohort[:, :40].copy(), mode="expr", cell_type_key="cell_type").to_dict()
+
+
+def test_the_inputs_are_described_in_words(monkeypatch):
+    from cellniche_core import features
+    from cellniche_core.features import describe_inputs
+
+    cohort = _counts(n=300, genes=80)
+    assert describe_inputs(fit_features(cohort, mode="expr", cell_type_key="cell_type")) == (
+        "expression of 80 genes (counts: log of counts per cell, z-scored; 50 principal components of all)")
+    monkeypatch.setattr(features, "FIT_BYTES", 300 * 60 * 8)
+    assert describe_inputs(fit_features(cohort, mode="expr", cell_type_key="cell_type")).endswith(
+        "50 principal components of the 60 most variable)")
+    cohort.obs["cell_type"] = ["T", "B", "tumour"] * 100
+    both = fit_features(cohort[:, :20].copy(), mode="pheno_expr", cell_type_key="cell_type")
+    assert describe_inputs(both) == ("cell type (3 types) + expression of 20 genes "
+                                     "(counts: log of counts per cell, z-scored)")
