@@ -206,7 +206,7 @@ def _fit_wide(X, rows: np.ndarray, spec: FeatureSpec, seed: int) -> None:
     mean = total / len(rows)
     var = np.maximum(total_sq / len(rows) - mean ** 2, 0.0)
     sd = np.sqrt(var)
-    sd[sd == 0] = 1.0
+    sd = _unit_if_constant(sd, mean)
     spec.mean, spec.scale = mean.tolist(), sd.tolist()
     chosen = most_variable(var, max(MAX_EXPRESSION_DIMS, FIT_BYTES // (8 * len(rows))))
     Xs = np.empty((len(rows), len(chosen)))
@@ -217,6 +217,15 @@ def _fit_wide(X, rows: np.ndarray, spec: FeatureSpec, seed: int) -> None:
         at += len(z)
     pca = PCA(n_components=min(MAX_EXPRESSION_DIMS, len(rows)), random_state=seed, copy=False).fit(Xs)
     spec.components, spec.pca_genes = pca.components_.tolist(), chosen.tolist()
+
+
+def _unit_if_constant(sd: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``sd`` with 1 for a constant column: one whose spread is rounding error (a constant 2.7
+    has a float spread of ~2e-14, or ~4e-8 summed by blocks, which would read any other value
+    as z = +-10)."""
+    sd = sd.copy()
+    sd[sd <= 1e-6 * np.maximum(np.abs(mean), 1.0)] = 1.0
+    return sd
 
 
 def _column_sd(X: np.ndarray, block: int = 256) -> np.ndarray:
@@ -269,7 +278,7 @@ def fit_features(adata, *, mode: str, cell_type_key: str, seed: int = 0) -> Feat
         Xs = _transform(raw, spec, in_place=True)
         del raw
         mean, sd = Xs.mean(0), _column_sd(Xs)
-        sd[sd == 0] = 1.0
+        sd = _unit_if_constant(sd, mean)
         spec.mean, spec.scale = mean.tolist(), sd.tolist()
         if Xs.shape[1] > MAX_EXPRESSION_DIMS:
             from sklearn.decomposition import PCA

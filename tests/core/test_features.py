@@ -139,3 +139,22 @@ def test_the_inputs_are_described_in_words(monkeypatch):
     both = fit_features(cohort[:, :20].copy(), mode="pheno_expr", cell_type_key="cell_type")
     assert describe_inputs(both) == ("cell type (3 types) + expression of 20 genes "
                                      "(counts: log of counts per cell, z-scored)")
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_a_constant_channel_is_not_scaled_by_its_rounding_error(wide, monkeypatch):
+    from cellniche_core import features
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(5.0, 1.0, (500, 60))
+    x[:, 3] = 2.7  # a channel constant in the reference, e.g. a stain that failed
+    if wide:  # the spread summed by blocks, the PCA on the 55 most variable channels
+        monkeypatch.setattr(features, "FIT_BYTES", 500 * 55 * 8)
+    spec = fit_features(ad.AnnData(x), mode="expr", cell_type_key="cell_type")
+    assert spec.transform == "none" and spec.scale[3] == 1.0
+    assert (spec.pca_genes is not None) == wide and 3 not in (spec.pca_genes or [])
+    query = x[:5].copy()
+    query[:, 3] = 2.8
+    one = features.FeatureSpec(mode="expr", genes=spec.genes, mean=spec.mean, scale=spec.scale)  # no PCA
+    inputs, _ = make_features(ad.AnnData(query), one, cell_type_key="cell_type")
+    np.testing.assert_allclose(inputs[:, 3], 0.1, atol=1e-6)  # 0.1 above the reference, not z = 10
