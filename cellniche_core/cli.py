@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="train on a cohort and write a run folder",
                          description="Train on all slides of a cohort, embed every cell, call niches and write "
                                      "RUN_DIR (cohort.h5ad, model.pt, model.json, manifest.json) atomically.")
-    fit.add_argument("inputs", nargs="+", metavar="INPUT", help=".h5ad files or .zarr stores (concatenated)")
+    fit.add_argument("inputs", nargs="+", metavar="INPUT",
+                     help=".h5ad files or .zarr stores, concatenated in memory; one .h5ad is read with its "
+                          "expression matrix left on disk (dense or CSR), a block of rows at a time")
     fit.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
     _add_fit_options(fit)
 
