@@ -102,8 +102,7 @@ def _dense_rows(X, rows=None) -> np.ndarray:
     if rows is not None and on_disk(X):
         rows = np.asarray(rows)
         out, at = np.empty((len(rows), X.shape[1])), 0  # filled block by block: held once
-        for lo, block in row_blocks(X):
-            part = _dense_rows(block[rows[(rows >= lo) & (rows < lo + block.shape[0])] - lo])
+        for part in _sample_blocks(X, rows):
             out[at:at + len(part)] = part
             at += len(part)
         return out
@@ -194,10 +193,9 @@ def _fit_wide(X, rows: np.ndarray, spec: FeatureSpec, seed: int) -> None:
     total, total_sq, share, counted = np.zeros(n_genes), np.zeros(n_genes), np.zeros(n_genes), 0
     for block in _sample_blocks(X, rows):
         if spec.transform == "log1p_norm":
-            sums = block.sum(1)
-            has = sums > 0
-            share += (block[has] / sums[has, None]).sum(0)
-            counted += int(has.sum())
+            part, n = _share_sum(block)
+            share += part
+            counted += n
         block = _transform(block, spec, in_place=True)
         total += block.sum(0)
         total_sq += np.square(block).sum(0)
@@ -237,12 +235,17 @@ def _count_share(X: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """Each column's mean share of a cell's total over the rows of ``X`` with counts, (n_genes,)."""
     share, n = np.zeros(X.shape[1]), 0
     for lo in range(0, len(X), chunk):  # a block's shares at a time, not a copy of X
-        block = X[lo:lo + chunk]
-        total = block.sum(1)
-        counted = total > 0
-        share += (block[counted] / total[counted, None]).sum(0)
-        n += int(counted.sum())
+        part, counted = _share_sum(X[lo:lo + chunk])
+        share += part
+        n += counted
     return share / max(n, 1)
+
+
+def _share_sum(block: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each column's share of a cell's total summed over the rows of ``block`` with counts, and their number."""
+    total = block.sum(1)
+    counted = total > 0
+    return (block[counted] / total[counted, None]).sum(0), int(counted.sum())
 
 
 def fit_features(adata, *, mode: str, cell_type_key: str, seed: int = 0) -> FeatureSpec:

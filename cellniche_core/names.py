@@ -232,9 +232,9 @@ def parse_names_csv(text: str, niches, *, source: str = "names.csv") -> dict[str
 
     A third column ``automatic_name`` (as the dashboard's download writes, beside the
     names to fill in) is read past. An empty name comes back as "" (the automatic name).
-    A niche may be given by its id or its label (``N3 · old name``). Raises :class:`NamesError`, starting with ``source``, naming the
-    line for a missing header, a row of another number of fields, a repeated or unknown
-    niche, or a bad name.
+    A niche may be given by its id or its label (``N3 · old name``). Raises
+    :class:`NamesError`, starting with ``source``, naming the line for a missing header, a
+    row of another number of fields, a repeated or unknown niche, or a bad name.
     """
     rows = [row for row in csv.reader(text.lstrip("\ufeff").splitlines()) if any(cell.strip() for cell in row)]
     header = [c.strip().lower() for c in rows[0]] if rows else []
