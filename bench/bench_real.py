@@ -184,13 +184,13 @@ def baselines(ds: Dataset, features: str, seeds) -> dict:
 def surroundings_niches(ds: Dataset, features: str, seeds) -> list:
     """Baseline (c): the niches of the default run without its encoder, one per seed.
 
-    The inputs ``fit`` would build, averaged over the default ``profile_hops`` (the
-    surroundings the similar pairs compare), clustered by :func:`call_niches` at the
+    The inputs ``fit`` would build, averaged over the default ``profile_hops`` with the
+    default area weights (the surroundings the similar pairs compare), clustered by :func:`call_niches` at the
     expert number of labels.
     """
-    from cellniche_core.cellniche import spatial_graph
+    from cellniche_core.cellniche import cell_positions, spatial_graph
     from cellniche_core.features import fit_features, make_features, neighbourhood_profiles
-    from cellniche_core.graph import GraphSettings
+    from cellniche_core.graph import GraphSettings, cell_areas
     from cellniche_core.keys import InputKeys
     from cellniche_core.niches import call_niches
     from cellniche_core.train import TrainConfig
@@ -199,7 +199,8 @@ def surroundings_niches(ds: Dataset, features: str, seeds) -> list:
     spec = fit_features(ds.adata, mode=features, cell_type_key=keys.cell_type_key)
     x, _ = make_features(ds.adata, spec, cell_type_key=keys.cell_type_key)
     graph = spatial_graph(ds.adata, GraphSettings(), keys)
-    profiles = neighbourhood_profiles(x, graph.indptr, graph.indices, TrainConfig().profile_hops)
+    weights = cell_areas(*cell_positions(ds.adata, keys)) if TrainConfig().area_weights else None
+    profiles = neighbourhood_profiles(x, graph.indptr, graph.indices, TrainConfig().profile_hops, weights=weights)
     return [call_niches(profiles, ds.k, seed=seed)[0] for seed in seeds]
 
 

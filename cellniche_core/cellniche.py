@@ -15,16 +15,21 @@ import torch
 
 from .embed import embed_nodes
 from .features import FeatureSpec, fit_features, make_features, resolve_feature_mode
-from .graph import GraphSettings, SpatialGraph, build_graph
+from .graph import GraphSettings, SpatialGraph, build_graph, cell_areas
 from .keys import InputKeys, Keys
 from .train import History, NicheModel, Progress, TrainConfig, autocast_dtype, resolve_device, train_model
 
 
-def spatial_graph(adata, settings: GraphSettings, keys: InputKeys) -> SpatialGraph:
-    """Per-slide spatial graph of ``adata`` (slides from ``obs[keys.sample_key]`` if present)."""
+def cell_positions(adata, keys: InputKeys) -> tuple[np.ndarray, np.ndarray | None]:
+    """(n, 2) coordinates of ``adata``'s cells and their slides (None without a sample column)."""
     coords = np.asarray(adata.obsm[keys.spatial_key])[:, :2]
     samples = adata.obs[keys.sample_key].astype(str).to_numpy() if keys.sample_key in adata.obs else None
-    return build_graph(coords, samples, settings)
+    return coords, samples
+
+
+def spatial_graph(adata, settings: GraphSettings, keys: InputKeys) -> SpatialGraph:
+    """Per-slide spatial graph of ``adata`` (slides from ``obs[keys.sample_key]`` if present)."""
+    return build_graph(*cell_positions(adata, keys), settings)
 
 
 def store_graph(adata, graph: SpatialGraph) -> None:
@@ -106,10 +111,16 @@ class CellNiche:
                               "--radius auto (from each slide's cell spacing) or the default k-NN graph")
         indptr, indices = _csr_tensors(graph, dev)
         self.model, self.history = train_model(
-            torch.from_numpy(x_np).to(dev), indptr, indices, self.config,
+            torch.from_numpy(x_np).to(dev), indptr, indices, self.config, weights=self._weights(adata, dev),
             progress=progress, should_stop=should_stop, rank=rank, world_size=world_size)
         self.model.cpu()
         return self
+
+    def _weights(self, adata, device: torch.device) -> torch.Tensor | None:
+        """Each cell's area weight when the model's means are weighted (``TrainConfig.area_weights``)."""
+        if not self.config.area_weights:
+            return None
+        return torch.from_numpy(cell_areas(*cell_positions(adata, self.keys))).to(device)
 
     def embed(self, adata, *, device: str = "auto", key_added: str = Keys.EMBEDDING,
               chunk_size: int = 32_768, graph: SpatialGraph | None = None, X=None,
@@ -134,7 +145,7 @@ class CellNiche:
         encoder = self.model.encoder.to(dev)
         adata.obsm[key_added] = embed_nodes(encoder, torch.from_numpy(x_np).to(dev), indptr, indices,
                                             dtype=autocast_dtype(self.config.precision, dev),
-                                            chunk_size=chunk_size)
+                                            chunk_size=chunk_size, weight=self._weights(adata, dev))
         self.model.cpu()
         report["graph"] = {"n_edges": int(graph.n_edges),
                            "mean_degree": float(graph.n_edges / max(graph.n_nodes, 1))}

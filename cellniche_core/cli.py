@@ -119,6 +119,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--profile-hops", type=_hops, default=defaults.profile_hops, metavar="H[,H...]",
                    help="scales, in graph hops, at which surroundings are compared by the sim/and/or "
                         "strategies (default: %s)" % ",".join(map(str, defaults.profile_hops)))
+    m.add_argument("--area-weights", action=argparse.BooleanOptionalAction, default=defaults.area_weights,
+                   help="weigh each cell in neighbour means by the area it stands for (from its 6 nearest "
+                        "cells), so a dense band does not take in a sparse one's border (default: %(default)s)")
     m.add_argument("--similar-share", type=_share, default=defaults.similar_share, metavar="F",
                    help="share of each batch's cell pairs, the most similar surroundings, that the sim/or "
                         "strategies make positive (default: %(default)s)")
@@ -407,7 +410,7 @@ def options_from_args(args) -> RunOptions:
 
     graph = GraphSettings(n_neighbors=args.knn or DEFAULT_KNN, radius=args.radius)
     train = TrainConfig(strategy=args.strategy, profile_hops=args.profile_hops, similar_share=args.similar_share,
-                        walk_length=args.walk_length,
+                        walk_length=args.walk_length, area_weights=args.area_weights,
                         seeds_per_batch=args.seeds_per_batch, hard_weight=args.hard_weight, n_steps=args.steps,
                         out_channels=args.dim, projection=args.projection_head, seed=args.seed,
                         precision=args.precision)

@@ -24,6 +24,7 @@ def embed_nodes(
     *,
     chunk_size: int = 32_768,
     dtype: torch.dtype | None = None,
+    weight: torch.Tensor | None = None,
 ) -> np.ndarray:
     """L2-normalised embedding of every node, (n, out_channels) float32 numpy array.
 
@@ -31,6 +32,7 @@ def embed_nodes(
     not depend on ``chunk_size``. ``dtype`` (e.g. ``torch.bfloat16``) runs the layers
     under autocast and keeps the intermediate (n, hidden) arrays in that type, halving
     their memory; the output layer runs in float32. None keeps float32 throughout.
+    ``weight``: (n,) cell weights of the encoder's neighbour means (see :class:`NicheEncoder`).
     """
     was_training = encoder.training
     encoder.eval()
@@ -46,7 +48,8 @@ def embed_nodes(
             src, tgt = sample_neighbours(indptr, indices, targets, 0, generator=None)
             edge_index = torch.stack([src, tgt - start])
             with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=reduced):
-                part = encoder.layer(layer, (h, h[targets]), edge_index, size=(n, targets.numel()))
+                part = encoder.layer(layer, (h, h[targets]), edge_index, size=(n, targets.numel()),
+                                     weight=weight)
             part = part.to(dtype) if reduced else part.float()
             if out is None:
                 out = torch.empty(n, part.shape[1], dtype=part.dtype, device=part.device)

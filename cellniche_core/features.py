@@ -366,7 +366,8 @@ def make_features(adata, spec: FeatureSpec, *, cell_type_key: str, X=None,
 
 
 def neighbourhood_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
-                           hops: tuple[int, ...] = (1,), *, normalise: bool = True) -> np.ndarray:
+                           hops: tuple[int, ...] = (1,), *, normalise: bool = True,
+                           weights: np.ndarray | None = None) -> np.ndarray:
     """Each cell's surroundings at one or several scales, (n, f * len(hops)) float32.
 
     The profile at ``h`` hops is the mean of the feature rows of the cell and its
@@ -374,7 +375,8 @@ def neighbourhood_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarra
     neighbourhood). With one scale the profile is returned as it is; with several, each
     scale's profiles are L2-normalised (unless ``normalise`` is False) before they are put
     side by side, so the cosine similarity of two cells' profiles is the mean of their
-    similarities at each scale.
+    similarities at each scale. ``weights`` (n,), e.g. :func:`~cellniche_core.graph.cell_areas`,
+    weigh each cell in every mean (a mean over tissue area rather than over cells).
 
     The similarity strategies compare these profiles rather than single cells, so that
     "similar" means a similar surrounding, not merely the same cell type; several scales
@@ -387,6 +389,8 @@ def neighbourhood_profiles(x: np.ndarray, indptr: np.ndarray, indices: np.ndarra
     n = len(indptr) - 1
     adj = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(n, n))
     adj = adj + sp.identity(n, dtype=np.float32, format="csr")
+    if weights is not None:
+        adj = adj @ sp.diags(np.asarray(weights, dtype=np.float32))
     step = (sp.diags(1.0 / np.asarray(adj.sum(1)).ravel()) @ adj).astype(np.float32).tocsr()
     profile = np.asarray(x, dtype=np.float32)
     f = profile.shape[1]

@@ -74,6 +74,32 @@ def _spacing_from(dist: np.ndarray) -> float:
     return float(np.median(d)) if d.size else 1.0
 
 
+def cell_areas(coords: np.ndarray, sample_ids: np.ndarray | None = None) -> np.ndarray:
+    """The tissue area each cell stands for, relative to its slide: (n,) float32, median 1 per slide.
+
+    A cell's area is the mean squared distance to its ``_SCALE_NEIGHBOURS`` nearest cells of
+    its slide, over the slide's median, kept within the slide's 1st and 99th percentiles (a
+    duplicated position would otherwise weigh nothing, an outlying cell everything). A mean
+    over neighbours weighted by these areas is a mean over tissue rather than over cells:
+    at a border between a dense and a sparse band, a cell's nearest cells lie mostly on the
+    dense side, and the unweighted mean leans that way.
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    out = np.ones(len(coords), dtype=np.float32)
+    for idx in _slides(sample_ids, len(coords)):
+        if len(idx) < 3:
+            continue
+        k = min(_SCALE_NEIGHBOURS, len(idx) - 1)
+        dist, _ = cKDTree(coords[idx]).query(coords[idx], k=k + 1, workers=-1)
+        area = (dist[:, 1:] ** 2).mean(1)
+        low, mid, high = np.quantile(area, [0.01, 0.5, 0.99])
+        if not high > 0:
+            continue
+        floor = low if low > 0 else float(np.min(area[area > 0]))
+        out[idx] = (np.clip(area, floor, high) / (mid if mid > 0 else high)).astype(np.float32)
+    return out
+
+
 def _slides(sample_ids: np.ndarray | None, n: int) -> list[np.ndarray]:
     if sample_ids is None:
         return [np.arange(n)]

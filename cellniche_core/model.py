@@ -18,7 +18,8 @@ class NicheEncoder(nn.Module):
     r"""GraphSAGE encoder of a cell's multi-hop neighbourhood.
 
     Each layer is ``h_i' = W_1 h_i + W_2 mean_{j in N(i)} h_j`` (``SAGEConv``), followed by
-    LayerNorm, ReLU and dropout on every layer but the last. LayerNorm (not BatchNorm)
+    LayerNorm, ReLU and dropout on every layer but the last. Given cell weights ``w`` (the
+    area each cell stands for), the mean is weighted: ``sum_j w_j h_j / sum_j w_j``. LayerNorm (not BatchNorm)
     keeps a cell's embedding independent of which other cells share its batch, so chunked
     inference equals whole-graph inference.
 
@@ -40,9 +41,18 @@ class NicheEncoder(nn.Module):
     def num_layers(self) -> int:
         return len(self.convs)
 
-    def layer(self, i: int, x, edge_index, size=None) -> torch.Tensor:
-        """Apply layer ``i`` alone; ``x`` may be a (source, target) pair for bipartite use."""
-        h = self.convs[i](x, edge_index, size=size)
+    def layer(self, i: int, x, edge_index, size=None, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply layer ``i`` alone; ``x`` may be a (source, target) pair for bipartite use.
+
+        ``weight``: (n_source,) cell weights of the weighted neighbour mean (None: plain mean).
+        """
+        if weight is None:
+            h = self.convs[i](x, edge_index, size=size)
+        else:
+            source, target = x if isinstance(x, tuple) else (x, x)
+            n_target = size[1] if size is not None else target.shape[0]
+            mean = weighted_neighbour_mean(source, edge_index, weight, n_target)
+            h = self.convs[i].lin_l(mean) + self.convs[i].lin_r(target)
         if i < self.num_layers - 1:
             h = F.relu(self.norms[i](h))
             h = F.dropout(h, p=self.dropout, training=self.training)
@@ -50,24 +60,43 @@ class NicheEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor,
                 nodes_per_hop: tuple[int, ...] | None = None,
-                edges_per_hop: tuple[int, ...] | None = None) -> torch.Tensor:
+                edges_per_hop: tuple[int, ...] | None = None,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
         """Encode all nodes, or, given a hop-ordered subgraph, only the targets.
 
         With ``nodes_per_hop`` / ``edges_per_hop`` (see ``sampling.Neighbourhood``), layer
         ``i`` of ``L`` only computes the cells within ``L - 1 - i`` hops of the targets,
         from the edges into them: the outermost hop is read but never updated. The
         result, ``(nodes_per_hop[0], out_channels)``, equals the targets' rows of the
-        untrimmed forward pass.
+        untrimmed forward pass. ``weight``: (n,) cell weights, one per row of ``x``.
         """
         if nodes_per_hop is None or edges_per_hop is None:
             for i in range(self.num_layers):
-                x = self.layer(i, x, edge_index)
+                x = self.layer(i, x, edge_index, weight=weight)
             return x
         for i in range(self.num_layers):
             hop = self.num_layers - 1 - i
             n_dst, n_edges = nodes_per_hop[hop], edges_per_hop[hop]
-            x = self.layer(i, (x, x[:n_dst]), edge_index[:, :n_edges], size=(x.shape[0], n_dst))
+            w = None if weight is None else weight[:x.shape[0]]  # the rows x still has
+            x = self.layer(i, (x, x[:n_dst]), edge_index[:, :n_edges], size=(x.shape[0], n_dst), weight=w)
         return x
+
+
+def weighted_neighbour_mean(source: torch.Tensor, edge_index: torch.Tensor, weight: torch.Tensor,
+                            n_target: int) -> torch.Tensor:
+    """``sum_j w_j source_j / sum_j w_j`` over each target's edges ``(j -> target)``, float32.
+
+    One sparse product: the (edges, channels) messages a scatter would hold are never made.
+    A target without edges gets zeros, as in ``SAGEConv``.
+    """
+    src, dst = edge_index[0], edge_index[1]
+    w = weight[src].float()
+    total = torch.zeros(n_target, dtype=torch.float32, device=w.device).index_add_(0, dst, w)
+    values = w / total.clamp_min(torch.finfo(torch.float32).tiny)[dst]
+    matrix = torch.sparse_coo_tensor(torch.stack([dst, src]), values, (n_target, source.shape[0]),
+                                     check_invariants=False)  # indices made here, in range
+    with torch.autocast(source.device.type, enabled=False):  # sparse products run in float32
+        return torch.sparse.mm(matrix, source.float())
 
 
 class ProjectionHead(nn.Module):

@@ -67,6 +67,7 @@ def describe_scale(graph: SpatialGraph, config, *, positives_per_cell: float | N
         "seeds_per_batch": config.seeds_per_batch,
         "strategy": config.strategy,
         "profile_hops": list(hops),
+        "area_weights": bool(getattr(config, "area_weights", False)),
     }
     if hops:
         out["similar_share"] = config.similar_share
@@ -91,6 +92,8 @@ def scale_lines(scale: dict | None) -> list[str]:
              f"encoder sees {scale.get('encoder_hops')} hops ({cells(scale.get('encoder_hops'))}); walks of "
              f"{scale.get('walk_length')} steps ({cells(scale.get('walk_length'))}), {scale.get('walks_per_seed')} "
              f"per seed, {scale.get('seeds_per_batch')} seeds per batch"]
+    if scale.get("area_weights"):
+        lines.append("neighbour means weighted by the area each cell stands for (from its 6 nearest cells)")
     hops = scale.get("profile_hops") or []
     rule = _POSITIVES.get(scale.get("strategy"), str(scale.get("strategy")))
     if hops:

@@ -57,6 +57,10 @@ class TrainConfig:
     # 1-3 hops: STARmap V1 `pheno` 0.669 / 0.649, `expr` 0.625 / 0.617, DLPFC 0.558 / 0.562,
     # the simulated demo (planted k) 0.835-0.839 / 0.820-0.834
     profile_hops: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    # neighbour means (the encoder's and the surroundings') weighted by the area each cell
+    # stands for (graph.cell_areas): a mean over tissue, not over cells, so that a dense band
+    # does not take in the border of a sparse one. Runs saved before it had plain means.
+    area_weights: bool = False
     # the most similar share of each batch's pairs are "similar" (sampling.SIMILAR_SHARE)
     similar_share: float = SIMILAR_SHARE
     hard_weight: float = 0.0
@@ -81,6 +85,7 @@ class TrainConfig:
             if key in d:
                 d[key] = tuple(d[key])
         d.setdefault("projection", True)  # runs saved before the option existed all had the head
+        d.setdefault("area_weights", False)  # nor were their means weighted
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -125,9 +130,10 @@ class NicheModel(nn.Module):
         self.head = ProjectionHead(config.out_channels) if config.projection else nn.Identity()
         self.temperature = LearnableTemperature(config.init_temperature)
 
-    def forward(self, x: torch.Tensor, hood: Neighbourhood) -> torch.Tensor:
-        """Projected embeddings of the targets of a sampled neighbourhood; ``x`` is ``x[hood.n_id]``."""
-        z = self.encoder(x, hood.edge_index, hood.nodes_per_hop, hood.edges_per_hop)
+    def forward(self, x: torch.Tensor, hood: Neighbourhood, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected embeddings of the targets of a sampled neighbourhood; ``x`` is ``x[hood.n_id]``,
+        ``weight`` the cell weights ``weights[hood.n_id]`` (or None)."""
+        z = self.encoder(x, hood.edge_index, hood.nodes_per_hop, hood.edges_per_hop, weight=weight)
         return self.head(z)
 
 
@@ -177,6 +183,7 @@ def train_model(
     config: TrainConfig,
     *,
     profiles: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     rank: int = 0,
@@ -193,6 +200,9 @@ def train_model(
     profiles
         (n, f) profiles for the ``sim``/``and``/``or`` strategies; by default the inputs
         averaged over ``config.profile_hops`` hops (:func:`~cellniche_core.features.neighbourhood_profiles`).
+    weights
+        (n,) cell weights of every neighbour mean, the encoder's and the profiles' (see
+        ``TrainConfig.area_weights``); None: plain means.
     progress
         Called after every step with ``(step, n_steps, loss)``.
     should_stop
@@ -203,7 +213,8 @@ def train_model(
     device = x.device
     if profiles is None and config.strategy != "freq":
         profiles = torch.from_numpy(neighbourhood_profiles(
-            x.cpu().numpy(), indptr.cpu().numpy(), indices.cpu().numpy(), hops=config.profile_hops)).to(device)
+            x.cpu().numpy(), indptr.cpu().numpy(), indices.cpu().numpy(), hops=config.profile_hops,
+            weights=None if weights is None else weights.cpu().numpy())).to(device)
     torch.manual_seed(config.seed)  # parameter initialisation
     model = NicheModel(x.shape[1], config).to(device)
     ddp_model: nn.Module = model
@@ -230,7 +241,7 @@ def train_model(
                                    strategy=config.strategy, profiles=profiles, share=config.similar_share)
         sampling += time.perf_counter() - t_sample
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            z = ddp_model(x[hood.n_id], hood)
+            z = ddp_model(x[hood.n_id], hood, None if weights is None else weights[hood.n_id])
         # the loss (exponentials over the batch) stays in float32
         loss = multi_positive_info_nce(z.float(), batch.positives, model.temperature(),
                                        hard_weight=config.hard_weight)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cellniche_core.graph import (GraphSettings, build_graph, build_knn_graph, build_radius_graph,
+from cellniche_core.graph import (GraphSettings, build_graph, build_knn_graph, build_radius_graph, cell_areas,
                                   typical_spacing)
 
 
@@ -83,3 +83,26 @@ def test_defaults_are_scale_free(scale):
 def test_radius_must_be_positive():
     with pytest.raises(ValueError, match="radius"):
         build_radius_graph(grid(2, 2), radius=0)
+
+
+def test_cell_areas_are_larger_where_cells_are_sparser_and_relative_to_each_slide():
+    rng = np.random.default_rng(0)
+    dense = rng.uniform(0, 10, (400, 2))  # 4 cells per unit area
+    sparse = rng.uniform(10, 30, (400, 2))  # 1 per unit area
+    coords = np.concatenate([dense, sparse])
+    area = cell_areas(coords)
+    assert area.dtype == np.float32 and np.median(area) == pytest.approx(1.0, rel=0.05)
+    # away from the border between the two halves, the sparse half's cells stand for ~4x the area
+    inner_dense, inner_sparse = coords[:, 0] < 8, coords[:, 0] > 12
+    assert 2.5 < np.median(area[inner_sparse]) / np.median(area[inner_dense]) < 6
+    # the same slide in other units, beside another slide: the same relative areas
+    both = cell_areas(np.concatenate([coords, coords * 1000.0]), np.repeat(["a", "b"], len(coords)))
+    np.testing.assert_allclose(both[:len(coords)], area, rtol=1e-5)
+    np.testing.assert_allclose(both[len(coords):], area, rtol=1e-5)
+
+
+def test_cell_areas_of_stacked_cells_are_never_zero():
+    coords = np.concatenate([grid(6, 6), np.zeros((8, 2))])  # 9 cells at (0, 0): their 6 nearest at distance 0
+    area = cell_areas(coords)
+    assert np.all(area > 0) and np.all(np.isfinite(area))
+    assert np.all(cell_areas(np.zeros((2, 2))) == 1.0)  # too few cells: every weight 1

@@ -83,3 +83,31 @@ def test_encoder_shapes_and_bipartite_layer_agree(device):
         full = enc.layer(0, x, ei)
         part = enc.layer(0, (x, x[[2, 3]]), torch.tensor([[1, 2], [0, 1]], device=device), size=(6, 2))
     np.testing.assert_allclose(part.cpu().numpy(), full[[2, 3]].cpu().numpy(), atol=1e-6)
+
+
+def test_weighted_layer_weighs_each_neighbour_by_its_cell_weight():
+    torch.manual_seed(0)
+    enc = NicheEncoder(3, 4, 2).eval()
+    x = torch.randn(3, 3)
+    ei = torch.tensor([[1, 2], [0, 0]])  # cells 1 and 2 send to cell 0
+    w = torch.tensor([5.0, 1.0, 3.0])
+    with torch.no_grad():
+        weighted = enc.layer(1, x[:, :2].repeat(1, 2), ei, weight=w)[0]  # layer 1 takes 4 channels
+        h = x[:, :2].repeat(1, 2)
+        mean = (1.0 * h[1] + 3.0 * h[2]) / 4.0
+        expected = enc.convs[1].lin_l(mean) + enc.convs[1].lin_r(h[0])
+        plain = enc.layer(1, h, ei)[0]
+    np.testing.assert_allclose(weighted.numpy(), expected.numpy(), atol=1e-6)
+    assert not np.allclose(weighted.numpy(), plain.numpy())  # the unweighted mean is (h1 + h2) / 2
+
+
+def test_equal_weights_give_the_plain_mean_and_the_weight_gets_no_gradient_trouble():
+    torch.manual_seed(1)
+    enc = NicheEncoder(5, 16, 8).eval()
+    x = torch.randn(6, 5, requires_grad=True)
+    ei = torch.tensor([[0, 1, 2, 3, 4, 5, 1], [1, 2, 3, 4, 5, 0, 0]])
+    plain = enc(x, ei)
+    same = enc(x, ei, weight=torch.full((6,), 2.5))
+    np.testing.assert_allclose(same.detach().numpy(), plain.detach().numpy(), atol=1e-5)
+    same.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

@@ -156,3 +156,23 @@ def test_unnormalised_scales_keep_their_magnitude_and_equal_the_single_scales():
     raw = neighbourhood_profiles(x, g.indptr, g.indices, hops=(1, 3), normalise=False)
     singles = [neighbourhood_profiles(x, g.indptr, g.indices, hops=(h,)) for h in (1, 3)]
     np.testing.assert_allclose(raw, np.concatenate(singles, axis=1), rtol=1e-6)
+
+
+def test_weighted_profiles_average_over_area_not_over_cells():
+    g = path_graph(3)
+    x = np.eye(3, dtype=np.float32)
+    w = np.array([1.0, 1.0, 4.0], np.float32)  # cell 2 stands for four times the area
+    p = neighbourhood_profiles(x, g.indptr, g.indices, weights=w)
+    np.testing.assert_allclose(p[1], [1 / 6, 1 / 6, 4 / 6], rtol=1e-6)
+    np.testing.assert_allclose(p[0], [1 / 2, 1 / 2, 0], rtol=1e-6)  # cell 2 is not its neighbour
+    np.testing.assert_allclose(neighbourhood_profiles(x, g.indptr, g.indices, weights=np.ones(3)),
+                               neighbourhood_profiles(x, g.indptr, g.indices), rtol=1e-6)
+
+
+def test_scale_record_says_whether_means_are_weighted():
+    assert describe_scale(path_graph(10), TrainConfig(area_weights=True))["area_weights"] is True
+    rec = describe_scale(path_graph(10), TrainConfig(area_weights=False))
+    assert rec["area_weights"] is False
+    assert not any("area" in line for line in scale_lines(rec))
+    assert any("area each cell stands for" in line
+               for line in scale_lines(describe_scale(path_graph(10), TrainConfig(area_weights=True))))

@@ -55,6 +55,23 @@ def test_chunked_inference_does_not_depend_on_chunk_size(dtype):
         assert np.median((a * full).sum(1)) > 0.99
 
 
+def test_weighted_inference_does_not_depend_on_chunk_size_and_equals_the_trimmed_forward():
+    indptr, indices = random_graph()
+    torch.manual_seed(2)
+    enc = NicheEncoder(5, 16, 8).eval()
+    x = torch.randn(500, 5)
+    w = torch.rand(500) + 0.2
+    a = embed_nodes(enc, x, indptr, indices, chunk_size=64, weight=w)
+    b = embed_nodes(enc, x, indptr, indices, chunk_size=10_000, weight=w)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not np.allclose(a, embed_nodes(enc, x, indptr, indices))  # the weights change it
+    targets = torch.tensor([7, 250])
+    hood = sample_neighbourhood(indptr, indices, targets, (0, 0), generator=None)
+    with torch.no_grad():
+        trimmed = enc(x[hood.n_id], hood.edge_index, hood.nodes_per_hop, hood.edges_per_hop, weight=w[hood.n_id])
+    np.testing.assert_allclose(torch.nn.functional.normalize(trimmed, dim=1).numpy(), a[[7, 250]], atol=1e-5)
+
+
 def test_same_seed_same_embedding_on_cpu(tiny):
     def run(seed):
         a = tiny.copy()
@@ -135,6 +152,22 @@ def test_a_run_saved_before_the_head_was_optional_still_loads(tiny, head):
     clone = CellNiche.from_state(config, m.state_dict())
     assert clone.config.projection is head
     assert any(k.startswith("head.") for k in m.state_dict()) is head
+
+
+def test_a_run_saved_before_area_weights_keeps_its_plain_means(tiny):
+    a = tiny.copy()
+    m = CellNiche(config=TrainConfig(n_steps=5, area_weights=False)).fit(a, device="cpu")
+    m.embed(a, device="cpu")
+    config = m.model_config()
+    del config["train"]["area_weights"]  # as written before the option existed
+    clone = CellNiche.from_state(config, m.state_dict())
+    assert clone.config.area_weights is False
+    b = tiny.copy()
+    clone.embed(b, device="cpu")
+    np.testing.assert_allclose(a.obsm[Keys.EMBEDDING], b.obsm[Keys.EMBEDDING], atol=1e-6)
+    weighted = CellNiche.from_state({**config, "train": {**config["train"], "area_weights": True}}, m.state_dict())
+    weighted.embed(b, device="cpu")
+    assert not np.allclose(a.obsm[Keys.EMBEDDING], b.obsm[Keys.EMBEDDING], atol=1e-4)
 
 
 def test_device_resolution():
