@@ -39,10 +39,12 @@ __all__ = ["calibration_groups", "edge_quantile", "finest_scale_far", "grow_regi
 OWN_GROUP_MAX = 0.9
 #: the scales (graph hops) at which a query cell's surroundings are compared with the
 #: reference's, in the input vote and the input distance of label transfer: local, to place
-#: a cell in its own layer or compartment. Training compares wider ones for its positives
-#: (``TrainConfig.profile_hops``, 1-6); with those here, STARmap's transfer fell from 0.786
-#: to 0.750 and called 10.3 % of known cells unknown.
-INPUT_HOPS = (1, 2, 3)
+#: a cell in its own layer or compartment (~17 and ~53 cells of the default 15-NN graph, as 1-3
+#: hops of the 10-NN graph before it). Training compares wider ones for its positives
+#: (``TrainConfig.profile_hops``); with 1-6 hops of the 10-NN graph here, STARmap's transfer fell
+#: from 0.786 to 0.750 and called 10.3 % of known cells unknown; with 1-3 of the 15-NN graph,
+#: DLPFC's fell from 0.841 to 0.832 (1.8 % of known spots unknown against 0.9 %), seed 0.
+INPUT_HOPS = (1, 2)
 #: a new region's edge cells are far when they exceed the quantile whose tail is this many
 #: times the threshold's (0.95 for the default 0.99): see :func:`grow_regions`
 EDGE_TAIL = 5

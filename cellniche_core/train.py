@@ -53,14 +53,14 @@ class TrainConfig:
     # other seeds' walks are only negatives, and on real tissue (cortical layers, Visium
     # spots) the embedding did no better than averaging the inputs over neighbours.
     strategy: str = "or"
-    # surroundings from 1 to 6 hops (~12 to ~260 cells on STARmap V1 and DLPFC): seeds 0-2, median ARI, 1-6 against
-    # 1-3 hops: STARmap V1 `pheno` 0.669 / 0.649, `expr` 0.625 / 0.617, DLPFC 0.558 / 0.562,
-    # the simulated demo (planted k) 0.835-0.839 / 0.820-0.834
-    profile_hops: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    # surroundings from 1 to 4 hops of the 15-NN graph (~17 to ~180 cells on STARmap V1 and DLPFC); seeds 0-2,
+    # median ARI with area weights, 1-4 against 1-3 hops: STARmap V1 `pheno` 0.703 / 0.702, `expr` 0.627 /
+    # 0.616, DLPFC 0.552 / 0.558 (1-5 hops: DLPFC 0.485); the simulated demo (planted k) 0.841-0.844
+    profile_hops: tuple[int, ...] = (1, 2, 3, 4)
     # neighbour means (the encoder's and the surroundings') weighted by the area each cell
     # stands for (graph.cell_areas): a mean over tissue, not over cells, so that a dense band
     # does not take in the border of a sparse one. Runs saved before it had plain means.
-    area_weights: bool = False
+    area_weights: bool = True
     # the most similar share of each batch's pairs are "similar" (sampling.SIMILAR_SHARE)
     similar_share: float = SIMILAR_SHARE
     hard_weight: float = 0.0

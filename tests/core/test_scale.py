@@ -170,9 +170,9 @@ def test_weighted_profiles_average_over_area_not_over_cells():
 
 
 def test_scale_record_says_whether_means_are_weighted():
-    assert describe_scale(path_graph(10), TrainConfig(area_weights=True))["area_weights"] is True
+    assert describe_scale(path_graph(10), TrainConfig())["area_weights"] is True
     rec = describe_scale(path_graph(10), TrainConfig(area_weights=False))
     assert rec["area_weights"] is False
     assert not any("area" in line for line in scale_lines(rec))
-    assert any("area each cell stands for" in line
-               for line in scale_lines(describe_scale(path_graph(10), TrainConfig(area_weights=True))))
+    assert any("area each cell stands for" in line for line in scale_lines(describe_scale(path_graph(10),
+                                                                                          TrainConfig())))

@@ -161,7 +161,7 @@ def test_a_run_saved_before_area_weights_keeps_its_plain_means(tiny):
     config = m.model_config()
     del config["train"]["area_weights"]  # as written before the option existed
     clone = CellNiche.from_state(config, m.state_dict())
-    assert clone.config.area_weights is False
+    assert clone.config.area_weights is False and TrainConfig().area_weights is True
     b = tiny.copy()
     clone.embed(b, device="cpu")
     np.testing.assert_allclose(a.obsm[Keys.EMBEDDING], b.obsm[Keys.EMBEDDING], atol=1e-6)
