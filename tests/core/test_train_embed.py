@@ -339,7 +339,12 @@ def test_auto_k_takes_the_largest_k_as_stable_as_the_most_stable_one():
     # stable at every k (a finer structure cut alike each time): the plateau ends at 6
     assert pick_stable_k(table([0.995, 0.997, 0.998, 0.998, 0.936, 0.923, 0.977, 0.919])) == 6
     # a dip does not end the plateau; a later k as stable as the best counts
-    assert pick_stable_k(table([0.996, 0.821, 0.995, 0.997, 0.962, 0.979])) == 6
+    assert pick_stable_k(table([0.996, 0.821, 0.995, 0.997, 0.962, 0.969])) == 6
+    # within twice the best's spread: 0.995 is as stable as 0.997 whose least pair is 0.996
+    near = pd.DataFrame({"k": [3, 4, 5, 6, 7], "stability": [0.997, 0.995, 0.990, 0.995, 0.977],
+                         "stability_min": [0.996, 0.993, 0.985, 0.991, 0.962]})
+    assert pick_stable_k(near) == 6
+    assert pick_stable_k(near.assign(stability=[0.997, 0.995, 0.990, 0.994, 0.977])) == 4  # 0.994 < 0.995
     # a noisier best k admits more
     assert pick_stable_k(table([0.95, 0.99, 0.97, 0.80, 0.70], spread=0.03)) == 5
     assert pick_stable_k(table([0.50, 0.70, 0.60])) == 4  # none stable: the most stable alone
