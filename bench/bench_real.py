@@ -185,8 +185,8 @@ def surroundings_niches(ds: Dataset, features: str, seeds) -> list:
     """Baseline (c): the niches of the default run without its encoder, one per seed.
 
     The inputs ``fit`` would build, averaged over the default ``profile_hops`` with the
-    default area weights (the surroundings the similar pairs compare), clustered by :func:`call_niches` at the
-    expert number of labels.
+    default area weights (the surroundings the similar pairs compare), clustered by
+    :func:`call_niches` at the expert number of labels.
     """
     from cellniche_core.cellniche import cell_positions, spatial_graph
     from cellniche_core.features import fit_features, make_features, neighbourhood_profiles

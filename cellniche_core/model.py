@@ -19,9 +19,9 @@ class NicheEncoder(nn.Module):
 
     Each layer is ``h_i' = W_1 h_i + W_2 mean_{j in N(i)} h_j`` (``SAGEConv``), followed by
     LayerNorm, ReLU and dropout on every layer but the last. Given cell weights ``w`` (the
-    area each cell stands for), the mean is weighted: ``sum_j w_j h_j / sum_j w_j``. LayerNorm (not BatchNorm)
-    keeps a cell's embedding independent of which other cells share its batch, so chunked
-    inference equals whole-graph inference.
+    area each cell stands for), the mean is weighted: ``sum_j w_j h_j / sum_j w_j``.
+    LayerNorm (not BatchNorm) keeps a cell's embedding independent of which other cells
+    share its batch, so chunked inference equals whole-graph inference.
 
     Shapes
     ------

@@ -80,9 +80,10 @@ def choose_n_niches(emb: np.ndarray, *, max_k: int = DEFAULT_MAX_K, seed: int = 
     Twice, not once: near 1 the spread is a few thousandths, and with it alone k = 3 at 0.997
     (least pair 0.996) turned down the planted k = 6 at 0.995 on a simulated 5k-cell slide
     (ARI 0.51 against 0.77); on STARmap V1 (seed 1) k = 3 at 0.994 (least pair 0.989) turned
-    down 6 at 0.986 and left 5 (ARI 0.62 against 0.68). Over training seeds 0-2 twice the spread kept every choice on the demo cohort
-    and DLPFC and moved 5k-cell slides from 3, 6, 3 to 6, 6, 4 and STARmap V1 `pheno` /
-    `expr` from 6 / 7 and 5 / 5 to 7 / 7 and 6 / 7 (seeds 0 and 1), each ARI at or above.
+    down 6 at 0.986 and left 5 (ARI 0.62 against 0.68). Over training seeds 0-2 twice the
+    spread kept every choice on the demo cohort and DLPFC and moved 5k-cell slides from 3, 6,
+    3 to 6, 6, 4 and STARmap V1 `pheno` / `expr` from 6 / 7 and 5 / 5 to 7 / 7 and 6 / 7
+    (seeds 0 and 1), each ARI at or above.
 
     A fixed bar (the last k of the first run with stability >= 0.9, the rule before that) read
     the level of the curve, not its shape. An embedding that holds structure finer than
