@@ -64,6 +64,10 @@ def test_weighted_inference_does_not_depend_on_chunk_size_and_equals_the_trimmed
     a = embed_nodes(enc, x, indptr, indices, chunk_size=64, weight=w)
     b = embed_nodes(enc, x, indptr, indices, chunk_size=10_000, weight=w)
     np.testing.assert_allclose(a, b, atol=1e-5)
+    # the reduced type a GPU uses (here under the CPU's autocast): the weighted mean runs in
+    # float32 inside it and the result stays close to float32 throughout
+    reduced = embed_nodes(enc, x, indptr, indices, chunk_size=64, weight=w, dtype=torch.bfloat16)
+    assert reduced.dtype == np.float32 and np.median((reduced * a).sum(1)) > 0.99
     assert not np.allclose(a, embed_nodes(enc, x, indptr, indices))  # the weights change it
     targets = torch.tensor([7, 250])
     hood = sample_neighbourhood(indptr, indices, targets, (0, 0), generator=None)
