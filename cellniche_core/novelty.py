@@ -8,7 +8,7 @@ Why not only in embedding space
     inputs are plainly new: a neighbourhood profile of white matter sits about 2.5 times
     farther from the reference origin than profiles of the cortical layers. So the unknown
     rule also measures the distance of each cell's neighbourhood-averaged encoder inputs
-    (the mean over the cell and its neighbours at 1, 2 and 3 hops, :data:`INPUT_HOPS`,
+    (the mean over the cell and its neighbours at 1 and 2 hops, :data:`INPUT_HOPS`,
     side by side; Euclidean: the magnitude counts) to its nearest reference cells.
 
 Both distance rules of :mod:`.transfer` share the calibration's choices kept here: which
