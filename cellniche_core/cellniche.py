@@ -111,16 +111,18 @@ class CellNiche:
                               "--radius auto (from each slide's cell spacing) or the default k-NN graph")
         indptr, indices = _csr_tensors(graph, dev)
         self.model, self.history = train_model(
-            torch.from_numpy(x_np).to(dev), indptr, indices, self.config, weights=self._weights(adata, dev),
+            torch.from_numpy(x_np).to(dev), indptr, indices, self.config, weights=self._weights(adata, graph, dev),
             progress=progress, should_stop=should_stop, rank=rank, world_size=world_size)
         self.model.cpu()
         return self
 
-    def _weights(self, adata, device: torch.device) -> torch.Tensor | None:
-        """Each cell's area weight when the model's means are weighted (``TrainConfig.area_weights``)."""
+    def _weights(self, adata, graph: SpatialGraph, device: torch.device) -> torch.Tensor | None:
+        """Each cell's area weight when the model's means are weighted (``TrainConfig.area_weights``):
+        the ``graph``'s when its build measured them, else measured here."""
         if not self.config.area_weights:
             return None
-        return torch.from_numpy(cell_areas(*cell_positions(adata, self.keys))).to(device)
+        areas = graph.cell_area if graph.cell_area is not None else cell_areas(*cell_positions(adata, self.keys))
+        return torch.from_numpy(areas).to(device)
 
     def embed(self, adata, *, device: str = "auto", key_added: str = Keys.EMBEDDING,
               chunk_size: int = 32_768, graph: SpatialGraph | None = None, X=None,
@@ -145,7 +147,7 @@ class CellNiche:
         encoder = self.model.encoder.to(dev)
         adata.obsm[key_added] = embed_nodes(encoder, torch.from_numpy(x_np).to(dev), indptr, indices,
                                             dtype=autocast_dtype(self.config.precision, dev),
-                                            chunk_size=chunk_size, weight=self._weights(adata, dev))
+                                            chunk_size=chunk_size, weight=self._weights(adata, graph, dev))
         self.model.cpu()
         report["graph"] = {"n_edges": int(graph.n_edges),
                            "mean_degree": float(graph.n_edges / max(graph.n_nodes, 1))}

@@ -34,11 +34,15 @@ class SpatialGraph:
         (n_edges,) int64, sorted within each row, no self loops, no duplicates.
     params
         How the graph was built (mode, k or radius, data-derived scale per slide).
+    cell_area
+        (n,) :func:`cell_areas` of the cells, when the build measured them on the way (a k-NN
+        graph of at least 6 neighbours); None otherwise.
     """
 
     indptr: np.ndarray
     indices: np.ndarray
     params: dict = field(default_factory=dict)
+    cell_area: np.ndarray | None = None
 
     @property
     def n_nodes(self) -> int:
@@ -95,13 +99,18 @@ def cell_areas(coords: np.ndarray, sample_ids: np.ndarray | None = None) -> np.n
             continue
         k = min(_SCALE_NEIGHBOURS, len(idx) - 1)
         dist, _ = cKDTree(coords[idx]).query(coords[idx], k=k + 1, workers=-1)
-        area = (dist[:, 1:] ** 2).mean(1)
-        low, mid, high = np.quantile(area, [0.01, 0.5, 0.99])
-        if not high > 0:
-            continue
-        floor = low if low > 0 else float(np.min(area[area > 0]))
-        out[idx] = (np.clip(area, floor, high) / (mid if mid > 0 else high)).astype(np.float32)
+        out[idx] = _relative_areas(dist[:, 1:])
     return out
+
+
+def _relative_areas(dist: np.ndarray) -> np.ndarray:
+    """One slide's areas from each cell's distances to its nearest cells (see :func:`cell_areas`)."""
+    area = (dist ** 2).mean(1)
+    low, mid, high = np.quantile(area, [0.01, 0.5, 0.99])
+    if not high > 0:
+        return np.ones(len(area), dtype=np.float32)
+    floor = low if low > 0 else float(np.min(area[area > 0]))
+    return (np.clip(area, floor, high) / (mid if mid > 0 else high)).astype(np.float32)
 
 
 def _slides(sample_ids: np.ndarray | None, n: int) -> list[np.ndarray]:
@@ -154,6 +163,7 @@ def build_knn_graph(
     coords = np.asarray(coords, dtype=np.float64)
     n = len(coords)
     rows, cols, scales = [], [], {}
+    areas: np.ndarray | None = np.ones(n, dtype=np.float32)
     for idx in _slides(sample_ids, n):
         if len(idx) < 2:
             continue
@@ -161,8 +171,13 @@ def build_knn_graph(
         k = min(n_neighbors, len(idx) - 1)
         dist, nbr = cKDTree(pts).query(pts, k=k + 1, workers=-1)  # all cores: the queries are independent
         dist, nbr = dist[:, 1:], nbr[:, 1:]
-        # the same neighbours typical_spacing would query, when k covers them
-        spacing = _spacing_from(dist) if k >= min(_SCALE_NEIGHBOURS, len(idx) - 1) else typical_spacing(pts)
+        # the same neighbours typical_spacing and cell_areas would query, when k covers them
+        covered = k >= min(_SCALE_NEIGHBOURS, len(idx) - 1)
+        spacing = _spacing_from(dist) if covered else typical_spacing(pts)
+        if not covered:
+            areas = None
+        elif areas is not None and len(idx) >= 3:
+            areas[idx] = _relative_areas(dist[:, :_SCALE_NEIGHBOURS])
         cutoff = max_distance if max_distance is not None else _MAX_EDGE_SPACINGS * spacing
         ok = dist <= cutoff
         # every cell keeps at least its nearest neighbour so that no cell is isolated
@@ -175,7 +190,7 @@ def build_knn_graph(
     indptr, indices = _assemble(n, rows, cols)
     params = {"mode": "knn", "n_neighbors": n_neighbors, "max_distance": max_distance,
               "spacing_per_sample": scales}
-    return SpatialGraph(indptr, indices, params)
+    return SpatialGraph(indptr, indices, params, cell_area=areas)
 
 
 def build_radius_graph(

@@ -106,3 +106,13 @@ def test_cell_areas_of_stacked_cells_are_never_zero():
     area = cell_areas(coords)
     assert np.all(area > 0) and np.all(np.isfinite(area))
     assert np.all(cell_areas(np.zeros((2, 2))) == 1.0)  # too few cells: every weight 1
+
+
+def test_knn_graph_measures_the_same_cell_areas_on_the_way():
+    rng = np.random.default_rng(3)
+    coords = np.concatenate([rng.uniform(0, 10, (300, 2)), rng.uniform(0, 40, (200, 2)), [[5.0, 5.0]] * 2])
+    slides = np.array(["a"] * 300 + ["b"] * 200 + ["c"] * 2)  # "c": too few cells, every weight 1
+    g = build_knn_graph(coords, slides, n_neighbors=15)
+    np.testing.assert_array_equal(g.cell_area, cell_areas(coords, slides))
+    assert build_knn_graph(coords, slides, n_neighbors=4).cell_area is None  # 4 neighbours do not cover 6
+    assert build_graph(coords, slides, GraphSettings(radius="auto")).cell_area is None
