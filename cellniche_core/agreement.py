@@ -7,7 +7,7 @@ compared as text, so the query's column must name its labels as the reference do
 
 A query label the reference lacks is *unseen*: no transfer can get it right, and the
 useful question is how much of it was called ``unknown``. Cells without a label (NaN,
-"NA", empty: :data:`~cellniche_core.transfer.NO_LABEL`) are left out.
+"NA", empty: :data:`~cellniche_core.labels.NO_LABEL`) are left out.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MAX_LABELS = 1000
 
 def _truth(query, truth_key: str) -> pd.Series:
     """The query's own labels as text, NaN where it has none; refuses a missing or numeric column."""
-    from .transfer import label_text
+    from .labels import label_text
 
     if truth_key not in query.obs.columns:
         raise CohortError(f"the query has no obs[{truth_key!r}] to compare with; its obs columns: "

@@ -105,6 +105,7 @@ from .cellniche import CellNiche, spatial_graph
 from .features import FeatureSpec, describe_alignment, make_features, value_kind
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import INPUT_UNS_KEY, TRANSFER_UNS_KEY, UNKNOWN, Keys
+from .labels import is_label_column, label_text
 from .novelty import INPUT_HOPS, calibration_groups, edge_quantile, input_rule, model_input_profiles, shared_cells
 from .train import resolve_device
 from .vote import label_shares, nearest, spatial_mean, subsample_by_label, vote, winner
@@ -113,8 +114,6 @@ __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_que
            "transfer_labels"]
 
 
-#: label text that means "not annotated" (as NaN does): such reference cells do not vote
-NO_LABEL = ("", "NA", "N/A", "nan", "NaN", "None", "<NA>")
 #: a label needs this many calibration cells for a threshold of its own
 _MIN_LABEL_CELLS = 100
 _SHOW = 8
@@ -126,11 +125,11 @@ _SHOW = 8
 def _reference_labels(reference: ad.AnnData, label_key: str) -> tuple[np.ndarray, list[str]]:
     """Integer codes (-1: not usable) and label names of ``reference.obs[label_key]``."""
     obs = reference.obs
-    usable = [c for c in obs.columns if _is_categorical(obs[c])]
+    usable = [c for c in obs.columns if is_label_column(obs[c])]
     if label_key not in obs:
         raise CohortError(f"reference: obs[{label_key!r}] is missing; categorical obs columns that "
                           f"can be transferred: {usable}")
-    if not _is_categorical(obs[label_key]):
+    if not is_label_column(obs[label_key]):
         raise CohortError(f"reference: obs[{label_key!r}] is numeric ({obs[label_key].dtype}); only "
                           f"categorical columns can be transferred: {usable}")
     values = label_text(obs[label_key])
@@ -144,19 +143,6 @@ def _reference_labels(reference: ad.AnnData, label_key: str) -> tuple[np.ndarray
     if not names:
         raise CohortError(f"reference: obs[{label_key!r}] has no label to transfer (all NaN or {UNKNOWN!r})")
     return codes, names
-
-
-def label_text(column: pd.Series) -> pd.Series:
-    """The labels of an obs column as text; NaN where a cell has none, which includes text
-    that stands for "no label" in exported annotations (:data:`NO_LABEL`)."""
-    values = pd.Series(column).astype("object")
-    values = values.where(values.notna()).map(str, na_action="ignore")
-    return values.where(~values.isin(NO_LABEL))
-
-
-def _is_categorical(column: pd.Series) -> bool:
-    return (isinstance(column.dtype, pd.CategoricalDtype) or pd.api.types.is_object_dtype(column)
-            or pd.api.types.is_string_dtype(column) or pd.api.types.is_bool_dtype(column))
 
 
 def _calibrate(emb: torch.Tensor, codes: np.ndarray, groups: np.ndarray, n_labels: int, *, k: int,
@@ -223,7 +209,7 @@ def transfer_labels(
     label_key
         Categorical ``obs`` column of the reference to transfer (a niche or an expert
         annotation). NaN, ``"unknown"`` and cells whose label reads "NA", "nan", empty and the like
-        (:data:`NO_LABEL`) do not vote.
+        (:data:`~cellniche_core.labels.NO_LABEL`) do not vote.
     n_neighbors
         Reference cells whose mean distance is the embedding's distance rule; twice as
         many vote for each query cell in embedding space and, with ``profiles``, in input space.
