@@ -1,10 +1,13 @@
 """The neighbour vote of label transfer: nearest reference cells, label shares.
 
-:mod:`cellniche_core.transfer` asks two sets of neighbours for each query cell, the
-nearest reference cells in embedding space and in input space, and each set votes here.
+:mod:`cellniche_core.transfer` asks up to three sets of neighbours for each query cell, the
+nearest reference cells in embedding space, in input space and in the reference's
+discriminant space of its inputs (:func:`discriminant_shares`), and each set votes here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -12,7 +15,13 @@ import torch
 from .features import neighbourhood_profiles
 from .layout import nearest_cosine
 
-__all__ = ["label_shares", "nearest", "spatial_mean", "subsample_by_label", "vote", "winner"]
+__all__ = ["discriminant_shares", "label_shares", "nearest", "spatial_mean", "subsample_by_label", "vote",
+           "winner"]
+
+#: query rows projected into the discriminant space and voted on at a time
+_PROJECT_ROWS = 65_536
+#: discriminant dimensions up to which a KD-tree finds the neighbours on a CPU
+_KD_TREE_DIMS = 16
 
 
 def nearest(points: torch.Tensor, index: torch.Tensor, k: int, *,
@@ -80,3 +89,54 @@ def subsample_by_label(codes: np.ndarray, max_cells: int, rng: np.random.Generat
     keep = [rng.choice(np.flatnonzero(codes == c), size=q, replace=False)
             for c, q in enumerate(quota) if q > 0]
     return np.sort(np.concatenate(keep))
+
+
+def discriminant_shares(ref_x: Sequence[np.ndarray], ref_codes: np.ndarray, query_x: Sequence[np.ndarray],
+                        n_labels: int, k: int, *, device: str | torch.device = "cpu") -> np.ndarray | None:
+    """Label shares (m, n_labels) of the ``k`` reference rows nearest to each query row in
+    the reference's discriminant space; None when fewer than two labels can be told apart.
+
+    ``ref_x`` and ``query_x``: column blocks of the same inputs, read side by side (e.g. the
+    surroundings at 1-2 hops and at 3), so that a large query is never copied into one
+    array. The space is that of a linear discriminant analysis of the reference rows by
+    their labels (``ref_codes``, all >= 0): the directions along which the labels' means
+    differ, each measured against the spread within a label. A reference of several slides
+    has each label's cells on each slide, so what differs from one slide to the next (depth,
+    section thickness) is part of that spread, and weighs less than in the inputs
+    themselves, whose largest directions it may be. Distances are Euclidean, in at most
+    ``n_labels - 1`` dimensions: found with a KD-tree on a CPU (up to
+    :data:`_KD_TREE_DIMS`), by blocked matrix products otherwise.
+    """
+    import warnings
+
+    from scipy.spatial import cKDTree
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from .novelty import nearest_euclidean
+
+    ref_codes = np.asarray(ref_codes)
+    if len(np.unique(ref_codes)) < 2 or len(ref_codes) <= len(np.unique(ref_codes)):
+        return None
+    ref = np.hstack([np.asarray(b, dtype=np.float64) for b in ref_x])
+    with warnings.catch_warnings():  # inputs that sum to one (cell-type shares) are collinear: expected
+        warnings.simplefilter("ignore", UserWarning)
+        lda = LinearDiscriminantAnalysis(solver="svd").fit(ref, ref_codes)
+    dims = lda.transform(ref[:1]).shape[1]  # transform's own cut of scalings_
+    centre = lda.xbar_.astype(np.float32)
+    scalings = lda.scalings_[:, :dims].astype(np.float32)
+    index = ((ref.astype(np.float32) - centre) @ scalings).astype(np.float32)
+    del ref
+    k = int(min(k, len(index)))
+    tree = cKDTree(index) if torch.device(device).type == "cpu" and dims <= _KD_TREE_DIMS else None
+    n = len(query_x[0])
+    shares = np.empty((n, n_labels))
+    for lo in range(0, n, _PROJECT_ROWS):
+        block = np.hstack([np.asarray(b[lo:lo + _PROJECT_ROWS], dtype=np.float32) for b in query_x])
+        points = (block - centre) @ scalings
+        if tree is not None:
+            dist, rows = tree.query(points, k=k, workers=-1)
+            dist, rows = dist.reshape(len(points), k), rows.reshape(len(points), k)
+        else:
+            dist, rows = nearest_euclidean(points, index, k, device=device, return_index=k)
+        shares[lo:lo + _PROJECT_ROWS] = label_shares(dist, ref_codes[rows], n_labels)
+    return shares
