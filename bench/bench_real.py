@@ -332,8 +332,8 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
 
     Prints accuracy on labels the reference knows (``unknown`` counted wrong), the share of
     them called ``unknown``, the share of ``unseen`` called ``unknown``, over the
-    calibration quantile, for the full rule (votes of the embedding's and the inputs'
-    neighbours; embedding and input distances, each averaged over the query cell and its
+    calibration quantile, for the full rule (votes of the embedding's, the inputs' and the
+    reference's discriminants' neighbours; embedding and input distances, each averaged over the query cell and its
     spatial neighbours) and for the embedding alone (its vote and the cell's own distance);
     and a 15-NN baseline on the inputs averaged over the 30
     nearest cells (no unknown call).
@@ -343,7 +343,7 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
 
     from cellniche_core.cellniche import CellNiche, spatial_graph
     from cellniche_core.io import load_run, write_h5ad
-    from cellniche_core.novelty import INPUT_HOPS, model_input_profiles
+    from cellniche_core.novelty import INPUT_HOPS, model_input_profiles, next_hop
     from cellniche_core.agreement import transfer_agreement
     from cellniche_core.transfer import annotate_query, transfer_labels
 
@@ -367,7 +367,10 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
     cal = report["calibration"]
     model = CellNiche.from_state(run.model_config, run.state_dict)
     graph = spatial_graph(query, model.graph, model.keys)
-    profiles = (model_input_profiles(model, run.adata), model_input_profiles(model, query, graph=graph))
+    ref_graph = spatial_graph(run.adata, model.graph, model.keys)
+    profiles = (model_input_profiles(model, run.adata, graph=ref_graph),
+                model_input_profiles(model, query, graph=graph))
+    wider = tuple(next_hop(p, g.indptr, g.indices, len(INPUT_HOPS)) for p, g in zip(profiles, (ref_graph, graph)))
     keys = run.keys
     lines = [f"{how}; reference without {unseen!r}: {ref.n_obs:,} cells, `fit --features {features} "
              f"--n-niches {k}` {cost['wall_s']:.1f} s; query {query.n_obs:,} cells "
@@ -382,6 +385,7 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
             transfer_labels(run.adata, query, label_key=ds.label_key, quantile=q, seed=0,
                             calibration_keys=(keys.patient, keys.sample), spatial_key=keys.spatial,
                             profiles=profiles if with_inputs else None, profile_scales=len(INPUT_HOPS),
+                            wider_profiles=wider if with_inputs else None,
                             query_graph=(graph.indptr, graph.indices) if with_inputs else None)
             r = _transfer_scores(query.obs["transferred_label"].astype(str).to_numpy(), truth, known, novel)
             row += [f"{r['accuracy']:.3f}", f"{r['unknown_known']:.1%}", f"{r['unknown_novel']:.1%}"]

@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["calibration_groups", "edge_quantile", "finest_scale_far", "grow_regions", "input_profiles", "input_rule",
-           "model_input_profiles", "nearest_euclidean", "outside_own_group", "profile_distances", "shared_cells",
-           "spatial_blocks"]
+__all__ = ["INPUT_HOPS", "VOTE_HOPS", "calibration_groups", "edge_quantile", "finest_scale_far", "grow_regions",
+           "input_profiles", "input_rule", "model_input_profiles", "nearest_euclidean", "next_hop", "outside_own_group",
+           "profile_distances", "shared_cells", "spatial_blocks"]
 
 #: a micro-cluster with more than this share of its cells in one group is group-specific
 OWN_GROUP_MAX = 0.9
@@ -45,6 +45,9 @@ OWN_GROUP_MAX = 0.9
 #: from 0.786 to 0.750 and called 10.3 % of known cells unknown; with 1-3 of the 15-NN graph,
 #: DLPFC's fell from 0.841 to 0.832 (1.8 % of known spots unknown against 0.9 %), seed 0.
 INPUT_HOPS = (1, 2)
+#: the scales of the discriminant vote of label transfer (:func:`~cellniche_core.vote.discriminant_shares`):
+#: :data:`INPUT_HOPS` and the next hop (:func:`next_hop`)
+VOTE_HOPS = (*INPUT_HOPS, INPUT_HOPS[-1] + 1)
 #: a new region's edge cells are far when they exceed the quantile whose tail is this many
 #: times the threshold's (0.95 for the default 0.99): see :func:`grow_regions`
 EDGE_TAIL = 5
@@ -239,6 +242,13 @@ def model_input_profiles(model, adata, *, graph=None, x=None, X=None) -> np.ndar
         x, _ = make_features(adata, model.spec, cell_type_key=model.keys.cell_type_key, X=X)
     graph = spatial_graph(adata, model.graph, model.keys) if graph is None else graph
     return input_profiles(x, graph.indptr, graph.indices, INPUT_HOPS)
+
+
+def next_hop(profiles: np.ndarray, indptr: np.ndarray, indices: np.ndarray, scales: int) -> np.ndarray:
+    """The surroundings one hop past the coarsest of ``profiles`` ((n, f x scales), finest
+    first, as :func:`input_profiles` gives), (n, f): one more smoothing step of its last block."""
+    f = profiles.shape[1] // scales
+    return input_profiles(profiles[:, -f:], indptr, indices, (1,))
 
 
 def calibration_groups(reference, keys, spatial_key: str, *, seed: int = 0) -> tuple[np.ndarray, str]:

@@ -10,14 +10,18 @@ The vote
     embeddings vote, each alike, and a label's share of the vote is its share of them.
     When the cells' neighbourhood-averaged inputs are given (``profiles``, as
     :func:`annotate_query` does), the ``2 x n_neighbors`` reference cells nearest in input
-    space, those the input rule below measures, vote in the same way, and each label's
-    share is the mean of its shares in the two votes. The encoder is trained on the
-    reference alone and a new slide's cells are embedded by it, slightly off; the inputs
-    are what the embedding was learnt from, so the two sets of neighbours err in different
-    places. Thirty voters in each space, counted alike, did better on held-out real tissue
-    than the 15 nearest weighted by closeness (STARmap V1, one half of a slide to the
-    other: 0.69-0.72 to 0.78-0.80; DLPFC unchanged at 0.84). ``confidence`` is the winning
-    label's share, in [1/(2k), 1].
+    space, those the input rule below measures, vote in the same way; with
+    ``wider_profiles`` beside them (:func:`annotate_query`: one hop more) so do the nearest in
+    the reference's discriminant space (:func:`~cellniche_core.vote.discriminant_shares`:
+    the directions that tell its labels apart, against the spread within each label, which
+    holds what differs between its slides). A label's share is the mean of its shares in the
+    votes. The encoder is trained on the reference alone and embeds a new slide's cells
+    slightly off; the inputs are what it learnt from: the sets of neighbours err in
+    different places. Thirty voters in each space, counted alike, did better on held-out
+    real tissue than the 15 nearest weighted by closeness (STARmap V1, one half of a slide
+    to the other: 0.69-0.72 to 0.78-0.80; DLPFC unchanged at 0.84); the discriminant vote
+    took DLPFC (two sections to two others) from 0.834-0.843 to 0.852-0.858 and STARmap
+    from 0.778-0.793 to 0.790-0.797. ``confidence`` is the winning label's share.
 
 The unknown rule
     A query cell is ``unknown`` when it is *far* (or, when asked for, *ambiguous*):
@@ -72,12 +76,8 @@ The unknown rule
       voters split between labels it knows keeps its plurality label, and its low
       confidence says so. Held out on real tissue and on the demo (reference seeds 0-2),
       a majority rule (0.5) called no cell of the unseen region unknown that the distance
-      rule had not, while it called known cells unknown, about half of them labelled
-      right: DLPFC 1.8 % of known spots unknown with it, 0.8 % without (accuracy 0.837 and
-      0.842, seed 0); STARmap V1 8.0 % and 4.8 % (0.790 and 0.793); the demo's P6
-      2.7 % and 2.5 % (0.905-0.906 and 0.906-0.908). Between two labels the winner
-      always holds at least half, so such a rule only catches cells where three or more
-      labels split the vote.
+      rule had not, and known cells unknown, about half of them labelled right (DLPFC
+      1.8 % of known spots against 0.8 %, STARmap V1 8.0 % against 4.8 %; README).
 
     So about ``1 - quantile`` of the cells of a new patient resembling the reference
     patients are called unknown by the distance rule. Without two patients (or slides) the
@@ -85,9 +85,8 @@ The unknown rule
     without coordinates single cells, which is optimistic (``"cell"``).
 
 Scale: the reference index is at most ``max_reference_cells`` cells (default 50,000,
-drawn per label in proportion to its size, with a floor for rare labels); neighbours are
-found by chunked matrix products on the chosen torch device (a 10^6-cell query against
-50,000 reference cells is ~3 TFLOP: seconds on a GPU, minutes on CPU).
+drawn per label, with a floor for rare labels); neighbours are found by chunked matrix
+products on the chosen torch device (a KD-tree in the discriminant space on a CPU).
 """
 
 from __future__ import annotations
@@ -106,9 +105,10 @@ from .features import FeatureSpec, describe_alignment, make_features, value_kind
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import INPUT_UNS_KEY, TRANSFER_UNS_KEY, UNKNOWN, Keys
 from .labels import is_label_column, label_text
-from .novelty import INPUT_HOPS, calibration_groups, edge_quantile, input_rule, model_input_profiles, shared_cells
+from .novelty import (INPUT_HOPS, calibration_groups, edge_quantile, input_rule, model_input_profiles, next_hop,
+                      shared_cells)
 from .train import resolve_device
-from .vote import label_shares, nearest, spatial_mean, subsample_by_label, vote, winner
+from .vote import discriminant_shares, label_shares, nearest, spatial_mean, subsample_by_label, vote, winner
 
 __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_query", "transfer_file",
            "transfer_labels"]
@@ -186,6 +186,7 @@ def transfer_labels(
     profiles: tuple[np.ndarray, np.ndarray] | None = None,
     query_graph: tuple[np.ndarray, np.ndarray] | None = None,
     profile_scales: int = 1,
+    wider_profiles: tuple[np.ndarray, np.ndarray] | None = None,
     max_reference_cells: int = 50_000,
     calibration_cells: int = 10_000,
     key_added: str = Keys.TRANSFERRED,
@@ -196,8 +197,7 @@ def transfer_labels(
 ) -> dict:
     """Transfer a categorical obs column of ``reference`` to ``query`` by a neighbour vote.
 
-    Both must carry embeddings from the same encoder in ``obsm[use_rep]``. The vote and
-    the unknown rule are described in the module docstring.
+    Both carry embeddings from one encoder in ``obsm[use_rep]``. Vote, unknown: module doc.
 
     Parameters
     ----------
@@ -233,6 +233,9 @@ def transfer_labels(
     profile_scales
         Scales (column blocks of equal width, finest first) in ``profiles``: a far region
         grows into the edge cells whose finest scale is far too (module doc).
+    wider_profiles
+        ``(reference, query)``: the same inputs' surroundings one hop or more wider, (n, f')
+        each; the cells nearest in the reference's discriminant space of both vote (module doc).
     max_reference_cells
         Cap on the reference cells indexed (drawn per label, see module doc).
     calibration_cells
@@ -278,8 +281,11 @@ def transfer_labels(
         raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
     if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be positive, got {n_neighbors}")
-    if profiles is not None and [len(p) for p in profiles] != [reference.n_obs, query.n_obs]:
-        raise ValueError(f"profiles need one row per reference and query cell, got {[len(p) for p in profiles]}")
+    if wider_profiles is not None and profiles is None:
+        raise ValueError("wider_profiles are read beside profiles: give both")
+    for given, what in ((profiles, "profiles"), (wider_profiles, "wider_profiles")):
+        if given is not None and [len(p) for p in given] != [reference.n_obs, query.n_obs]:
+            raise ValueError(f"{what} need one row per reference and query cell, got {[len(p) for p in given]}")
 
     rng = np.random.default_rng(seed)
     dev = resolve_device(device)
@@ -302,10 +308,10 @@ def transfer_labels(
                          n_cells=calibration_cells, seed=seed)
 
     dist, nbr = nearest(_unit_rows(q_emb, dev), index, min(2 * k, len(rows)))
-    shares = label_shares(dist, codes[rows][nbr], len(names))
+    votes = [label_shares(dist, codes[rows][nbr], len(names))]
     dist = dist[:, :k]  # the distance rule reads the n_neighbors nearest, as calibrated
     # the embedding thresholds are per label of the embedding's own vote, as calibrated
-    emb_voted, _ = winner(shares)
+    emb_voted, _ = winner(votes[0])
     far_input = np.zeros(query.n_obs, dtype=bool)
     if profiles is not None:
         ref_profiles = np.asarray(profiles[0], dtype=np.float32)[rows]
@@ -319,8 +325,13 @@ def transfer_labels(
         far_input, (in_dist, in_nbr), input_figures = input_rule(
             ref_profiles, groups[rows], held_rows, np.asarray(profiles[1], dtype=np.float32), k=2 * k,
             quantile=quantile, graph=query_graph, scales=profile_scales, device=dev)
-        shares = (shares + label_shares(in_dist, codes[rows][in_nbr], len(names))) / 2
-    voted, confidence = winner(shares)
+        votes.append(label_shares(in_dist, codes[rows][in_nbr], len(names)))
+    discriminant = None if wider_profiles is None else discriminant_shares(  # None: one label only
+        (ref_profiles, np.asarray(wider_profiles[0])[rows]), codes[rows], (profiles[1], wider_profiles[1]),
+        len(names), 2 * k, device=dev)
+    if discriminant is not None:
+        votes.append(discriminant)
+    voted, confidence = winner(sum(votes) / len(votes))
     distance = spatial_mean(dist.mean(1), query_graph)
     far_embedding = distance > cal["per_label"][emb_voted]
     far = far_input if profiles is not None else far_embedding  # see the module doc
@@ -361,6 +372,7 @@ def transfer_labels(
     params = {"label_key": label_key, "use_rep": use_rep, "n_neighbors": k, "vote_neighbors": nbr.shape[1],
               "quantile": quantile, "min_confidence": min_confidence, "calibration_keys": list(calibration_keys),
               "input_rule": profiles is not None, "input_vote": profiles is not None,
+              "discriminant_vote": discriminant is not None,
               "input_edge_quantile": (edge_quantile(quantile) if profiles is not None and query_graph is not None
                                       else None),
               "spatial_mean": query_graph is not None, "profile_scales": profile_scales,
@@ -461,10 +473,12 @@ def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, devic
     if kind != model.spec.transform:
         alignment["values"] = {"reference": model.spec.transform, "query": kind}
     with run.expression() as X:  # the graph the run stored; its X, in memory or on disk
-        profiles = (model_input_profiles(model, run.adata, graph=run.graph(), X=X),
+        ref_graph = run.graph()
+        profiles = (model_input_profiles(model, run.adata, graph=ref_graph, X=X),
                     model_input_profiles(model, query, graph=graph, x=inputs[0]))
+    wider = tuple(next_hop(p, g.indptr, g.indices, len(INPUT_HOPS)) for p, g in zip(profiles, (ref_graph, graph)))
     summary = transfer_labels(run.adata, query, label_key=label_key, device=device, profiles=profiles,
-                              profile_scales=len(INPUT_HOPS),
+                              wider_profiles=wider, profile_scales=len(INPUT_HOPS),
                               query_graph=(graph.indptr, graph.indices),
                               calibration_keys=(keys.patient, keys.sample), spatial_key=keys.spatial, **options)
     query.uns[TRANSFER_UNS_KEY]["alignment"] = to_plain(alignment)

@@ -24,8 +24,9 @@ ref, keys = current.ref, current.keys
 st.caption(
     f"Reference atlas: run **{ref.name}** (pick another in the sidebar). The query is embedded by the "
     "run's frozen encoder, its features aligned to the reference's; each query cell takes the label voted for "
-    "by its 30 nearest reference cells in the embedding and its 30 nearest in the neighbourhood-averaged "
-    "inputs, each alike. It is called **unknown** when its neighbourhood-averaged inputs lie farther from the "
+    "by its 30 nearest reference cells in the embedding, its 30 nearest in the neighbourhood-averaged "
+    "inputs and its 30 nearest along the directions of those inputs that tell the reference's labels apart, "
+    "each alike. It is called **unknown** when its neighbourhood-averaged inputs lie farther from the "
     "reference than those of 99 % of reference cells seen from other patients (averaged with its spatial "
     "neighbours). A far region also takes in its edge: the "
     "cells joined to it whose inputs, at the coarse scales and at the finest, are farther than 95 % of those "

@@ -668,3 +668,54 @@ def test_transfer_compares_surroundings_at_its_own_scales_not_trainings(tiny_run
     q = run.adata.copy()
     annotate_query(run, q, device="cpu")
     assert q.uns[TRANSFER_UNS_KEY]["params"]["profile_scales"] == len(INPUT_HOPS)
+
+
+def test_the_discriminant_vote_reads_one_hop_more_than_the_input_rule(tiny_run):
+    """The third vote reads the input rule's surroundings and the next hop, and annotate_query casts it."""
+    from cellniche_core.cellniche import CellNiche, spatial_graph
+    from cellniche_core.features import make_features
+    from cellniche_core.novelty import INPUT_HOPS, VOTE_HOPS, input_profiles, model_input_profiles, next_hop
+
+    assert VOTE_HOPS == (*INPUT_HOPS, INPUT_HOPS[-1] + 1)
+    run = load_run(tiny_run)
+    model = CellNiche.from_state(run.model_config, run.state_dict)
+    x, _ = make_features(run.adata, model.spec, cell_type_key=model.keys.cell_type_key)
+    g = spatial_graph(run.adata, model.graph, model.keys)
+    narrow = model_input_profiles(model, run.adata)
+    np.testing.assert_allclose(next_hop(narrow, g.indptr, g.indices, len(INPUT_HOPS)),
+                               input_profiles(x, g.indptr, g.indices, VOTE_HOPS[-1:]), rtol=1e-5, atol=1e-6)
+    q = run.adata.copy()
+    annotate_query(run, q, device="cpu")
+    params = q.uns[TRANSFER_UNS_KEY]["params"]
+    assert params["discriminant_vote"] and params["input_vote"]
+    ref = run.adata
+    with pytest.raises(ValueError, match="wider_profiles need one row per reference and query cell"):
+        transfer_labels(ref, q, profiles=(narrow, narrow), wider_profiles=(narrow, narrow[:5]))
+    with pytest.raises(ValueError, match="read beside profiles: give both"):
+        transfer_labels(ref, q, wider_profiles=(narrow, narrow))
+    transfer_labels(ref, q)  # two embeddings alone: neither the inputs' vote nor the discriminant one
+    assert not q.uns[TRANSFER_UNS_KEY]["params"]["discriminant_vote"]
+
+
+def test_the_discriminant_vote_decides_where_the_embedding_and_the_inputs_are_split():
+    """Query cells half-way between A and B in the embedding, whose inputs vary far more within
+    each label (x1..x6) than between A and B (x0): only the discriminant space tells them apart."""
+    ref = _cloud(AB)
+    rng = np.random.default_rng(0)
+
+    def inputs(codes):
+        x = np.concatenate([rng.normal(0, 0.15, (len(codes), 1)), rng.normal(0, 3.0, (len(codes), 6))], axis=1)
+        x[:, 0] += codes
+        return x.astype(np.float32)
+
+    ref_x = inputs((ref.obs[Keys.NICHE].astype(str) == "B").to_numpy().astype(int))
+    truth = np.repeat([0, 1], 100)
+    q = _query([[1, 1, 0]] * len(truth))
+    q_x = inputs(truth)
+    right = np.where(truth == 1, "B", "A")
+
+    transfer_labels(ref, q, profiles=(ref_x, q_x))
+    without = np.mean(q.obs[Keys.TRANSFERRED].astype(str).to_numpy() == right)
+    transfer_labels(ref, q, profiles=(ref_x[:, :4], q_x[:, :4]), wider_profiles=(ref_x[:, 4:], q_x[:, 4:]))
+    with_it = np.mean(q.obs[Keys.TRANSFERRED].astype(str).to_numpy() == right)
+    assert without < 0.8 < 0.9 < with_it
