@@ -333,9 +333,9 @@ def transfer_benchmark(ds: Dataset, unseen: str, seed: int, threads: int, work: 
     Prints accuracy on labels the reference knows (``unknown`` counted wrong), the share of
     them called ``unknown``, the share of ``unseen`` called ``unknown``, over the
     calibration quantile, for the full rule (votes of the embedding's, the inputs' and the
-    reference's discriminants' neighbours; embedding and input distances, each averaged over the query cell and its
-    spatial neighbours) and for the embedding alone (its vote and the cell's own distance);
-    and a 15-NN baseline on the inputs averaged over the 30
+    reference's discriminants' neighbours; embedding and input distances, each averaged
+    over the query cell and its spatial neighbours) and for the embedding alone (its vote
+    and the cell's own distance); and a 15-NN baseline on the inputs averaged over the 30
     nearest cells (no unknown call).
     """
     import numpy as np
