@@ -11,17 +11,17 @@ The vote
     When the cells' neighbourhood-averaged inputs are given (``profiles``, as
     :func:`annotate_query` does), the ``2 x n_neighbors`` reference cells nearest in input
     space, those the input rule below measures, vote in the same way; with
-    ``wider_profiles`` beside them (:func:`annotate_query`: one hop more) so do the nearest in
-    the reference's discriminant space (:func:`~cellniche_core.vote.discriminant_shares`:
-    the directions that tell its labels apart, against the spread within each label, which
-    holds what differs between its slides). A label's share is the mean of its shares in the
-    votes. The encoder is trained on the reference alone and embeds a new slide's cells
-    slightly off; the inputs are what it learnt from: the sets of neighbours err in
-    different places. Thirty voters in each space, counted alike, did better on held-out
-    real tissue than the 15 nearest weighted by closeness (STARmap V1, one half of a slide
-    to the other: 0.69-0.72 to 0.78-0.80; DLPFC unchanged at 0.84); the discriminant vote
-    took DLPFC (two sections to two others) from 0.834-0.843 to 0.852-0.858 and STARmap
-    from 0.778-0.793 to 0.790-0.797. ``confidence`` is the winning label's share.
+    ``wider_profiles`` beside them (:func:`annotate_query`: one hop more) and a reference of
+    several patients or slides, so do the nearest in its discriminant space
+    (:func:`~cellniche_core.vote.discriminant_shares`: the directions that tell its labels
+    apart, against the spread within each label, which then holds what differs between its
+    slides; on one slide the discriminants fit that slide: a DLPFC section, one half to the
+    other, 0.703 to 0.653). A label's share is the mean of its shares in the votes. The
+    encoder is trained on the reference alone and embeds a new slide's cells slightly off;
+    the inputs are what it learnt from: the sets of neighbours err in different places.
+    Thirty voters in each space, counted alike, did better on held-out real tissue than the
+    15 nearest weighted by closeness (README); the discriminant vote took DLPFC (two sections
+    to two others) from 0.834-0.843 to 0.852-0.858. ``confidence`` is the winner's share.
 
 The unknown rule
     A query cell is ``unknown`` when it is *far* (or, when asked for, *ambiguous*):
@@ -79,10 +79,9 @@ The unknown rule
       rule had not, and known cells unknown, about half of them labelled right (DLPFC
       1.8 % of known spots against 0.8 %, STARmap V1 8.0 % against 4.8 %; README).
 
-    So about ``1 - quantile`` of the cells of a new patient resembling the reference
-    patients are called unknown by the distance rule. Without two patients (or slides) the
-    calibration holds out spatial blocks of each slide (``"spatial block"``), and
-    without coordinates single cells, which is optimistic (``"cell"``).
+    So about ``1 - quantile`` of a new patient resembling the reference patients is called
+    unknown. Without two patients (or slides) the calibration holds out spatial blocks of
+    each slide (``"spatial block"``), and without coordinates single cells (``"cell"``).
 
 Scale: the reference index is at most ``max_reference_cells`` cells (default 50,000,
 drawn per label, with a floor for rare labels); neighbours are found by chunked matrix
@@ -235,7 +234,7 @@ def transfer_labels(
         grows into the edge cells whose finest scale is far too (module doc).
     wider_profiles
         ``(reference, query)``: the same inputs' surroundings one hop or more wider, (n, f')
-        each; the cells nearest in the reference's discriminant space of both vote (module doc).
+        each; the nearest in the discriminant space of both vote, given several groups (module doc).
     max_reference_cells
         Cap on the reference cells indexed (drawn per label, see module doc).
     calibration_cells
@@ -326,9 +325,10 @@ def transfer_labels(
             ref_profiles, groups[rows], held_rows, np.asarray(profiles[1], dtype=np.float32), k=2 * k,
             quantile=quantile, graph=query_graph, scales=profile_scales, device=dev)
         votes.append(label_shares(in_dist, codes[rows][in_nbr], len(names)))
-    discriminant = None if wider_profiles is None else discriminant_shares(  # None: one label only
+    several_groups = held_out_by not in ("spatial block", "cell")  # patients or slides (module doc)
+    discriminant = None if wider_profiles is None or not several_groups else discriminant_shares(
         (ref_profiles, np.asarray(wider_profiles[0])[rows]), codes[rows], (profiles[1], wider_profiles[1]),
-        len(names), 2 * k, device=dev)
+        len(names), 2 * k, device=dev)  # None too with one label
     if discriminant is not None:
         votes.append(discriminant)
     voted, confidence = winner(sum(votes) / len(votes))

@@ -719,3 +719,19 @@ def test_the_discriminant_vote_decides_where_the_embedding_and_the_inputs_are_sp
     transfer_labels(ref, q, profiles=(ref_x[:, :4], q_x[:, :4]), wider_profiles=(ref_x[:, 4:], q_x[:, 4:]))
     with_it = np.mean(q.obs[Keys.TRANSFERRED].astype(str).to_numpy() == right)
     assert without < 0.8 < 0.9 < with_it
+
+
+def test_the_discriminant_vote_waits_for_several_patients_or_slides():
+    """On one slide the spread within a label holds no slide-to-slide difference to set aside:
+    no discriminant vote, whatever is given."""
+    ref = _cloud(AB, patients=("P1",), n_per_patient=200)
+    del ref.obs[Keys.PATIENT]
+    rng = np.random.default_rng(0)
+    ref.obsm[Keys.SPATIAL] = rng.uniform(0, 1000, (ref.n_obs, 2))
+    q = _query([[1, 0.02, 0]] * 10 + [[0.02, 1, 0]] * 10)
+    ref_x = rng.normal(size=(ref.n_obs, 4)).astype(np.float32)
+    q_x = rng.normal(size=(q.n_obs, 4)).astype(np.float32)
+    summary = transfer_labels(ref, q, profiles=(ref_x[:, :2], q_x[:, :2]), wider_profiles=(ref_x[:, 2:], q_x[:, 2:]))
+    assert summary["calibration"]["held_out_by"] == "spatial block"
+    assert not q.uns[TRANSFER_UNS_KEY]["params"]["discriminant_vote"]
+    assert q.uns[TRANSFER_UNS_KEY]["params"]["input_vote"]
