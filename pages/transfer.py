@@ -26,9 +26,9 @@ st.caption(
     "run's frozen encoder, its features aligned to the reference's; each query cell takes the label voted for "
     "by its 30 nearest reference cells in the embedding, its 30 nearest in the neighbourhood-averaged "
     "inputs and, when the reference holds several patients or slides, its 30 nearest along the directions of "
-    "those inputs that tell the reference's labels apart, each alike. It is called **unknown** when its neighbourhood-averaged inputs lie farther from the "
-    "reference than those of 99 % of reference cells seen from other patients (averaged with its spatial "
-    "neighbours). A far region also takes in its edge: the "
+    "those inputs that tell the reference's labels apart, each alike. It is called **unknown** when its "
+    "neighbourhood-averaged inputs lie farther from the reference than those of 99 % of reference cells seen "
+    "from other patients (averaged with its spatial neighbours). A far region also takes in its edge: the "
     "cells joined to it whose inputs, at the coarse scales and at the finest, are farther than 95 % of those "
     "reference cells. A cell whose voters split between known labels keeps the label most of them hold; "
     "the Confidence map shows where the vote split.")
