@@ -28,7 +28,9 @@ expert label. It prints accuracy on labels the reference knows (``unknown`` coun
 wrong), the share of those cells called ``unknown``, the share of the unseen label called
 ``unknown``, over the calibration quantile (the rule's knob), for the full rule and for the
 embedding alone (its vote and its distance), beside a 15-NN baseline on the baseline (a) features
-(for expression, also with its scaling and PCs fitted on the reference alone).
+(for expression, also with its scaling and PCs fitted on the reference alone). A dataset of
+several slides is also split within its first and its last slide (one slide's rule, the
+reference then one slide: :func:`one_slide`), as a single section is left to right.
 
 Datasets known by file name (their label column and inputs) are listed in ``KNOWN``; any
 other is given with ``--dataset FILE:LABEL_KEY:FEATURES``. Nothing in the library knows
@@ -288,6 +290,15 @@ def niche_benchmark(ds: Dataset, seeds, threads: int, work: Path) -> list[str]:
 # ------------------------------------------------------------------------ transfer
 
 
+def one_slide(ds: Dataset, slide: str) -> Dataset:
+    """The cells of one slide of ``ds``, as a dataset of their own (named ``<name>_<slide>``)."""
+    keep = ds.slides == slide
+    part = Dataset(ds.path.with_name(f"{ds.name}_{slide}{ds.path.suffix}"), ds.label_key, ds.features)
+    part.adata, part.truth = ds.adata[keep].copy(), ds.truth[keep]
+    part.slides, part.labelled = ds.slides[keep], ds.labelled[keep]
+    return part
+
+
 def transfer_split(ds: Dataset):
     """Boolean masks (reference side, query side) of the cells, and a description.
 
@@ -457,6 +468,11 @@ def main() -> int:
                 unseen = args.unseen or UNSEEN.get(ds.path.name) or _edge_label(ds)
                 transfer += [f"### {ds.name}: transfer, {unseen!r} unseen", ""]
                 transfer += transfer_benchmark(ds, unseen, args.seeds[0], args.threads, work) + [""]
+                slides = sorted(set(ds.slides))
+                for slide in (slides[0], slides[-1]) if len(slides) > 1 else ():
+                    transfer += [f"### {ds.name}, slide {slide} alone: transfer, {unseen!r} unseen", ""]
+                    transfer += transfer_benchmark(one_slide(ds, slide), unseen, args.seeds[0], args.threads,
+                                                   work) + [""]
         if not args.transfer_only:
             print("\n" + "\n".join(table))
         if transfer:
