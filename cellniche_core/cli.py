@@ -262,8 +262,9 @@ def _add_transfer_parser(sub) -> None:
                           help="categorical obs column of the reference to transfer: its niches or an expert "
                                "annotation (default: %(default)s)")
     transfer.add_argument("--n-neighbors", type=_positive_int, default=15, metavar="K",
-                          help="twice this many reference cells vote for each query cell, in the embedding and in "
-                               "the neighbourhood-averaged inputs, each alike, and the unknown rule reads the mean "
+                          help="twice this many reference cells vote for each query cell, in the embedding, in the "
+                               "neighbourhood-averaged inputs and (a reference of several patients or slides) along "
+                               "its discriminants of them, each alike, and the unknown rule reads the mean "
                                "input distance to as many; obs['transfer_distance'] is the mean embedding distance "
                                "to this many (default: %(default)s)")
     transfer.add_argument("--quantile", type=float, default=0.99, metavar="Q",
