@@ -115,24 +115,26 @@ def discriminant_shares(ref_x: Sequence[np.ndarray], ref_codes: np.ndarray, quer
     from .novelty import nearest_euclidean
 
     ref_codes = np.asarray(ref_codes)
-    if len(np.unique(ref_codes)) < 2 or len(ref_codes) <= len(np.unique(ref_codes)):
+    n_codes = len(np.unique(ref_codes))
+    if n_codes < 2 or len(ref_codes) <= n_codes:
         return None
-    ref = np.hstack([np.asarray(b, dtype=np.float64) for b in ref_x])
     with warnings.catch_warnings():  # inputs that sum to one (cell-type shares) are collinear: expected
         warnings.simplefilter("ignore", UserWarning)
-        lda = LinearDiscriminantAnalysis(solver="svd").fit(ref, ref_codes)
-    dims = lda.transform(ref[:1]).shape[1]  # transform's own cut of scalings_
-    centre = lda.xbar_.astype(np.float32)
-    scalings = lda.scalings_[:, :dims].astype(np.float32)
-    index = ((ref.astype(np.float32) - centre) @ scalings).astype(np.float32)
-    del ref
+        lda = LinearDiscriminantAnalysis(solver="svd").fit(np.hstack([np.asarray(b, np.float64) for b in ref_x]),
+                                                           ref_codes)
+    dims = lda.transform(lda.xbar_[None, :]).shape[1]  # transform's own cut of scalings_
+    centre, scalings = lda.xbar_.astype(np.float32), lda.scalings_[:, :dims].astype(np.float32)
+
+    def project(blocks, lo: int, hi: int) -> np.ndarray:  # rows lo:hi of the blocks side by side
+        return (np.hstack([np.asarray(b[lo:hi], dtype=np.float32) for b in blocks]) - centre) @ scalings
+
+    index = project(ref_x, 0, len(ref_codes))
     k = int(min(k, len(index)))
     tree = cKDTree(index) if torch.device(device).type == "cpu" and dims <= _KD_TREE_DIMS else None
     n = len(query_x[0])
     shares = np.empty((n, n_labels))
     for lo in range(0, n, _PROJECT_ROWS):
-        block = np.hstack([np.asarray(b[lo:lo + _PROJECT_ROWS], dtype=np.float32) for b in query_x])
-        points = (block - centre) @ scalings
+        points = project(query_x, lo, lo + _PROJECT_ROWS)
         if tree is not None:
             dist, rows = tree.query(points, k=k, workers=-1)
             dist, rows = dist.reshape(len(points), k), rows.reshape(len(points), k)
