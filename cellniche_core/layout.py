@@ -133,11 +133,11 @@ def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: 
     n_ref = max(1, len(reference))
     chunk_size = max(256, chunk_bytes // (4 * n_ref))  # queries per chunk
     block = max(k, chunk_bytes // (4 * chunk_size))  # reference rows per block
-    ref = _unit_rows(reference, device)
+    ref = unit_rows(reference, device)
     if groups is not None:
         q_groups, ref_groups = (torch.as_tensor(np.asarray(g), device=device) for g in groups)
     for lo in range(0, len(query), chunk_size):
-        q = _unit_rows(query[lo:lo + chunk_size], device)
+        q = unit_rows(query[lo:lo + chunk_size], device)
         best = best_at = None
         for start in range(0, len(reference), block):
             sim = q @ ref[start:start + block].T
@@ -156,6 +156,6 @@ def nearest_cosine(reference: np.ndarray, query: np.ndarray, *, k: int, device: 
     return (out, sims) if similarity else out
 
 
-def _unit_rows(x, device: torch.device) -> torch.Tensor:
+def unit_rows(x, device: torch.device) -> torch.Tensor:
     """Rows of an array or tensor as float32 unit vectors on ``device``."""
     return torch.nn.functional.normalize(torch.as_tensor(x, dtype=torch.float32, device=device), dim=1)
