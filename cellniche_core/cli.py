@@ -264,7 +264,8 @@ def _add_transfer_parser(sub) -> None:
     transfer.add_argument("--n-neighbors", type=_positive_int, default=15, metavar="K",
                           help="twice this many reference cells vote for each query cell, in the embedding, in the "
                                "neighbourhood-averaged inputs and (a reference of several patients or slides) along "
-                               "its discriminants of them, each alike, and the unknown rule reads the mean "
+                               "its discriminants of them, each alike, then again with each slide's shift from "
+                               "the reference taken off, and the unknown rule reads the mean "
                                "input distance to as many; obs['transfer_distance'] is the mean embedding distance "
                                "to this many (default: %(default)s)")
     transfer.add_argument("--quantile", type=float, default=0.99, metavar="Q",

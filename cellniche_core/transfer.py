@@ -2,26 +2,15 @@
 
 A trained run is the reference atlas; a new slide is the query. The query is embedded by
 the reference's frozen encoder (:func:`annotate_query`), then every query cell takes the
-label its nearest reference cells vote for, in embedding space and, when given, in input
-space (:func:`transfer_labels`).
+label its nearest reference cells vote for (:func:`transfer_labels`).
 
-The vote
-    The ``2 x n_neighbors`` nearest reference cells by cosine distance on the L2-normalised
-    embeddings vote, each alike, and a label's share of the vote is its share of them.
-    When the cells' neighbourhood-averaged inputs are given (``profiles``, as
-    :func:`annotate_query` does), the ``2 x n_neighbors`` reference cells nearest in input
-    space, those the input rule below measures, vote in the same way; with
-    ``wider_profiles`` beside them (:func:`annotate_query`: one hop more) and a reference of
-    several patients or slides, so do the nearest in its discriminant space
-    (:func:`~cellniche_core.vote.discriminant_shares`: the directions that tell its labels
-    apart, against the spread within each label, which then holds what differs between its
-    slides; on one slide the discriminants fit that slide: a DLPFC section, one half to the
-    other, 0.703 to 0.653). A label's share is the mean of its shares in the votes. The
-    encoder is trained on the reference alone and embeds a new slide's cells slightly off;
-    the inputs are what it learnt from: the sets of neighbours err in different places.
-    Thirty voters in each space, counted alike, did better on held-out real tissue than the
-    15 nearest weighted by closeness (README); the discriminant vote took DLPFC (two sections
-    to two others) from 0.834-0.843 to 0.852-0.858. ``confidence`` is the winner's share.
+The vote (:mod:`.vote`)
+    The ``2 x n_neighbors`` nearest reference cells vote, each alike, in up to three
+    spaces: the embedding, the neighbourhood-averaged inputs (``profiles``) and, given a
+    reference of several patients or slides, its discriminant space of those inputs one hop
+    wider too (``wider_profiles``). A label's share is the mean of its shares in the spaces;
+    the vote is then cast again with each slide's shift taken off (``align``).
+    ``confidence`` is the winner's share.
 
 The unknown rule
     A query cell is ``unknown`` when it is *far* (or, when asked for, *ambiguous*):
@@ -51,12 +40,9 @@ The unknown rule
       distance to ``2 x n_neighbors`` cells), with a threshold at the same ``quantile``
       of the held-out reference cells whose label and input micro-cluster recur in other
       groups. The embedding's distance is then still measured and reported, not used:
-      held out on real tissue and on the demo, every unseen region the two rules caught
-      together the input rule caught alone (DLPFC white matter 70.8-74.2 %, STARmap's
-      corpus callosum 80.2 %, the demo's necrotic niche 98.1 %), while the embedding rule
-      added only known cells (figures in the README). The encoder sees the surroundings
-      the profiles hold, so it adds no novelty they miss; its calibration cells were
-      trained on, which makes its thresholds optimistic for a new slide.
+      held out on real tissue and on the demo it caught no cell of an unseen region that
+      the input rule missed, only known cells (README): the encoder sees the surroundings
+      the profiles hold, and its calibration cells were trained on.
     - both distances are read over the cell's surroundings when the query's spatial graph
       is given (``query_graph``, as :func:`annotate_query` does): each is averaged over
       the cell and its neighbours before the thresholds. What is new in a slide is a
@@ -74,10 +60,9 @@ The unknown rule
     - ambiguous, only when asked for: ``confidence < min_confidence`` (default 0: off).
       ``unknown`` says that a cell is unlike anything in the reference; a cell whose
       voters split between labels it knows keeps its plurality label, and its low
-      confidence says so. Held out on real tissue and on the demo (reference seeds 0-2),
-      a majority rule (0.5) called no cell of the unseen region unknown that the distance
-      rule had not, and known cells unknown, about half of them labelled right (DLPFC
-      1.8 % of known spots against 0.8 %, STARmap V1 8.0 % against 4.8 %; README).
+      confidence says so. Held out on real tissue and on the demo, a majority rule (0.5)
+      called no cell of the unseen region unknown that the distance rule had not, and
+      known cells unknown, about half of them labelled right (README).
 
     So about ``1 - quantile`` of a new patient resembling the reference patients is called
     unknown. Without two patients (or slides) the calibration holds out spatial blocks of
@@ -104,10 +89,12 @@ from .features import FeatureSpec, describe_alignment, make_features, value_kind
 from .io import CohortError, check_output, load_run, read_cohort, to_plain, validate_cohort, write_h5ad_atomic
 from .keys import INPUT_UNS_KEY, TRANSFER_UNS_KEY, UNKNOWN, Keys
 from .labels import is_label_column, label_text
+from .layout import unit_rows
 from .novelty import (INPUT_HOPS, calibration_groups, edge_quantile, input_rule, model_input_profiles, next_hop,
                       shared_cells)
 from .train import resolve_device
-from .vote import discriminant_shares, label_shares, nearest, spatial_mean, subsample_by_label, vote, winner
+from .vote import (aligned_shares, discriminant_shares, label_shares, nearest, spatial_mean, subsample_by_label, vote,
+                   slide_codes, winner)
 
 __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_query", "transfer_file",
            "transfer_labels"]
@@ -186,6 +173,8 @@ def transfer_labels(
     query_graph: tuple[np.ndarray, np.ndarray] | None = None,
     profile_scales: int = 1,
     wider_profiles: tuple[np.ndarray, np.ndarray] | None = None,
+    slide_key: str = Keys.SAMPLE,
+    align: bool = True,
     max_reference_cells: int = 50_000,
     calibration_cells: int = 10_000,
     key_added: str = Keys.TRANSFERRED,
@@ -235,6 +224,9 @@ def transfer_labels(
     wider_profiles
         ``(reference, query)``: the same inputs' surroundings one hop or more wider, (n, f')
         each; the nearest in the discriminant space of both vote, given several groups (module doc).
+    slide_key, align
+        ``obs`` column of the slides of both (absent: one slide); with ``align``, the vote is
+        cast again with each slide's shift taken off (module doc).
     max_reference_cells
         Cap on the reference cells indexed (drawn per label, see module doc).
     calibration_cells
@@ -295,7 +287,7 @@ def transfer_labels(
     if k < 1:
         raise CohortError(f"reference: only {len(rows)} labelled cell(s) in obs[{label_key!r}]")
 
-    index = _unit_rows(ref_emb[rows], dev)
+    index = unit_rows(ref_emb[rows], dev)
     try:
         cal = _calibrate(index, codes[rows], groups[rows], len(names), k=k, quantile=quantile,
                          n_cells=calibration_cells, seed=seed)
@@ -306,14 +298,14 @@ def transfer_labels(
         cal = _calibrate(index, codes[rows], groups[rows], len(names), k=k, quantile=quantile,
                          n_cells=calibration_cells, seed=seed)
 
-    dist, nbr = nearest(_unit_rows(q_emb, dev), index, min(2 * k, len(rows)))
+    dist, nbr = nearest(unit_rows(q_emb, dev), index, min(2 * k, len(rows)))
     votes = [label_shares(dist, codes[rows][nbr], len(names))]
     dist = dist[:, :k]  # the distance rule reads the n_neighbors nearest, as calibrated
     # the embedding thresholds are per label of the embedding's own vote, as calibrated
     emb_voted, _ = winner(votes[0])
     far_input = np.zeros(query.n_obs, dtype=bool)
     if profiles is not None:
-        ref_profiles = np.asarray(profiles[0], dtype=np.float32)[rows]
+        ref_profiles, q_profiles = np.asarray(profiles[0], dtype=np.float32)[rows], np.asarray(profiles[1], np.float32)
         # as in the embedding: populations of one group only would teach that far is normal
         # (in input space: not narrowed to the embedding's calibration cells, which left a
         # few hundred cells on a one-slide reference and moved the threshold by 15 %)
@@ -322,19 +314,28 @@ def transfer_labels(
             shared = np.sort(np.random.default_rng(seed).choice(shared, calibration_cells, replace=False))
         held_rows = shared if len(shared) else cal["rows"]
         far_input, (in_dist, in_nbr), input_figures = input_rule(
-            ref_profiles, groups[rows], held_rows, np.asarray(profiles[1], dtype=np.float32), k=2 * k,
+            ref_profiles, groups[rows], held_rows, q_profiles, k=2 * k,
             quantile=quantile, graph=query_graph, scales=profile_scales, device=dev)
         votes.append(label_shares(in_dist, codes[rows][in_nbr], len(names)))
-    several_groups = held_out_by not in ("spatial block", "cell")  # patients or slides (module doc)
-    discriminant = None if wider_profiles is None or not several_groups else discriminant_shares(
-        (ref_profiles, np.asarray(wider_profiles[0])[rows]), codes[rows], (profiles[1], wider_profiles[1]),
-        len(names), 2 * k, device=dev)  # None too with one label
+    # the discriminant vote is cast given several patients or slides (module doc)
+    blocks = None if wider_profiles is None or held_out_by in ("spatial block", "cell") else (
+        [ref_profiles, np.asarray(wider_profiles[0])[rows]], [q_profiles, wider_profiles[1]])
+    discriminant = None if blocks is None else discriminant_shares(
+        blocks[0], codes[rows], blocks[1], len(names), 2 * k, device=dev)  # None too with one label
     if discriminant is not None:
         votes.append(discriminant)
-    voted, confidence = winner(sum(votes) / len(votes))
     distance = spatial_mean(dist.mean(1), query_graph)
     far_embedding = distance > cal["per_label"][emb_voted]
     far = far_input if profiles is not None else far_embedding  # see the module doc
+    shares = sum(votes) / len(votes)
+    if align:  # the vote again, each slide's shift taken off (module doc)
+        spaces = [("cosine", [ref_emb[rows]], [q_emb])]
+        spaces += [] if profiles is None else [("euclidean", [ref_profiles], [q_profiles])]
+        spaces += [] if discriminant is None else [("discriminant", *blocks)]
+        slides = [slide_codes(a, slide_key) for a in (reference, query)]
+        shares = aligned_shares(spaces, codes[rows], slides[0][rows], np.where(far, -1, winner(shares)[0]),
+                                slides[1], len(names), 2 * k, min_cells=2 * k, device=dev)
+    voted, confidence = winner(shares)
     ambiguous = confidence < min_confidence
     unknown = far | ambiguous
 
@@ -372,7 +373,7 @@ def transfer_labels(
     params = {"label_key": label_key, "use_rep": use_rep, "n_neighbors": k, "vote_neighbors": nbr.shape[1],
               "quantile": quantile, "min_confidence": min_confidence, "calibration_keys": list(calibration_keys),
               "input_rule": profiles is not None, "input_vote": profiles is not None,
-              "discriminant_vote": discriminant is not None,
+              "discriminant_vote": discriminant is not None, "aligned_vote": align, "slide_key": slide_key,
               "input_edge_quantile": (edge_quantile(quantile) if profiles is not None and query_graph is not None
                                       else None),
               "spatial_mean": query_graph is not None, "profile_scales": profile_scales,
@@ -381,11 +382,6 @@ def transfer_labels(
               "confidence_key": confidence_key, "distance_key": distance_key, "seed": seed}
     query.uns[TRANSFER_UNS_KEY] = to_plain({"params": params, **summary})
     return summary
-
-
-def _unit_rows(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
-    return torch.nn.functional.normalize(t, dim=1)
 
 
 # ----------------------------------------------------------------------- from a run
@@ -480,7 +476,8 @@ def annotate_query(run, query: ad.AnnData, *, label_key: str = Keys.NICHE, devic
     summary = transfer_labels(run.adata, query, label_key=label_key, device=device, profiles=profiles,
                               wider_profiles=wider, profile_scales=len(INPUT_HOPS),
                               query_graph=(graph.indptr, graph.indices),
-                              calibration_keys=(keys.patient, keys.sample), spatial_key=keys.spatial, **options)
+                              calibration_keys=(keys.patient, keys.sample), spatial_key=keys.spatial,
+                              slide_key=keys.sample, **options)
     query.uns[TRANSFER_UNS_KEY]["alignment"] = to_plain(alignment)
     query.uns[TRANSFER_UNS_KEY]["reference"] = str(run.path)
     return {**summary, "alignment": alignment}

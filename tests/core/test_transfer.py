@@ -735,3 +735,32 @@ def test_the_discriminant_vote_waits_for_several_patients_or_slides():
     assert summary["calibration"]["held_out_by"] == "spatial block"
     assert not q.uns[TRANSFER_UNS_KEY]["params"]["discriminant_vote"]
     assert q.uns[TRANSFER_UNS_KEY]["params"]["input_vote"]
+
+
+def test_a_query_slides_shift_is_taken_off_before_the_vote_that_labels_it():
+    """Labels A, B, C at steps along e2; each query slide is moved by about a third of a step,
+    one up, one down (as a section of another depth or thickness is): the plain vote drifts,
+    the vote with each slide's shift, measured label by label from the plain vote, taken
+    off does less."""
+    steps = {"A": [1, 0, 0], "B": [1, 0.5, 0], "C": [1, 1, 0]}
+    ref = _cloud(steps, spread=0.1)
+    rng = np.random.default_rng(3)
+    truth = np.tile(np.repeat([0, 1, 2], 60), 2)
+    points = np.array([steps[n] for n in "ABC"], dtype=float)[truth] + rng.normal(0, 0.1, (len(truth), 3))
+    points[:180, 1] += 0.15
+    points[180:, 1] -= 0.15
+    q = _query(points)
+    q.obs[Keys.SAMPLE] = np.repeat(["S1", "S2"], 180)
+    right = np.array(list("ABC"))[truth]
+    transfer_labels(ref, q, align=False)
+    plain = np.mean(q.obs[Keys.TRANSFERRED].astype(str).to_numpy() == right)
+    assert not q.uns[TRANSFER_UNS_KEY]["params"]["aligned_vote"]
+    transfer_labels(ref, q)
+    aligned = np.mean(q.obs[Keys.TRANSFERRED].astype(str).to_numpy() == right)
+    assert q.uns[TRANSFER_UNS_KEY]["params"]["aligned_vote"]
+    assert q.uns[TRANSFER_UNS_KEY]["params"]["slide_key"] == Keys.SAMPLE
+    assert plain < 0.86 and aligned > max(plain + 0.05, 0.88)
+    # one slide name for both: one shift for all, which is none on average: as plain
+    q.obs[Keys.SAMPLE] = "S"
+    transfer_labels(ref, q)
+    assert abs(np.mean(q.obs[Keys.TRANSFERRED].astype(str).to_numpy() == right) - plain) < 0.03
