@@ -560,6 +560,13 @@ def test_transfer_through_the_command_line(small_run, query_path, tmp_path, caps
     assert n_low == int((m.obs[Keys.CONFIDENCE] < 0.9).sum()) > 0
     assert (m.obs[Keys.TRANSFERRED].astype(str)[m.obs[Keys.CONFIDENCE] < 0.9] == UNKNOWN).all()
     (tmp_path / "m.h5ad").unlink()
+    assert uns["params"]["aligned_vote"]  # by default the vote is cast again without each slide's shift
+    assert main(["transfer", str(small_run), str(query_path), "--out", str(tmp_path / "n.h5ad"), "--quiet",
+                 "--device", "cpu", "--no-slide-shift"]) == 0
+    once = ad.read_h5ad(tmp_path / "n.h5ad")
+    assert not once.uns[TRANSFER_UNS_KEY]["params"]["aligned_vote"]
+    np.testing.assert_array_equal(once.obs[Keys.TRANSFERRED] == UNKNOWN, a.obs[Keys.TRANSFERRED] == UNKNOWN)
+    (tmp_path / "n.h5ad").unlink()
     code = main(["transfer", str(small_run), str(query_path), "--out", str(tmp_path / "b.h5ad"),
                  "--label-key", "expert", "--quiet"])
     err = capsys.readouterr().err
@@ -616,7 +623,7 @@ def test_transfer_help_explains_every_option(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ("RUN_DIR", "QUERY", "--out", "--label-key", "--device", "--n-neighbors", "--quantile",
-                 "--min-confidence", "--overwrite"):
+                 "--min-confidence", "--no-slide-shift", "--overwrite"):
         assert flag in text
 
 
