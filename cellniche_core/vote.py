@@ -248,6 +248,7 @@ def aligned_shares(spaces: Sequence[tuple[str, Sequence[np.ndarray], Sequence[np
     both sides; the reference, not the query, is moved, so a large query is never copied.
     A space's shares are those of its ``k`` nearest reference rows; the spaces count alike.
     """
+    k = int(min(k, len(codes)))
     fitted = [(kind, *align_slides(ref, codes, ref_slides, n_labels, min_cells), query)
               for kind, ref, query in spaces]
     lda = {i: discriminant_space(f[1], codes) for i, f in enumerate(fitted) if f[0] == "discriminant"}

@@ -133,3 +133,13 @@ def test_the_vote_again_with_the_query_slides_shift_taken_off(kind):
                           min_cells=30)
     if kind == "euclidean":
         np.testing.assert_allclose(none, label_shares(dist, codes[rows], 3))
+
+
+@pytest.mark.parametrize("kind", ["euclidean", "cosine", "discriminant"])
+def test_more_voters_asked_for_than_the_reference_holds_are_every_reference_row(kind):
+    rng = np.random.default_rng(4)
+    ref, codes = rng.normal(size=(20, 3)).astype(np.float32), np.repeat([0, 1], [5, 15])
+    query = rng.normal(size=(7, 3)).astype(np.float32)
+    shares = aligned_shares([(kind, [ref], [query])], codes, np.zeros(20, int), np.zeros(7, int), np.zeros(7, int),
+                            2, 30, min_cells=5)
+    np.testing.assert_allclose(shares, np.tile([0.25, 0.75], (7, 1)))
