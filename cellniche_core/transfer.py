@@ -93,8 +93,8 @@ from .layout import unit_rows
 from .novelty import (INPUT_HOPS, calibration_groups, edge_quantile, input_rule, model_input_profiles, next_hop,
                       shared_cells)
 from .train import resolve_device
-from .vote import (aligned_shares, discriminant_shares, label_shares, nearest, spatial_mean, subsample_by_label, vote,
-                   slide_codes, winner)
+from .vote import (aligned_shares, discriminant_shares, label_shares, nearest, slide_codes, spatial_mean,
+                   subsample_by_label, vote, winner)
 
 __all__ = ["TRANSFER_UNS_KEY", "annotate_query", "describe_alignment", "read_query", "transfer_file",
            "transfer_labels"]
