@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .features import neighbourhood_profiles
-from .layout import nearest_cosine, unit_rows
+from .layout import nearest_cosine
 
 __all__ = ["align_slides", "aligned_shares", "discriminant_shares", "discriminant_space", "label_means", "label_shares",
            "matched_shift", "nearest", "slide_codes", "spatial_mean", "subsample_by_label", "vote", "winner"]
@@ -49,7 +49,7 @@ _KD_TREE_DIMS = 16
 
 def nearest(points: torch.Tensor, index: torch.Tensor, k: int, *,
             groups: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest index rows of every point by cosine distance (rows are unit vectors).
+    """k nearest index rows of every point by cosine distance (rows taken to unit length).
 
     ``groups = (point_groups, index_groups)``: an index row in the point's own group is
     never its neighbour. Returns distances (m, k) float32, ascending, and index rows (m, k).
@@ -265,7 +265,8 @@ def aligned_shares(spaces: Sequence[tuple[str, Sequence[np.ndarray], Sequence[np
                 part = None if lda[i] is None else discriminant_shares(moved, codes, q, n_labels, k, device=device,
                                                                        space=lda[i])
             elif kind == "cosine":
-                dist, rows = nearest(unit_rows(q[0], device), unit_rows(moved[0], device), k)
+                # nearest_cosine takes rows to unit length a chunk at a time: the query is not copied here
+                dist, rows = nearest(torch.as_tensor(q[0], device=device), torch.as_tensor(moved[0], device=device), k)
                 part = label_shares(dist, codes[rows], n_labels)
             else:
                 from .novelty import nearest_euclidean
